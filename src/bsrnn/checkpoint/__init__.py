@@ -1,0 +1,63 @@
+"""The checkpoint engine: crash-proof, verified, exact. Imports torch and the standard library only.
+
+- ``CheckpointManager``: registered state -> ``checkpoint_last.pt`` / ``checkpoint_best.pt``.
+- ``load_checkpoint``/``verify``: open or check a run directory or file, digest first.
+- ``RNGStreams``: every random stream as one stateful object.
+- ``PreemptionGuard``: turns SIGTERM/SIGUSR1/SIGINT into "save at the next safe point".
+
+File format, commit protocol and their reasons: ``fileformat`` and ``atomic``.
+"""
+
+from bsrnn.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointForeignError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    StateMismatchError,
+    UnsafeStateError,
+)
+from bsrnn.checkpoint.fileformat import FORMAT_NAME, FORMAT_VERSION, load_verified, write_checkpoint
+from bsrnn.checkpoint.loading import (
+    BEST_NAME,
+    LAST_NAME,
+    SUPERSEDED_NAME,
+    WHICH_CHOICES,
+    LoadedCheckpoint,
+    VerifyResult,
+    load_checkpoint,
+    verify,
+)
+from bsrnn.checkpoint.lock import RunDirectoryBusyError
+from bsrnn.checkpoint.manager import CheckpointManager, SaveResult, Stateful
+from bsrnn.checkpoint.rng import RNGStreams
+from bsrnn.checkpoint.signals import PreemptionGuard, deferred_signals
+
+__all__ = [
+    "BEST_NAME",
+    "FORMAT_NAME",
+    "FORMAT_VERSION",
+    "LAST_NAME",
+    "SUPERSEDED_NAME",
+    "WHICH_CHOICES",
+    "CheckpointCorruptError",
+    "CheckpointError",
+    "CheckpointForeignError",
+    "CheckpointManager",
+    "CheckpointNotFoundError",
+    "CheckpointWriteError",
+    "LoadedCheckpoint",
+    "PreemptionGuard",
+    "RNGStreams",
+    "RunDirectoryBusyError",
+    "SaveResult",
+    "StateMismatchError",
+    "Stateful",
+    "UnsafeStateError",
+    "VerifyResult",
+    "deferred_signals",
+    "load_checkpoint",
+    "load_verified",
+    "verify",
+    "write_checkpoint",
+]

@@ -1,0 +1,62 @@
+"""Errors of the checkpoint engine.
+
+Each names the file, what was expected, what was found and, where there is one, the fix. The
+command line maps every ``CheckpointError`` to exit status 2 (an input error): the user can act
+on it, and a traceback would only hide the message.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+
+class CheckpointError(Exception):
+    """Base class of everything the engine raises on purpose."""
+
+
+class CheckpointNotFoundError(CheckpointError, FileNotFoundError):
+    """No checkpoint where one was asked for; the message lists every path tried."""
+
+    def __init__(self, tried: Sequence[Path | str], hint: str = "") -> None:
+        self.tried = [str(path) for path in tried]
+        lines = ["Checkpoint not found. Paths tried:"] + [f"  {path}" for path in self.tried]
+        if hint:
+            lines.append(hint)
+        super().__init__("\n".join(lines))
+
+
+class CheckpointCorruptError(CheckpointError):
+    """The file exists but is damaged (truncated, bit-flipped, half-written)."""
+
+    def __init__(self, path: Path | str, damage: str) -> None:
+        self.path = str(path)
+        self.damage = damage
+        super().__init__(
+            f"Checkpoint {self.path} is damaged: {damage}. It was not loaded. "
+            "Resume from the other checkpoint of the run (--load best|last), or delete this file."
+        )
+
+
+class CheckpointForeignError(CheckpointError):
+    """The file is not a checkpoint this engine wrote, or it would need arbitrary code to load."""
+
+    def __init__(self, path: Path | str, reason: str, fix: str = "") -> None:
+        self.path = str(path)
+        self.reason = reason
+        message = f"{self.path} is not a bsrnn checkpoint: {reason}."
+        if fix:
+            message += f" {fix}"
+        super().__init__(message)
+
+
+class CheckpointWriteError(CheckpointError):
+    """A save failed (disk full, file-size limit, permissions); committed files are intact."""
+
+
+class UnsafeStateError(CheckpointError, TypeError):
+    """A value to save would not load under ``torch.load(weights_only=True)``."""
+
+
+class StateMismatchError(CheckpointError):
+    """The checkpoint does not fit the objects it is being restored into."""

@@ -1,0 +1,122 @@
+"""Finding and opening checkpoints: a run directory or a file, ``auto``/``last``/``best``.
+
+``auto`` takes ``checkpoint_last.pt`` if it verifies, else ``checkpoint_best.pt`` with a
+warning; ``last``/``best`` take exactly that file or fail. Nothing is returned before its
+digest has matched, so callers can apply state without further checks.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from bsrnn.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointForeignError,
+    CheckpointNotFoundError,
+)
+from bsrnn.checkpoint.fileformat import load_verified
+
+log = logging.getLogger(__name__)
+
+LAST_NAME = "checkpoint_last.pt"
+BEST_NAME = "checkpoint_best.pt"
+SUPERSEDED_NAME = "checkpoint_last.superseded.pt"
+Which = Literal["auto", "last", "best"]
+WHICH_CHOICES: tuple[str, ...] = ("auto", "last", "best")
+
+
+@dataclass
+class LoadedCheckpoint:
+    """A verified checkpoint: where it came from and its payload (tensors on ``map_location``)."""
+
+    path: Path
+    kind: str  # "last", "best" or "file" (a path given directly)
+    payload: dict[str, Any]
+    digest: str
+    fell_back: bool = False
+    missing: list[str] = field(default_factory=list)
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self.payload.get(key, default)
+
+
+def kind_of(path: Path) -> str:
+    return {LAST_NAME: "last", BEST_NAME: "best"}.get(path.name, "file")
+
+
+def candidates(run_dir: Path, which: str) -> list[Path]:
+    if which not in WHICH_CHOICES:
+        raise ValueError(f"which must be one of {WHICH_CHOICES}, got {which!r}")
+    order = {"auto": [LAST_NAME, BEST_NAME], "last": [LAST_NAME], "best": [BEST_NAME]}[which]
+    return [run_dir / name for name in order]
+
+
+def load_checkpoint(location: Path | str, which: str = "auto", map_location: Any = "cpu") -> LoadedCheckpoint:
+    """Open a checkpoint file, or the ``which`` checkpoint of a run directory, verified.
+
+    Raises ``CheckpointNotFoundError`` (listing the paths tried), ``CheckpointCorruptError`` or
+    ``CheckpointForeignError``; under ``auto`` a damaged or foreign ``last`` falls back to
+    ``best`` with a warning.
+    """
+    location = Path(location)
+    if location.is_file() or (location.suffix == ".pt" and not location.is_dir()):
+        payload, digest = load_verified(location, map_location)
+        return LoadedCheckpoint(location, kind_of(location), payload, digest)
+    if not location.is_dir():
+        raise CheckpointNotFoundError(
+            candidates(location, which), hint=f"The directory {location} does not exist."
+        )
+    tried = candidates(location, which)
+    failures: list[CheckpointError] = []
+    for path in tried:
+        if not path.exists():
+            continue
+        try:
+            payload, digest = load_verified(path, map_location)
+        except (CheckpointCorruptError, CheckpointForeignError) as error:
+            if which != "auto":
+                raise
+            log.warning("WARNING: %s", error)
+            failures.append(error)
+            continue
+        fell_back = bool(failures)
+        if fell_back:
+            log.warning("WARNING: falling back to %s", path)
+        return LoadedCheckpoint(path, kind_of(path), payload, digest, fell_back=fell_back)
+    if failures:
+        raise failures[0]
+    raise CheckpointNotFoundError(tried)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    path: Path
+    ok: bool
+    message: str
+
+
+def verify(location: Path | str) -> list[VerifyResult]:
+    """Verify one file, or every checkpoint (``*.pt``) in a run directory."""
+    location = Path(location)
+    if location.is_dir():
+        paths = sorted(location.glob("*.pt"))
+        if not paths:
+            raise CheckpointNotFoundError(candidates(location, "auto"))
+    elif location.exists():
+        paths = [location]
+    else:
+        raise CheckpointNotFoundError([location])
+    results = []
+    for path in paths:
+        try:
+            payload, digest = load_verified(path)
+        except CheckpointError as error:
+            results.append(VerifyResult(path, False, str(error)))
+        else:
+            where = ", ".join(f"{key} {payload[key]}" for key in ("epoch", "global_step") if key in payload)
+            results.append(VerifyResult(path, True, f"OK sha256 {digest[:16]}... {where}".rstrip()))
+    return results

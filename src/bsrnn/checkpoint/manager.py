@@ -1,0 +1,347 @@
+"""``CheckpointManager``: the whole training state of one run directory, in two files.
+
+The training loop registers named stateful objects (anything with ``state_dict`` and
+``load_state_dict``) and calls ``save(metric=..., values=...)``; the manager writes
+``checkpoint_last.pt`` every time and ``checkpoint_best.pt`` when the monitored metric strictly
+improves. Both are complete, independent, verified files (SPEC sections 3 and 4)::
+
+    manager = CheckpointManager("runs/ab5", monitor="val_loss", mode="min")
+    manager.register("model_state_dict", model)
+    manager.register("optimizer_state_dict", optimizer)
+    loaded = manager.find("auto")             # None on a fresh run directory
+    if loaded:
+        manager.restore(loaded)
+    ...
+    manager.save(metric=val_loss, values={"epoch": epoch, "val_loss": val_loss})
+    manager.close()
+
+Bookkeeping that must survive resumes lives in the file, not in loop variables: the monitored
+name, mode, value and best; a save sequence number (which of two files is newer); the lineage
+of resumes; creation time and library versions.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from bsrnn.checkpoint import atomic
+from bsrnn.checkpoint.errors import (
+    CheckpointError,
+    CheckpointNotFoundError,
+    CheckpointWriteError,
+    StateMismatchError,
+)
+from bsrnn.checkpoint.fileformat import (
+    FORMAT_NAME,
+    FORMAT_VERSION,
+    read_verified_bytes,
+    write_checkpoint,
+    write_file_durably,
+)
+from bsrnn.checkpoint.loading import (
+    BEST_NAME,
+    LAST_NAME,
+    SUPERSEDED_NAME,
+    LoadedCheckpoint,
+    load_checkpoint,
+)
+from bsrnn.checkpoint.lock import RunDirectoryLock
+from bsrnn.checkpoint.plain import is_finite_number, to_weights_only_safe
+from bsrnn.checkpoint.signals import block_in_this_thread, deferred_signals
+from bsrnn.checkpoint.snapshot import StagingBuffers
+from bsrnn.checkpoint.versions import library_versions, now_iso
+
+log = logging.getLogger(__name__)
+
+# Keys the manager writes itself; registered names and caller values may not use them.
+ENGINE_KEYS = frozenset(
+    {"format", "format_version", "monitor", "save_sequence", "created", "versions", "lineage"}
+)
+
+
+class Stateful(Protocol):
+    def state_dict(self) -> Mapping[str, Any]: ...
+
+    def load_state_dict(self, state: Mapping[str, Any], /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class SaveResult:
+    """What one ``save`` committed (for an async save: will commit; see ``wait_until_finished``)."""
+
+    last: Path
+    best: Path | None
+    is_best: bool
+    sequence: int
+
+
+class CheckpointManager:
+    """Saves and restores registered state in ``run_dir``; see the module docstring.
+
+    Args:
+        run_dir: the run directory (created if missing when ``writer``).
+        monitor: name of the monitored metric (recorded in every checkpoint).
+        mode: ``"min"`` or ``"max"``: the direction in which the metric improves.
+        async_save: ``save`` returns once tensors are copied to host memory; a background
+            thread writes. The next ``save``/``close``/exit waits for it, and re-raises its error.
+        writer: False for processes that only read (e.g. non-zero DDP ranks): no lock, no
+            cleanup, and ``save`` refuses.
+        verify_writes: re-read each new file and check its digest before it replaces the old one.
+    """
+
+    def __init__(
+        self,
+        run_dir: Path | str,
+        monitor: str = "val_loss",
+        mode: str = "min",
+        async_save: bool = False,
+        writer: bool = True,
+        verify_writes: bool = True,
+    ) -> None:
+        if mode not in ("min", "max"):
+            raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
+        self.run_dir = Path(run_dir)
+        self.monitor = monitor
+        self.mode = mode
+        self.async_save = async_save
+        self.writer = writer
+        self.verify_writes = verify_writes
+        self.best_value: float | None = None
+        self.sequence = 0
+        self._objects: dict[str, Stateful] = {}
+        self._lineage: list[dict[str, Any]] = []
+        self._staging = StagingBuffers()
+        self._thread: threading.Thread | None = None
+        self._thread_error: BaseException | None = None
+        self._lock = RunDirectoryLock(self.run_dir)
+        self.last_path = self.run_dir / LAST_NAME
+        self.best_path = self.run_dir / BEST_NAME
+        if writer:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            self._lock.acquire()
+            atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
+            atexit.register(self._close_at_exit)
+
+    # ----------------------------------------------------------------------------- registry
+    def register(self, name: str, obj: Stateful) -> None:
+        """Save ``obj.state_dict()`` under ``name``; restore it with ``obj.load_state_dict``."""
+        if name in ENGINE_KEYS:
+            raise ValueError(f"{name!r} is reserved by the checkpoint engine")
+        if not (hasattr(obj, "state_dict") and hasattr(obj, "load_state_dict")):
+            raise TypeError(f"{name!r}: {type(obj).__name__} has no state_dict/load_state_dict")
+        self._objects[name] = obj
+
+    # ------------------------------------------------------------------------------ loading
+    def find(self, which: str = "auto", map_location: Any = "cpu") -> LoadedCheckpoint | None:
+        """The verified checkpoint to resume from, or None if the run directory has none yet."""
+        try:
+            return load_checkpoint(self.run_dir, which, map_location)
+        except CheckpointNotFoundError:
+            if which == "auto":
+                return None
+            raise
+
+    def restore(self, loaded: LoadedCheckpoint, strict: bool = True) -> list[str]:
+        """Apply a verified checkpoint to every registered object; adopt its bookkeeping.
+
+        Returns the registered names the checkpoint lacks (with ``strict`` they raise instead).
+        Resuming from ``best`` while a newer ``last`` exists first keeps that ``last`` as
+        ``checkpoint_last.superseded.pt`` (SPEC 5.4), before any save can overwrite it.
+        """
+        missing = [name for name in self._objects if name not in loaded.payload]
+        if missing and strict:
+            raise StateMismatchError(
+                f"{loaded.path} lacks {', '.join(missing)}; it cannot restore this training state"
+            )
+        for name, obj in self._objects.items():
+            if name in loaded.payload:
+                try:
+                    obj.load_state_dict(loaded.payload[name])
+                except (RuntimeError, KeyError, ValueError, TypeError) as error:
+                    raise StateMismatchError(f"{loaded.path}: cannot restore {name!r}: {error}") from error
+        record = loaded.payload.get("monitor") or {}
+        if record.get("name") == self.monitor and record.get("mode") == self.mode:
+            self.best_value = record.get("best")
+        elif record:
+            log.warning(
+                "The checkpoint monitored %s (%s); this run monitors %s (%s): the best so far starts afresh",
+                record.get("name"), record.get("mode"), self.monitor, self.mode,
+            )
+        self.sequence = max(self.sequence, int(loaded.payload.get("save_sequence", 0)))
+        self._lineage = list(loaded.payload.get("lineage", [])) + [_lineage_record(loaded)]
+        if self.writer and loaded.kind == "best":
+            self._keep_superseded_last(loaded)
+        loaded.missing = missing
+        return missing
+
+    def _keep_superseded_last(self, loaded: LoadedCheckpoint) -> None:
+        if not self.last_path.exists():
+            return
+        try:
+            last = read_verified_bytes(self.last_path)
+        except CheckpointError as error:
+            log.warning("WARNING: not keeping %s as superseded: %s", self.last_path, error)
+            return
+        if last.digest == loaded.digest:
+            return
+        target = self.run_dir / SUPERSEDED_NAME
+        temporary = atomic.temporary_path(target)
+        try:
+            with deferred_signals():
+                atomic.copy_durably(self.last_path, temporary)
+                atomic.commit(temporary, target)
+        except OSError as error:
+            atomic.discard(temporary)
+            raise CheckpointWriteError(
+                f"Could not keep the newer {self.last_path} as {target} ({error}); nothing was "
+                "overwritten. Free space or copy it by hand, then resume again."
+            ) from error
+        log.warning(
+            "Resuming from best while %s is newer: kept it as %s", self.last_path.name, target.name
+        )
+
+    # ------------------------------------------------------------------------------- saving
+    def is_improvement(self, metric: Any) -> bool:
+        """Strict improvement over the best so far in the monitored direction; never NaN/inf."""
+        if not is_finite_number(metric):
+            return False
+        if self.best_value is None:
+            return True
+        return metric < self.best_value if self.mode == "min" else metric > self.best_value
+
+    def save(self, metric: float | None = None, values: Mapping[str, Any] | None = None) -> SaveResult:
+        """Write ``checkpoint_last.pt`` (and ``checkpoint_best.pt`` if ``metric`` improves).
+
+        ``values`` are plain top-level entries (epoch, losses, config dict, ...). ``metric`` None
+        (a mid-epoch save) never touches best.
+        """
+        if not self.writer:
+            raise CheckpointError("this CheckpointManager was opened read-only (writer=False)")
+        self.wait_until_finished()
+        metric = float(metric) if metric is not None else None
+        is_best = self.is_improvement(metric)
+        previous_best = self.best_value
+        if is_best:
+            self.best_value = metric
+        self.sequence += 1
+        payload = self._payload(metric, values or {})
+        result = SaveResult(self.last_path, self.best_path if is_best else None, is_best, self.sequence)
+        if not self.async_save:
+            try:
+                self._commit(payload, is_best)
+            except BaseException:
+                self.best_value = previous_best
+                raise
+            return result
+        snapshot = self._staging.snapshot(payload)
+        self._thread = threading.Thread(
+            target=self._write_in_background, args=(snapshot, is_best, previous_best),
+            name="bsrnn-checkpoint-writer",
+        )
+        self._thread.start()
+        return result
+
+    def _payload(self, metric: float | None, values: Mapping[str, Any]) -> dict[str, Any]:
+        clashes = sorted((set(values) & set(self._objects)) | (set(values) & ENGINE_KEYS))
+        if clashes:
+            raise ValueError(f"values use names that are registered or reserved: {clashes}")
+        payload: dict[str, Any] = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION}
+        payload.update(to_weights_only_safe(dict(values), "values"))
+        for name, obj in self._objects.items():
+            payload[name] = to_weights_only_safe(obj.state_dict(), name)
+        payload["monitor"] = {"name": self.monitor, "mode": self.mode, "value": metric, "best": self.best_value}
+        payload.setdefault(f"best_{self.monitor}", self.best_value)
+        payload["save_sequence"] = self.sequence
+        payload["created"] = now_iso()
+        payload["versions"] = library_versions()
+        payload["lineage"] = list(self._lineage)
+        return payload
+
+    def _write_in_background(self, snapshot: dict[str, Any], is_best: bool, previous_best: float | None) -> None:
+        block_in_this_thread()
+        try:
+            self._commit(snapshot, is_best)
+        except BaseException as error:  # re-raised in the caller's thread at the next call
+            if is_best:
+                self.best_value = previous_best
+            self._thread_error = error
+
+    def _commit(self, payload: dict[str, Any], is_best: bool) -> None:
+        """Temp file, fsync, verify, (copy for best), rename, directory fsync."""
+        temporaries = [atomic.temporary_path(self.last_path)]
+        if is_best:
+            temporaries.append(atomic.temporary_path(self.best_path))
+        started = time.perf_counter()
+        with deferred_signals():
+            try:
+                digest = write_file_durably(temporaries[0], lambda handle: write_checkpoint(payload, handle))
+                if self.verify_writes and read_verified_bytes(temporaries[0]).digest != digest:
+                    raise CheckpointWriteError(f"{temporaries[0]} read back with a different digest")
+                if is_best:
+                    atomic.copy_durably(temporaries[0], temporaries[1])
+                # Best first: a crash between the renames leaves best ahead of last, and the
+                # resumed run (from last) re-earns that best. The other order would leave a last
+                # that believes in a best value that checkpoint_best.pt never received.
+                if is_best:
+                    atomic.commit(temporaries[1], self.best_path)
+                atomic.commit(temporaries[0], self.last_path)
+            except (OSError, CheckpointError) as error:
+                for temporary in temporaries:
+                    atomic.discard(temporary)
+                raise CheckpointWriteError(
+                    f"Could not save {self.last_path}{' and ' + self.best_path.name if is_best else ''}: "
+                    f"{getattr(error, 'strerror', None) or error}. The previously committed checkpoints "
+                    "are intact. Free disk space (or raise the file-size limit) and resume."
+                ) from error
+        log.debug("Committed %s in %.3fs", self.last_path, time.perf_counter() - started)
+
+    def wait_until_finished(self) -> None:
+        """Block until an async save has committed; raise the error it hit, if any."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._thread_error is not None:
+            error, self._thread_error = self._thread_error, None
+            raise error
+
+    def close(self) -> None:
+        """Finish any pending save and release the run directory."""
+        try:
+            self.wait_until_finished()
+        finally:
+            self._lock.release()
+            atexit.unregister(self._close_at_exit)
+
+    def _close_at_exit(self) -> None:
+        try:
+            self.close()
+        except CheckpointError as error:
+            log.error("The last asynchronous checkpoint save failed: %s", error)
+
+    def __enter__(self) -> CheckpointManager:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def _lineage_record(loaded: LoadedCheckpoint) -> dict[str, Any]:
+    payload = loaded.payload
+    return {
+        "path": str(loaded.path.resolve()),
+        "kind": loaded.kind,
+        "sha256": loaded.digest,
+        "save_sequence": payload.get("save_sequence"),
+        "epoch": payload.get("epoch"),
+        "global_step": payload.get("global_step"),
+        "created": payload.get("created"),
+        "resumed_at": now_iso(),
+        "versions": library_versions(),
+    }

@@ -1,0 +1,96 @@
+"""``bsrnn ckpt inspect|verify|export|migrate``: look at, check and convert checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    sub = parser.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
+    inspect = sub.add_parser("inspect", help="show what a checkpoint holds (verifies it first)")
+    inspect.add_argument("path", type=Path, help="a checkpoint file or a run directory")
+    inspect.add_argument("--load", choices=["auto", "last", "best"], default="auto",
+                         help="which checkpoint of a run directory (default: auto)")
+    inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
+    inspect.set_defaults(_action=_inspect)
+
+    verify = sub.add_parser("verify", help="exit 0 only if every checkpoint verifies")
+    verify.add_argument("path", type=Path, help="a run directory or a checkpoint file")
+    verify.set_defaults(_action=_verify)
+
+    export = sub.add_parser("export", help="write the generator weights as a .safetensors file")
+    export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
+    export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
+    export.add_argument("--load", choices=["auto", "last", "best"], default="auto")
+    export.set_defaults(_action=_export)
+
+    migrate = sub.add_parser("migrate", help="convert old gene_epoch_*/disc_epoch_* files into a run directory")
+    migrate.add_argument("legacy_dir", type=Path, help="folder with gene_epoch_N_* and disc_epoch_N files")
+    migrate.add_argument("--out", type=Path, required=True, help="run directory to create")
+    migrate.add_argument("--epoch", type=int, default=None, help="epoch to migrate (default: newest)")
+    migrate.set_defaults(_action=_migrate)
+
+
+def run(args: argparse.Namespace) -> int:
+    return int(args._action(args))
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    from bsrnn.checkpoint import load_checkpoint
+    from bsrnn.checkpoint.summary import format_summary, summarize
+
+    summary = summarize(load_checkpoint(args.path, args.load))
+    if args.json:
+        print(json.dumps(summary, indent=2, default=str))
+    else:
+        print(format_summary(summary))
+    return 0
+
+
+def _verify(args: argparse.Namespace) -> int:
+    from bsrnn.checkpoint import verify
+
+    results = verify(args.path)
+    for result in results:
+        print(f"{'OK  ' if result.ok else 'FAIL'} {result.path}: {result.message}")
+    failed = [result for result in results if not result.ok]
+    if failed:
+        print(f"{len(failed)} of {len(results)} checkpoint(s) failed verification")
+        return 1
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    from bsrnn.checkpoint import load_checkpoint
+    from bsrnn.errors import UserError
+
+    if args.out.suffix != ".safetensors":
+        raise UserError(f"--out must end in .safetensors, got {args.out}")
+    from safetensors.torch import save_file
+
+    loaded = load_checkpoint(args.checkpoint, args.load)
+    weights = loaded.payload.get("model_state_dict")
+    if not weights:
+        raise UserError(f"{loaded.path} holds no model_state_dict to export")
+    metadata = {"source": str(loaded.path), "sha256": loaded.digest}
+    config = loaded.payload.get("config") or {}
+    for key in ("num_channel", "num_layer"):
+        if key in config:
+            metadata[key] = str(config[key])
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(args.out), metadata=metadata)
+    print(f"Wrote {len(weights)} generator tensors to {args.out}")
+    return 0
+
+
+def _migrate(args: argparse.Namespace) -> int:
+    from bsrnn.migrate import migrate_legacy_run
+
+    result = migrate_legacy_run(args.legacy_dir, args.out, epoch=args.epoch)
+    print(result)
+    return 0
