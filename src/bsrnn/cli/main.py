@@ -13,8 +13,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from bsrnn.checkpoint.errors import CheckpointError
-from bsrnn.errors import UserError
+from bsrnn.errors import RunFailedError, UserError
 
 log = logging.getLogger("bsrnn")
 
@@ -69,11 +68,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 2
         _configure_logging(args.quiet)
         return int(args._run(args) or 0)
-    except (UserError, CheckpointError) as error:
+    except BrokenPipeError:  # `bsrnn ckpt inspect RUN | head`: the reader left; not an error
+        sys.stderr.close()
+        return 0
+    except Exception as error:
+        # Imported here: the engine imports torch, and worker processes that re-import this
+        # module (multiprocessing's spawn) should not pay for it.
+        from bsrnn.checkpoint.errors import CheckpointError
+
+        if isinstance(error, RunFailedError):
+            code = 1
+        elif isinstance(error, (UserError, CheckpointError)):
+            code = 2
+        else:
+            raise
         if debug:
             raise
         print(f"error: {error}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
