@@ -1,0 +1,275 @@
+"""BSRNN generator: a band-split RNN that predicts a complex 3-tap mask in the STFT domain.
+
+Computes the same function as the reference recipe's network, but batches its 31 per-band
+operations: the band split's GroupNorm + Linear and the mask decoder's output Linear run once
+per group of equal-width bands (five groups), the mask decoder's GroupNorm and first Linear
+once for all 31 bands, and each RNN layer is one LSTM call over all bands (time layers) or
+all frames (band layers). The reference's per-band parameters are stored packed
+(concatenated or stacked in band order), so the parameter count equals the reference's and
+``bsrnn.models.reference`` maps between the two naming schemes.
+
+Reference behaviour kept on purpose (it is what trained checkpoints expect):
+
+- every GroupNorm has a single group, so its statistics span the whole utterance (time
+  included): the band-split norm over ``[2w, T]`` per band, the RNN-layer norms over
+  ``[N, T, K]``, the mask-decoder norm over ``[N, T]`` per band;
+- all ``num_layer`` time layers run first, then all ``num_layer`` band layers (not interleaved);
+- the mask for frame ``t`` filters frames ``t-1, t, t+1``; the edge frames use two taps. We
+  express that as zero padding, which also gives a defined answer for a single frame (the
+  reference fails on ``T = 1``).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from bsrnn.models.bands import (
+    BAND_WIDTHS,
+    MASK_TAPS,
+    MASK_VALUES_PER_BIN,
+    NUM_BANDS,
+    NUM_BINS,
+    WIDTH_GROUPS,
+    split_by_band_group,
+    split_by_bin_group,
+)
+
+GROUP_NORM_EPS = 1e-5  # nn.GroupNorm's default, as used by the reference
+
+
+class ChannelLastGroupNorm(nn.Module):
+    """``nn.GroupNorm(1, C)`` for channel-last tensors ``[B, ..., C]``.
+
+    One group means the statistics cover every element of a sample, which is layer norm over
+    all non-batch axes; the affine parameters are per channel (the last axis). Keeping the
+    channel last avoids transposes around the LSTMs.
+    """
+
+    def __init__(self, num_channels: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        normalized = F.layer_norm(x, x.shape[1:], eps=GROUP_NORM_EPS)
+        return torch.addcmul(self.bias, normalized, self.weight)
+
+
+class ResidualRNNLayer(nn.Module):
+    """Norm -> LSTM along one axis -> Linear back to N channels, plus the input (residual).
+
+    The LSTM is shared across the other axis, so that axis is folded into the LSTM batch:
+    input ``[B, S, L, N]`` runs ``B * S`` sequences of length ``L``.
+    """
+
+    def __init__(self, num_channel: int, bidirectional: bool) -> None:
+        super().__init__()
+        hidden = 2 * num_channel
+        self.norm = ChannelLastGroupNorm(num_channel)
+        self.lstm = nn.LSTM(num_channel, hidden, batch_first=True, bidirectional=bidirectional)
+        self.fc = nn.Linear(hidden * (2 if bidirectional else 1), num_channel)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        batch, others, length, channels = z.shape
+        out = self.norm(z).reshape(batch * others, length, channels)
+        out, _ = self.lstm(out)
+        out = self.fc(out).view(batch, others, length, channels)
+        return z + out
+
+
+class BandSplit(nn.Module):
+    """Per band: GroupNorm(1, 2w) over (features, time), then Linear(2w -> N).
+
+    Parameters are packed in frequency order: ``norm_weight``/``norm_bias`` ``[2F]`` (features
+    ordered bin-major, real then imaginary), ``fc_weight`` ``[N, 2F]`` (the per-band weights
+    side by side) and ``fc_bias`` ``[K, N]``. Bands of equal width run as one batched matmul.
+    """
+
+    def __init__(self, num_channel: int) -> None:
+        super().__init__()
+        self.norm_weight = nn.Parameter(torch.ones(2 * NUM_BINS))
+        self.norm_bias = nn.Parameter(torch.zeros(2 * NUM_BINS))
+        self.fc_weight = nn.Parameter(torch.empty(num_channel, 2 * NUM_BINS))
+        self.fc_bias = nn.Parameter(torch.zeros(NUM_BANDS, num_channel))
+
+    def forward(self, spec_real: torch.Tensor) -> torch.Tensor:
+        """``[B, F, T, 2]`` -> ``[B, K, T, N]``."""
+        batch, _, frames, _ = spec_real.shape
+        channels = self.fc_weight.shape[0]
+        outputs = []
+        for group, bands, norm_weight, norm_bias, weight, bias in zip(
+            WIDTH_GROUPS,
+            split_by_bin_group(spec_real, dim=1, per_bin=1),
+            split_by_bin_group(self.norm_weight, dim=0, per_bin=2),
+            split_by_bin_group(self.norm_bias, dim=0, per_bin=2),
+            split_by_bin_group(self.fc_weight, dim=1, per_bin=2),
+            split_by_band_group(self.fc_bias, dim=0),
+        ):
+            count, features = group.num_bands, 2 * group.width
+            # [B, c*w, T, 2] -> [c, B, T, w*2]: one band per leading index, features bin-major.
+            bands = bands.reshape(batch, count, group.width, frames, 2).permute(1, 0, 3, 2, 4)
+            bands = bands.reshape(count, batch, frames, features)
+            # GroupNorm(1, 2w) statistics span (time, features) of one band of one example.
+            normalized = F.layer_norm(bands, (frames, features), eps=GROUP_NORM_EPS)
+            normalized = torch.addcmul(
+                norm_bias.view(count, 1, 1, features),
+                normalized,
+                norm_weight.view(count, 1, 1, features),
+            ).view(count, batch * frames, features)
+            weight = weight.reshape(channels, count, features).permute(1, 2, 0)  # [c, 2w, N]
+            outputs.append(torch.bmm(normalized, weight) + bias.unsqueeze(1))  # [c, B*T, N]
+        out = torch.cat(outputs, dim=0).view(NUM_BANDS, batch, frames, channels)
+        return out.transpose(0, 1).contiguous()
+
+
+class MaskDecoder(nn.Module):
+    """Per band: GroupNorm(1, N), Linear(N -> 4N), Tanh, Linear(4N -> 12w), GLU.
+
+    Parameters: ``norm_weight``/``norm_bias`` ``[K, N]``, ``fc1_weight`` ``[K, 4N, N]``,
+    ``fc1_bias`` ``[K, 4N]`` (stacked per band) and ``fc2_weight`` ``[12F, 4N]``, ``fc2_bias``
+    ``[12F]`` (per-band outputs concatenated in band order; each band's 12w outputs are the
+    GLU value half then the gate half, each ordered ``[bin, tap, real/imag]``).
+    """
+
+    def __init__(self, num_channel: int) -> None:
+        super().__init__()
+        hidden = 4 * num_channel
+        packed_outputs = 2 * MASK_VALUES_PER_BIN * NUM_BINS
+        self.norm_weight = nn.Parameter(torch.ones(NUM_BANDS, num_channel))
+        self.norm_bias = nn.Parameter(torch.zeros(NUM_BANDS, num_channel))
+        self.fc1_weight = nn.Parameter(torch.empty(NUM_BANDS, hidden, num_channel))
+        self.fc1_bias = nn.Parameter(torch.zeros(NUM_BANDS, hidden))
+        self.fc2_weight = nn.Parameter(torch.empty(packed_outputs, hidden))
+        self.fc2_bias = nn.Parameter(torch.zeros(packed_outputs))
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        """``[B, T, K, N]`` -> real mask ``[B, F, T, 3, 2]`` (tap, real/imag)."""
+        batch, frames, _, channels = z.shape
+        per_band = z.permute(2, 0, 1, 3).contiguous()  # [K, B, T, N]
+        # GroupNorm(1, N) statistics span (time, channels) of one band of one example.
+        per_band = F.layer_norm(per_band, (frames, channels), eps=GROUP_NORM_EPS)
+        per_band = torch.addcmul(
+            self.norm_bias[:, None, None, :], per_band, self.norm_weight[:, None, None, :]
+        ).view(NUM_BANDS, batch * frames, channels)
+        hidden = torch.bmm(per_band, self.fc1_weight.transpose(1, 2))
+        hidden = torch.tanh(hidden + self.fc1_bias.unsqueeze(1))  # [K, B*T, 4N]
+
+        per_bin_outputs = 2 * MASK_VALUES_PER_BIN
+        masks = []
+        for group, band_hidden, weight, bias in zip(
+            WIDTH_GROUPS,
+            split_by_band_group(hidden, dim=0),
+            split_by_bin_group(self.fc2_weight, dim=0, per_bin=per_bin_outputs),
+            split_by_bin_group(self.fc2_bias, dim=0, per_bin=per_bin_outputs),
+        ):
+            count, outputs = group.num_bands, per_bin_outputs * group.width
+            weight = weight.view(count, outputs, -1).transpose(1, 2)  # [c, 4N, 12w]
+            bias = bias.view(count, 1, outputs)
+            mask = F.glu(torch.bmm(band_hidden, weight) + bias, dim=-1)  # [c, B*T, 6w]
+            # [c, B*T, w*6] -> [B, c*w, T, 6]: bins in frequency order.
+            mask = mask.view(count, batch, frames, group.width, MASK_VALUES_PER_BIN)
+            mask = mask.permute(1, 0, 3, 2, 4)
+            masks.append(mask.reshape(batch, count * group.width, frames, MASK_VALUES_PER_BIN))
+        return torch.cat(masks, dim=1).view(batch, NUM_BINS, frames, MASK_TAPS, 2)
+
+
+def apply_three_tap_mask(spec: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Filter each bin across frames: ``out[t] = m0 x[t-1] + m1 x[t] + m2 x[t+1]``.
+
+    Frames outside the signal count as zero, which is the reference's two-tap rule at the
+    first and last frame. ``spec`` complex ``[B, F, T]``, ``mask`` complex ``[B, F, T, 3]``.
+    """
+    padded = F.pad(spec, (1, 1))
+    return (
+        mask[..., 0] * padded[..., :-2]
+        + mask[..., 1] * padded[..., 1:-1]
+        + mask[..., 2] * padded[..., 2:]
+    )
+
+
+class BSRNN(nn.Module):
+    """Band-split RNN speech enhancer: complex STFT ``[B, 257, T]`` -> enhanced STFT, same shape.
+
+    ``num_channel`` is the feature width N per band; ``num_layer`` the number of time layers
+    and, separately, of band layers.
+    """
+
+    def __init__(self, num_channel: int = 64, num_layer: int = 5) -> None:
+        super().__init__()
+        if num_channel < 1 or num_layer < 1:
+            raise ValueError(
+                f"BSRNN needs num_channel >= 1 and num_layer >= 1; "
+                f"got num_channel={num_channel}, num_layer={num_layer}"
+            )
+        self.num_channel = int(num_channel)
+        self.num_layer = int(num_layer)
+        self.band_split = BandSplit(self.num_channel)
+        self.time_layers = nn.ModuleList(
+            ResidualRNNLayer(self.num_channel, bidirectional=False) for _ in range(self.num_layer)
+        )
+        self.band_layers = nn.ModuleList(
+            ResidualRNNLayer(self.num_channel, bidirectional=True) for _ in range(self.num_layer)
+        )
+        self.mask_decoder = MaskDecoder(self.num_channel)
+        self.reset_parameters()
+
+    def config(self) -> dict[str, int]:
+        """Constructor arguments, so the architecture can be stored beside the weights."""
+        return {"num_channel": self.num_channel, "num_layer": self.num_layer}
+
+    @torch.no_grad()
+    def reset_parameters(self) -> None:
+        """Initialise as the reference does, band by band for the packed per-band Linears.
+
+        LSTM input weights Xavier-uniform, recurrent weights orthogonal (each whole
+        ``[4H, H]`` matrix), biases zero; every Linear Xavier-uniform with zero bias, where a
+        per-band Linear's fan-in/fan-out are its own band's; norms start at identity.
+        """
+        for layer in [*self.time_layers, *self.band_layers]:
+            for name, param in layer.lstm.named_parameters():
+                if name.startswith("weight_ih"):
+                    nn.init.xavier_uniform_(param)
+                elif name.startswith("weight_hh"):
+                    nn.init.orthogonal_(param)
+                else:
+                    param.zero_()
+            nn.init.xavier_uniform_(layer.fc.weight)
+            layer.fc.bias.zero_()
+            layer.norm.weight.fill_(1.0)
+            layer.norm.bias.zero_()
+
+        split, decoder = self.band_split, self.mask_decoder
+        split.norm_weight.fill_(1.0)
+        split.norm_bias.zero_()
+        split.fc_bias.zero_()
+        decoder.norm_weight.fill_(1.0)
+        decoder.norm_bias.zero_()
+        decoder.fc1_bias.zero_()
+        decoder.fc2_bias.zero_()
+        first_bin = 0
+        for band, width in enumerate(BAND_WIDTHS):
+            nn.init.xavier_uniform_(split.fc_weight[:, 2 * first_bin : 2 * (first_bin + width)])
+            nn.init.xavier_uniform_(decoder.fc1_weight[band])
+            rows = 2 * MASK_VALUES_PER_BIN
+            nn.init.xavier_uniform_(
+                decoder.fc2_weight[rows * first_bin : rows * (first_bin + width)]
+            )
+            first_bin += width
+
+    def forward(self, spec: torch.Tensor) -> torch.Tensor:
+        """Enhance a complex spectrogram ``[B, 257, T]`` (512-point STFT) of any ``T >= 1``."""
+        if not spec.is_complex() or spec.dim() != 3 or spec.shape[1] != NUM_BINS:
+            raise ValueError(
+                f"BSRNN expects a complex spectrogram [batch, {NUM_BINS}, frames]; "
+                f"got dtype {spec.dtype} and shape {tuple(spec.shape)}"
+            )
+        z = self.band_split(torch.view_as_real(spec))  # [B, K, T, N]
+        for layer in self.time_layers:
+            z = layer(z)  # LSTM over T, batch B * K
+        z = z.transpose(1, 2).contiguous()  # [B, T, K, N]
+        for layer in self.band_layers:
+            z = layer(z)  # LSTM over K, batch B * T
+        mask = torch.view_as_complex(self.mask_decoder(z))  # [B, F, T, 3]
+        return apply_three_tap_mask(spec, mask)
