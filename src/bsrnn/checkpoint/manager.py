@@ -155,13 +155,15 @@ class CheckpointManager:
         Resuming from ``best`` while a newer ``last`` exists first keeps that ``last`` as
         ``checkpoint_last.superseded.pt`` (SPEC 5.4), before any save can overwrite it.
         """
-        missing = [name for name in self._objects if name not in loaded.payload]
+        # A registered name stored as None (e.g. a migrated file without optimizer state) is
+        # as missing as an absent one.
+        missing = [name for name in self._objects if loaded.payload.get(name) is None]
         if missing and strict:
             raise StateMismatchError(
                 f"{loaded.path} lacks {', '.join(missing)}; it cannot restore this training state"
             )
         for name, obj in self._objects.items():
-            if name in loaded.payload:
+            if name not in missing:
                 try:
                     obj.load_state_dict(loaded.payload[name])
                 except (RuntimeError, KeyError, ValueError, TypeError) as error:
@@ -176,7 +178,8 @@ class CheckpointManager:
             )
         self.sequence = max(self.sequence, int(loaded.payload.get("save_sequence", 0)))
         self._lineage = list(loaded.payload.get("lineage", [])) + [_lineage_record(loaded)]
-        if self.writer and loaded.kind == "best":
+        same_directory = loaded.path.parent.resolve() == self.run_dir.resolve()
+        if self.writer and loaded.kind == "best" and same_directory:
             self._keep_superseded_last(loaded)
         loaded.missing = missing
         return missing

@@ -14,6 +14,8 @@ import torch
 from bsrnn.checkpoint.loading import LoadedCheckpoint
 
 _PROGRESS_KEYS = ("epoch", "global_step", "step_in_epoch", "val_loss", "best_val_loss")
+# Shown in their own sections, not in the contents table.
+_ENGINE_RECORDS = ("monitor", "versions", "lineage", "config", "notes")
 
 
 def tensor_stats(value: Any) -> tuple[int, int]:
@@ -46,10 +48,12 @@ def summarize(loaded: LoadedCheckpoint) -> dict[str, Any]:
     payload = loaded.payload
     contents = {}
     for key, value in payload.items():
+        if key in _ENGINE_RECORDS:
+            continue
         count, size = tensor_stats(value)
-        if count:
+        if count or isinstance(value, (Mapping, list, tuple)):
             contents[key] = {"tensors": count, "bytes": size}
-        elif value is None:
+        elif value is None and key not in _PROGRESS_KEYS:
             contents[key] = {"tensors": 0, "bytes": 0, "note": "not saved"}
     return {
         "path": str(loaded.path),

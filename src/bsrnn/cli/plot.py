@@ -1,0 +1,19 @@
+"""``bsrnn plot RUN_DIR [--out FILE.png]``: training and validation curves as a PNG."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run_dir", type=Path, help="run directory (reads its metrics.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, help="output PNG (default RUN_DIR/curves.png)")
+
+
+def run(args: argparse.Namespace) -> int:
+    from bsrnn.plotting import plot_run
+
+    out = plot_run(args.run_dir, args.out or args.run_dir / "curves.png")
+    print(f"Wrote {out}")
+    return 0

@@ -1,0 +1,62 @@
+"""The trainer's own counters, as stateful objects the checkpoint engine saves and restores.
+
+``epoch`` follows the old guide: the index of the last *completed* epoch, -1 before the first.
+A mid-epoch checkpoint says how many batches of the next epoch are done (``step_in_epoch``);
+the resumed run skips exactly those, by arithmetic (``EpochBatches(start_batch=...)``).
+The running sums of the epoch in progress are saved too, so the epoch's summary line after a
+resume is the one the uninterrupted run prints.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+
+@dataclass
+class TrainingProgress:
+    epoch: int = -1
+    step_in_epoch: int = 0
+    global_step: int = 0
+    nonfinite_in_a_row: int = 0
+    nonfinite_skipped: int = 0
+    epoch_sums: dict[str, float] = field(default_factory=dict)
+    epoch_count: int = 0
+    val_loss: float | None = None
+    val_pesq: float | None = None
+    best_val_loss: float | None = None
+
+    @property
+    def current_epoch(self) -> int:
+        """The epoch being trained (or about to be)."""
+        return self.epoch + 1
+
+    def add_step(self, values: Mapping[str, float]) -> None:
+        for key, value in values.items():
+            self.epoch_sums[key] = self.epoch_sums.get(key, 0.0) + float(value)
+        self.epoch_count += 1
+
+    def epoch_means(self) -> dict[str, float]:
+        return {key: total / max(self.epoch_count, 1) for key, total in self.epoch_sums.items()}
+
+    def record_validation(self, val_loss: float, val_pesq: float) -> None:
+        """Remember the epoch's validation; best_val_loss only moves on a finite improvement."""
+        self.val_loss, self.val_pesq = val_loss, val_pesq
+        if val_loss == val_loss and abs(val_loss) != float("inf"):
+            if self.best_val_loss is None or val_loss < self.best_val_loss:
+                self.best_val_loss = val_loss
+
+    def finish_epoch(self) -> None:
+        self.epoch += 1
+        self.step_in_epoch = 0
+        self.epoch_sums = {}
+        self.epoch_count = 0
+
+    def state_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        for key, value in state.items():
+            if hasattr(self, key):
+                setattr(self, key, dict(value) if isinstance(value, Mapping) else value)

@@ -1,0 +1,97 @@
+"""Reconciling the user's config with the checkpoint being resumed, and the resume summary.
+
+Rules (SPEC sections 2 and 5.6, STYLE habit 4):
+- The checkpoint's config is the base; the ``--config`` file's values and then the flags
+  override it. Only fields the user set explicitly count as overrides.
+- Architecture fields (``num_channel``, ``num_layer``, ``ndf``) come from the checkpoint when
+  not set; set to a different value they are an error naming every differing field.
+- Progress (epoch, step, best value) always comes from the checkpoint; free fields (epochs,
+  learning rate, batch size, ...) may change, and every change is logged.
+- Invocation fields (``max_steps``, the resume source, device, workers) are never taken from a
+  checkpoint.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from bsrnn.config import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, Config, field_names
+from bsrnn.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+
+def explicit_fields_of(config: Config) -> set[str]:
+    """For the Python API: fields whose value differs from the default count as set."""
+    default = Config().to_dict()
+    return {key for key, value in config.to_dict().items() if value != default[key]}
+
+
+def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mapping[str, Any] | None,
+              source: str) -> Config:
+    """The config to resume with; raise ``ConfigError`` on architecture conflicts."""
+    if not checkpoint_config:
+        return config
+    explicit = set(explicit)
+    current = config.to_dict()
+    conflicts = [
+        f"{name}: checkpoint {checkpoint_config[name]}, config {current[name]}"
+        for name in ARCHITECTURE_FIELDS
+        if name in explicit and name in checkpoint_config and checkpoint_config[name] != current[name]
+    ]
+    if conflicts:
+        raise ConfigError(
+            f"The checkpoint {source} was trained with a different architecture:\n  "
+            + "\n  ".join(conflicts)
+            + "\nDrop these settings to take them from the checkpoint, or start a new run in another --run-dir."
+        )
+    known = set(field_names())
+    merged = {key: value for key, value in checkpoint_config.items() if key in known}
+    for key in known:
+        if key in explicit or key in INVOCATION_FIELDS or key not in merged:
+            merged[key] = current[key]
+    changed = [
+        f"{key}: {checkpoint_config[key]!r} -> {merged[key]!r}"
+        for key in sorted(explicit - set(INVOCATION_FIELDS))
+        if key in checkpoint_config and checkpoint_config[key] != merged[key]
+    ]
+    for change in changed:
+        log.info("  config change on resume: %s", change)
+    return Config(**merged)
+
+
+def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
+                  learning_rates: Mapping[str, float], superseded: bool) -> list[str]:
+    """The old guide's RESUME SUMMARY block, with our additions (step, monitor, LRs)."""
+    epoch = int(payload.get("epoch", -1))
+    step_in_epoch = int(payload.get("step_in_epoch", 0))
+    resuming_epoch = epoch + 1
+    completed = f"0-{epoch} ({epoch + 1} epochs)" if epoch >= 0 else "none"
+    monitor = payload.get("monitor") or {}
+    lines = [
+        "=" * 70,
+        "RESUME SUMMARY:",
+        f"  Checkpoint type: {kind}",
+        f"  Checkpoint path: {path}",
+        f"  Completed epochs: {completed}",
+        f"  Resuming from: epoch {resuming_epoch}, step {step_in_epoch} of that epoch "
+        f"(global step {payload.get('global_step', 0)})",
+        f"  Target epochs: {config.epochs}",
+        f"  Remaining epochs: {max(config.epochs - resuming_epoch, 0)}",
+        f"  Best validation loss: {_fmt(payload.get('best_val_loss'))}",
+        f"  Last validation loss: {_fmt(payload.get('val_loss'))}",
+        f"  Monitored: {monitor.get('name', config.monitor)} ({monitor.get('mode', config.monitor_mode)}), "
+        f"best {_fmt(monitor.get('best'))}",
+    ]
+    for name, rate in learning_rates.items():
+        lines.append(f"  Current learning rate ({name}): {rate:.6g}")
+    if superseded:
+        lines.append("  Newer checkpoint_last.pt kept as checkpoint_last.superseded.pt")
+    lines.append("=" * 70)
+    return lines
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.6f}" if isinstance(value, (int, float)) else "n/a"

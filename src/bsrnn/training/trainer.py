@@ -1,0 +1,284 @@
+"""The training run: setup (fresh or resumed), the epoch loop, saves, preemption, the end.
+
+Everything with state is registered with the checkpoint engine under the SPEC section 4 names,
+so a checkpoint is the whole run: both networks, both optimizers and schedulers, every RNG
+stream, the progress counters (with the position inside the epoch), the config.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import signal
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from bsrnn.checkpoint import CheckpointManager, LoadedCheckpoint, PreemptionGuard, RNGStreams
+from bsrnn.config import Config
+from bsrnn.data.datasets import FixedCrops, TrainSet
+from bsrnn.data.layout import Corpus
+from bsrnn.data.sampler import EpochBatches
+from bsrnn.errors import RunFailedError, UserError
+from bsrnn.metrics.pesq_pool import PesqPool
+from bsrnn.models import BSRNN, Discriminator
+from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
+from bsrnn.training.progress import TrainingProgress
+from bsrnn.training.run_files import RunFiles
+from bsrnn.training.steps import Networks, finish_validation, train_step, validate
+
+log = logging.getLogger("bsrnn.train")
+
+
+class TrainingDivergedError(RunFailedError):
+    """Too many consecutive non-finite losses: stop rather than save garbage."""
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """How a ``train`` call ended. ``exit_code`` is 0, or 128+signal after a preemption save."""
+
+    exit_code: int
+    run_dir: Path
+    epoch: int
+    global_step: int
+    stopped_by: str  # "completed", "max_steps", "already_done", or a signal name
+
+
+def build_networks(config: Config, device: torch.device) -> Networks:
+    torch.manual_seed(config.seed)
+    generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer).to(device)
+    discriminator = Discriminator(ndf=config.ndf).to(device)
+    return Networks(
+        generator,
+        discriminator,
+        torch.optim.Adam(generator.parameters(), lr=config.init_lr),
+        torch.optim.Adam(discriminator.parameters(), lr=config.init_lr),
+    )
+
+
+class Trainer:
+    """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
+
+    def __init__(self, config: Config, corpus: Corpus, device: torch.device, context: DistributedContext,
+                 loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
+        self.config = config
+        self.device = device
+        self.context = context
+        self.run_dir = Path(config.save_model_dir)
+        self.nets = build_networks(config, device)
+        self.scheduler_g = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_g, config.decay_epoch, config.lr_decay)
+        self.scheduler_d = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_d, config.decay_epoch, config.lr_decay)
+        self.progress = TrainingProgress()
+        self.train_set = TrainSet(corpus.train, cut_len=config.cut_len, seed=config.seed)
+        self.val_set = FixedCrops(corpus.test, cut_len=config.cut_len, seed=config.seed)
+        if len(self.train_set) < config.batch_size * context.world_size:
+            raise UserError(
+                f"The training split has {len(self.train_set)} pairs, fewer than one batch "
+                f"({config.batch_size} x {context.world_size} process(es)). Lower --batch-size."
+            )
+        self.manager = CheckpointManager(
+            self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
+            async_save=config.async_save, writer=context.is_main,
+        )
+        for name, obj in (
+            ("model_state_dict", self.nets.generator),
+            ("discriminator_state_dict", self.nets.discriminator),
+            ("optimizer_state_dict", self.nets.optimizer_g),
+            ("optimizer_disc_state_dict", self.nets.optimizer_d),
+            ("scheduler_G_state_dict", self.scheduler_g),
+            ("scheduler_D_state_dict", self.scheduler_d),
+            ("rng", RNGStreams()),
+            ("progress", self.progress),
+        ):
+            self.manager.register(name, obj)
+        self.files = RunFiles(self.run_dir, enabled=context.is_main)
+        self.superseded = False
+        if loaded is not None:
+            self._restore(loaded, lr_override)
+        self.files.write_config(config)
+        self.pesq_pool = PesqPool(workers=config.pesq_workers)
+
+    # ------------------------------------------------------------------------------ resume
+    def _restore(self, loaded: LoadedCheckpoint, lr_override: bool) -> None:
+        superseded_before = (self.run_dir / "checkpoint_last.superseded.pt").exists()
+        missing = self.manager.restore(loaded, strict=False)
+        self.superseded = (self.run_dir / "checkpoint_last.superseded.pt").exists() and not superseded_before
+        if "progress" in missing:  # a migrated checkpoint: only weights and the epoch
+            self.progress.epoch = int(loaded.get("epoch", -1))
+            self.progress.global_step = int(loaded.get("global_step", 0))
+        for name in missing:
+            log.warning("The checkpoint has no %s: it starts fresh", name)
+        for scheduler in (self.scheduler_g, self.scheduler_d):
+            scheduler.step_size, scheduler.gamma = self.config.decay_epoch, self.config.lr_decay
+        if lr_override:
+            for optimizer, scheduler in ((self.nets.optimizer_g, self.scheduler_g),
+                                         (self.nets.optimizer_d, self.scheduler_d)):
+                for group in optimizer.param_groups:
+                    group["lr"] = self.config.init_lr
+                    group["initial_lr"] = self.config.init_lr
+                scheduler.base_lrs = [self.config.init_lr for _ in optimizer.param_groups]
+                scheduler._last_lr = [self.config.init_lr for _ in optimizer.param_groups]
+
+    def learning_rates(self) -> dict[str, float]:
+        return {
+            "generator": self.nets.optimizer_g.param_groups[0]["lr"],
+            "discriminator": self.nets.optimizer_d.param_groups[0]["lr"],
+        }
+
+    # ------------------------------------------------------------------------------- saves
+    def _save(self, metric: float | None) -> None:
+        if not self.context.is_main:
+            return
+        progress = self.progress
+        values: dict[str, Any] = {
+            "epoch": progress.epoch,
+            "global_step": progress.global_step,
+            "step_in_epoch": progress.step_in_epoch,
+            "val_loss": progress.val_loss,
+            "best_val_loss": progress.best_val_loss,
+            "val_pesq": progress.val_pesq,
+            "config": self.config.to_dict(),
+        }
+        result = self.manager.save(metric=metric, values=values)
+        where = f"epoch {progress.epoch}" if progress.step_in_epoch == 0 else (
+            f"epoch {progress.current_epoch} step {progress.step_in_epoch}")
+        val = f", val_loss: {progress.val_loss:.4f}" if progress.val_loss is not None and metric is not None else ""
+        log.info("✓ Saved checkpoint_last.pt (%s%s)", where, val)
+        if result.is_best:
+            log.info("NEW BEST! Saved checkpoint_best.pt (%s: %.4f)", self.config.monitor, metric)
+
+    # -------------------------------------------------------------------------------- loop
+    def run(self, max_steps: int | None) -> TrainResult:
+        config, progress = self.config, self.progress
+        guard = PreemptionGuard().install()
+        steps_this_run = 0
+        started = time.perf_counter()
+        pesq_wait = 0.0
+        try:
+            while progress.current_epoch < config.epochs:
+                epoch = progress.current_epoch
+                batches = EpochBatches(
+                    len(self.train_set), config.batch_size, config.seed, epoch,
+                    rank=self.context.rank, world_size=self.context.world_size,
+                    start_batch=progress.step_in_epoch,
+                )
+                loader = DataLoader(
+                    self.train_set, batch_sampler=batches, num_workers=config.workers,
+                    generator=torch.Generator(), pin_memory=self.device.type == "cuda",
+                )
+                use_gan = epoch >= config.gan_epoch
+                bar = tqdm(loader, total=batches.remaining, desc=f"epoch {epoch}", leave=False,
+                           disable=None if self.context.is_main else True, dynamic_ncols=True)
+                for clean, noisy in bar:
+                    result = train_step(
+                        self.nets, clean.to(self.device, non_blocking=True), noisy.to(self.device, non_blocking=True),
+                        use_gan=use_gan, loss_weights=config.loss_weights, grad_clip=config.grad_clip,
+                        pesq_pool=self.pesq_pool, context=self.context,
+                        inject_nonfinite=progress.global_step in config.inject_nonfinite_steps,
+                    )
+                    pesq_wait += result.pesq_wait_s
+                    self._account(result, epoch)
+                    steps_this_run += 1
+                    bar.set_postfix(loss=f"{result.values['loss']:.4f}", refresh=False)
+                    signum = agree_on_stop(guard.requested, self.context, self.device)
+                    if signum is not None:
+                        return self._preempted(signum)
+                    if config.save_every_steps and progress.global_step % config.save_every_steps == 0:
+                        self._save(metric=None)
+                    if max_steps is not None and steps_this_run >= max_steps:
+                        if not (config.save_every_steps and progress.global_step % config.save_every_steps == 0):
+                            self._save(metric=None)
+                        log.info("Stopped after --max-steps %d (global step %d); resume to continue",
+                                 max_steps, progress.global_step)
+                        return self._result(0, "max_steps")
+                bar.close()
+                self._end_epoch(epoch, use_gan)
+            log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
+            return self._result(0, "completed")
+        finally:
+            guard.uninstall()
+            elapsed = time.perf_counter() - started
+            if steps_this_run:
+                log.debug("PESQ wait: %.1f%% of %.1fs", 100 * pesq_wait / max(elapsed, 1e-9), elapsed)
+            self.close()
+
+    def _account(self, result: Any, epoch: int) -> None:
+        config, progress = self.config, self.progress
+        progress.global_step += 1
+        progress.step_in_epoch += 1
+        if result.nonfinite:
+            progress.nonfinite_in_a_row += 1
+            progress.nonfinite_skipped += 1
+            log.warning("Non-finite loss at epoch %d step %d (global %d): update skipped (%d in a row)",
+                        epoch, progress.step_in_epoch, progress.global_step - 1, progress.nonfinite_in_a_row)
+            self.files.event("nonfinite", epoch=epoch, step=progress.step_in_epoch,
+                             global_step=progress.global_step, **result.values)
+            if progress.nonfinite_in_a_row >= config.max_nonfinite_steps:
+                raise TrainingDivergedError(
+                    f"Training stopped: {progress.nonfinite_in_a_row} consecutive steps had a NaN/inf loss "
+                    f"(limit max_nonfinite_steps={config.max_nonfinite_steps}). checkpoint_best.pt and the "
+                    "last good checkpoint_last.pt are unchanged. Lower --init-lr or check the data, then "
+                    "resume with --load best."
+                )
+            return
+        progress.nonfinite_in_a_row = 0
+        progress.add_step({k: v for k, v in result.values.items() if math.isfinite(v)})
+        if progress.step_in_epoch % config.log_interval == 0:
+            values = result.values
+            log.info("Epoch %d, Step %d, loss: %.4f, disc_loss: %.4f, PESQ: %.2f",
+                     epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"])
+            self.files.event("step", epoch=epoch, step=progress.step_in_epoch, global_step=progress.global_step,
+                             **values, lr=self.learning_rates())
+
+    def _end_epoch(self, epoch: int, use_gan: bool) -> None:
+        shard = range(self.context.rank, len(self.val_set), self.context.world_size)
+        batch = self.config.batch_size
+        indices = list(shard)
+        batches = []
+        for start in range(0, len(indices), batch):
+            items = [self.val_set[i] for i in indices[start:start + batch]]
+            batches.append((torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])))
+        sums = validate(self.nets, batches, use_gan=use_gan, loss_weights=self.config.loss_weights,
+                        pesq_pool=self.pesq_pool, device=self.device)
+        keys = sorted(sums)
+        totals = dict(zip(keys, all_sum([sums[k] for k in keys], self.context, self.device)))
+        val = finish_validation(totals)
+        means = self.progress.epoch_means()
+        log.info("TEST - Generator loss: %.4f, Discriminator loss: %.4f, PESQ: %.2f",
+                 val["val_loss"], val["val_disc_loss"], val["val_pesq"])
+        lrs = self.learning_rates()
+        self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step,
+                         train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
+        self.scheduler_g.step()
+        self.scheduler_d.step()
+        self.progress.record_validation(val["val_loss"], val["val_pesq"])
+        self.progress.finish_epoch()
+        metric = val["val_loss"] if self.config.monitor == "val_loss" else val["val_pesq"]
+        self._save(metric=metric)
+
+    def _preempted(self, signum: int) -> TrainResult:
+        self._save(metric=None)
+        self.manager.wait_until_finished()
+        name = signal.Signals(signum).name
+        progress = self.progress
+        print(f"Preempted by {name}: saved checkpoint_last.pt at epoch {progress.current_epoch} "
+              f"step {progress.step_in_epoch} (global step {progress.global_step}); "
+              f"exiting with {128 + signum}. Resume with the same command.", flush=True)
+        self.files.event("preempted", signal=name, global_step=progress.global_step)
+        return self._result(128 + signum, name)
+
+    def _result(self, code: int, how: str) -> TrainResult:
+        return TrainResult(code, self.run_dir, self.progress.epoch, self.progress.global_step, how)
+
+    def close(self) -> None:
+        try:
+            self.manager.close()
+        finally:
+            self.pesq_pool.close()
+            self.files.close()

@@ -1,0 +1,74 @@
+"""Helpers for end-to-end tests: run the real ``bsrnn`` command in a subprocess."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# A tiny but real configuration: 6 steps per epoch on the demo set, seconds per epoch.
+TINY = ["--demo", "--num-channel", "4", "--num-layer", "1", "--batch-size", "8", "--cut-len", "8000",
+        "--log-interval", "1", "--pesq-workers", "1", "--seed", "3"]
+STEPS_PER_EPOCH = 48 // 8
+
+
+def env() -> dict[str, str]:
+    return {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+
+
+def bsrnn(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bsrnn", *args], capture_output=True, text=True,
+                          timeout=timeout, env=env(), check=False)
+
+
+def start(*args: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "bsrnn", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env())
+
+
+def events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
+    path = run_dir / "metrics.jsonl"
+    if not path.exists():
+        return []
+    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    return [event for event in lines if event.get("event") == kind]
+
+
+def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(e["global_step"] >= step for e in events(run_dir, "step")):
+            return
+        if process.poll() is not None:
+            raise AssertionError(f"trainer exited early with {process.returncode}: {process.stdout.read()}")
+        time.sleep(0.05)
+    raise AssertionError(f"no step {step} logged within {timeout}s")
+
+
+def losses_by_step(run_dir: Path) -> dict[int, tuple[float, float]]:
+    """The last logged (loss, disc_loss) of every global step (resumes re-log redone steps)."""
+    return {e["global_step"]: (e["loss"], e["disc_loss"]) for e in events(run_dir, "step")}
+
+
+def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict[str, Any]:
+    return torch.load(run_dir / name, weights_only=True)
+
+
+def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
+    """Every tensor of both networks and optimizers, bit for bit, and the progress counters."""
+    for key in ("model_state_dict", "discriminator_state_dict"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    for key in ("optimizer_state_dict", "optimizer_disc_state_dict"):
+        for index, state in a[key]["state"].items():
+            for name, value in state.items():
+                assert torch.equal(value, b[key]["state"][index][name]), f"{key}[{index}].{name} differs"
+    for key in ("epoch", "global_step", "step_in_epoch", "val_loss", "best_val_loss"):
+        assert a[key] == b[key], key

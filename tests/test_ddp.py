@@ -1,0 +1,39 @@
+"""Two gloo processes under torchrun: sharded training, rank-0 saves, identical resume."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from e2e import TINY, assert_same_training_state, checkpoint, env, losses_by_step
+
+pytestmark = pytest.mark.slow
+
+
+def _torchrun(*args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
+               "-m", "bsrnn", "train", *TINY, "--device", "cpu", *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), check=False)
+
+
+def test_two_process_ddp_stopped_and_resumed_matches_the_uninterrupted_ddp_run(tmp_path: Path) -> None:
+    straight = tmp_path / "straight"
+    result = _torchrun("--epochs", "2", "--run-dir", str(straight))
+    assert result.returncode == 0, result.stderr[-3000:]
+    steps_per_epoch = 48 // 2 // 8
+    assert checkpoint(straight)["global_step"] == 2 * steps_per_epoch
+
+    resumed = tmp_path / "resumed"
+    first = _torchrun("--epochs", "2", "--run-dir", str(resumed), "--max-steps", str(steps_per_epoch + 1))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert checkpoint(resumed)["step_in_epoch"] == 1
+    second = _torchrun("--epochs", "2", "--run-dir", str(resumed), "--resume")
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "RESUME SUMMARY" in second.stderr
+
+    assert_same_training_state(checkpoint(resumed), checkpoint(straight))
+    assert losses_by_step(resumed) == losses_by_step(straight)
+    assert sorted(p.name for p in resumed.glob("*.pt")) == ["checkpoint_best.pt", "checkpoint_last.pt"]

@@ -1,0 +1,177 @@
+"""The old guide's scenarios through the real CLI: exact resume, crashes, preemption, train
+more, fine-tune, already done, architecture mismatch, superseded last, requeue, NaN guard."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+from pathlib import Path
+
+import pytest
+import torch
+
+from e2e import (
+    STEPS_PER_EPOCH,
+    TINY,
+    assert_same_training_state,
+    bsrnn,
+    checkpoint,
+    losses_by_step,
+    start,
+    wait_for_step,
+)
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two epochs, uninterrupted: what every interrupted run must reproduce exactly."""
+    run_dir = tmp_path_factory.mktemp("reference") / "run"
+    result = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "TEST - Generator loss:" in result.stderr + result.stdout
+    return run_dir
+
+
+def _assert_matches_reference(run_dir: Path, reference: Path) -> None:
+    assert_same_training_state(checkpoint(run_dir), checkpoint(reference))
+    assert_same_training_state(checkpoint(run_dir, "checkpoint_best.pt"), checkpoint(reference, "checkpoint_best.pt"))
+    assert losses_by_step(run_dir) == losses_by_step(reference)
+
+
+@pytest.mark.parametrize("stop_after", [STEPS_PER_EPOCH, STEPS_PER_EPOCH + 2], ids=["epoch_boundary", "mid_epoch"])
+def test_a_run_stopped_by_max_steps_and_resumed_is_bit_identical(tmp_path: Path, reference_run: Path, stop_after: int) -> None:
+    run_dir = tmp_path / "run"
+    first = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--max-steps", str(stop_after))
+    assert first.returncode == 0, first.stderr
+    saved = checkpoint(run_dir)
+    assert saved["global_step"] == stop_after
+    assert saved["step_in_epoch"] == stop_after % STEPS_PER_EPOCH or saved["step_in_epoch"] == STEPS_PER_EPOCH
+    second = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--resume")
+    assert second.returncode == 0, second.stderr
+    assert "RESUME SUMMARY" in second.stderr
+    _assert_matches_reference(run_dir, reference_run)
+
+
+def test_sigkill_after_a_step_save_then_resume_is_bit_identical(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = start("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--save-every-steps", "1")
+    wait_for_step(run_dir, STEPS_PER_EPOCH + 1, process)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert (run_dir / "checkpoint_last.pt").exists()
+    resumed = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_matches_reference(run_dir, reference_run)
+
+
+def test_sigterm_saves_the_mid_epoch_position_and_exits_143(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    process = start("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir))
+    wait_for_step(run_dir, 2, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output
+    assert "Preempted by SIGTERM: saved checkpoint_last.pt" in output
+    saved = checkpoint(run_dir)
+    assert 0 < saved["step_in_epoch"] < STEPS_PER_EPOCH and saved["epoch"] == -1
+    resumed = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr
+    _assert_matches_reference(run_dir, reference_run)
+
+
+def test_train_more_continues_from_two_to_three_epochs(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    result = bsrnn("train", "--run-dir", str(run_dir), "--resume", "--epochs", "3")
+    assert result.returncode == 0, result.stderr
+    assert "Target epochs: 3" in result.stderr and "Remaining epochs: 1" in result.stderr
+    saved = checkpoint(run_dir)
+    assert saved["epoch"] == 2 and saved["global_step"] == 3 * STEPS_PER_EPOCH
+    assert saved["config"]["epochs"] == 3 and saved["config"]["num_channel"] == 4
+
+
+def test_fine_tune_from_best_with_a_lower_lr_uses_it_in_both_optimizers(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    result = bsrnn("train", "--run-dir", str(run_dir), "--resume", "--load", "best", "--epochs", "3",
+                   "--init-lr", "1e-4", "--max-steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert "Current learning rate (generator): 0.0001" in result.stderr
+    assert "Current learning rate (discriminator): 0.0001" in result.stderr
+    saved = checkpoint(run_dir)
+    for key in ("optimizer_state_dict", "optimizer_disc_state_dict"):
+        assert [group["lr"] for group in saved[key]["param_groups"]] == [1e-4]
+    for key in ("scheduler_G_state_dict", "scheduler_D_state_dict"):
+        assert saved[key]["base_lrs"] == [1e-4]
+
+
+def test_resume_when_the_target_is_already_reached_says_so_and_exits_0(tmp_path: Path, reference_run: Path) -> None:
+    before = checkpoint(reference_run)
+    result = bsrnn("train", "--run-dir", str(reference_run), "--resume", "--epochs", "2")
+    assert result.returncode == 0
+    assert "Resume epoch >= target epochs" in result.stderr and "--epochs" in result.stderr
+    assert_same_training_state(checkpoint(reference_run), before)
+
+
+def test_an_explicit_architecture_that_differs_from_the_checkpoint_exits_2_naming_the_fields(
+    tmp_path: Path, reference_run: Path
+) -> None:
+    result = bsrnn("train", "--run-dir", str(reference_run), "--resume", "--epochs", "3",
+                   "--num-channel", "8", "--num-layer", "2")
+    assert result.returncode == 2
+    assert "num_channel: checkpoint 4, config 8" in result.stderr
+    assert "num_layer: checkpoint 1, config 2" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_resuming_from_best_keeps_the_newer_last_as_superseded(tmp_path: Path, reference_run: Path) -> None:
+    run_dir = tmp_path / "run"
+    shutil.copytree(reference_run, run_dir)
+    newer_last = (run_dir / "checkpoint_last.pt").read_bytes()
+    if newer_last == (run_dir / "checkpoint_best.pt").read_bytes():
+        pytest.skip("in this seed the last epoch was also the best; nothing to supersede")
+    result = bsrnn("train", "--run-dir", str(run_dir), "--resume", "--load", "best", "--epochs", "3", "--max-steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert (run_dir / "checkpoint_last.superseded.pt").read_bytes() == newer_last
+    assert "checkpoint_last.superseded.pt" in result.stderr
+
+
+def test_resume_auto_on_an_empty_directory_starts_fresh_and_again_resumes(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = bsrnn("train", *TINY, "--epochs", "1", "--run-dir", str(run_dir), "--resume", "auto", "--max-steps", "2")
+    assert first.returncode == 0, first.stderr
+    assert "starting a fresh run" in first.stderr
+    second = bsrnn("train", *TINY, "--epochs", "1", "--run-dir", str(run_dir), "--resume", "auto", "--max-steps", "2")
+    assert second.returncode == 0, second.stderr
+    assert "RESUME SUMMARY" in second.stderr
+    assert checkpoint(run_dir)["global_step"] == 4
+
+
+def test_a_fresh_run_refuses_a_directory_with_checkpoints(reference_run: Path) -> None:
+    result = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(reference_run))
+    assert result.returncode == 2 and "already holds checkpoints" in result.stderr
+
+
+def test_nonfinite_losses_are_skipped_counted_and_stop_training_after_the_limit(tmp_path: Path) -> None:
+    from bsrnn.config import Config, to_toml
+
+    config_file = tmp_path / "nan.toml"
+    config_file.write_text(to_toml(Config(inject_nonfinite_steps=[1, 3, 4, 5], max_nonfinite_steps=3)))
+    run_dir = tmp_path / "run"
+    result = bsrnn("train", *TINY, "--config", str(config_file), "--epochs", "1", "--run-dir", str(run_dir),
+                   "--save-every-steps", "1")
+    assert result.returncode == 1, result.stderr
+    assert "3 consecutive steps had a NaN/inf loss" in result.stderr and "Traceback" not in result.stderr
+    saved = checkpoint(run_dir)  # the last save before the limit: after 0-based steps 0..4
+    assert saved["global_step"] == 5 and saved["progress"]["nonfinite_skipped"] == 3
+    assert not (run_dir / "checkpoint_best.pt").exists()
+    for tensor in saved["model_state_dict"].values():
+        assert torch.isfinite(tensor).all()
+
+
+def test_training_without_data_is_a_usage_error_naming_both_options(tmp_path: Path) -> None:
+    result = bsrnn("train", "--run-dir", str(tmp_path / "run"))
+    assert result.returncode == 2
+    assert "--data-dir" in result.stderr and "--demo" in result.stderr
