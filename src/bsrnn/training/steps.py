@@ -25,8 +25,8 @@ import torch
 from torch import nn
 
 from bsrnn.audio import compress_magnitude, istft, stft
-from bsrnn.losses import discriminator_loss, generator_loss
-from bsrnn.metrics.pesq_pool import PesqPool
+from bsrnn.losses import DiscriminatorLoss, discriminator_loss, generator_loss
+from bsrnn.metrics.pesq_pool import PendingPesq, PesqBatch, PesqPool
 from bsrnn.training.distributed import DistributedContext, average_gradients
 
 
@@ -58,6 +58,59 @@ def _nanmean(scores: np.ndarray, valid: np.ndarray) -> float:
     return float(scores[valid].mean()) if valid.any() else math.nan
 
 
+@dataclass
+class _Forward:
+    """One generator forward on a batch, with what the losses and PESQ need."""
+
+    clean_spec: torch.Tensor
+    est_spec: torch.Tensor
+    clean_mag: torch.Tensor
+    est_mag: torch.Tensor
+    noisy_mag: torch.Tensor
+    pending_enhanced: PendingPesq  # PESQ(clean -> est)
+    pending_noisy: PendingPesq  # PESQ(est -> noisy), the reference's third discriminator term
+
+
+def _forward(generator: nn.Module, clean: torch.Tensor, noisy: torch.Tensor, pesq_pool: PesqPool) -> _Forward:
+    """Generator forward; the estimate's PESQ starts in the pool before anything else runs."""
+    clean_spec, noisy_spec = stft(clean), stft(noisy)
+    est_spec = generator(noisy_spec)
+    est_audio = istft(est_spec.detach(), length=clean.shape[-1]).cpu().numpy()
+    clean_audio, noisy_audio = clean.cpu().numpy(), noisy.cpu().numpy()
+    return _Forward(
+        clean_spec, est_spec, compress_magnitude(clean_spec), compress_magnitude(est_spec),
+        compress_magnitude(noisy_spec),
+        pesq_pool.submit(list(clean_audio), list(est_audio)),
+        pesq_pool.submit(list(est_audio), list(noisy_audio)),
+    )
+
+
+def _discriminator_loss(discriminator: nn.Module, forward: _Forward) -> tuple[DiscriminatorLoss, PesqBatch, float]:
+    """Collect the PESQ scores (blocking only if they are not ready) and compute D's loss."""
+    enhanced, noisy = forward.pending_enhanced.result(), forward.pending_noisy.result()
+    loss = discriminator_loss(
+        discriminator, forward.clean_mag, forward.est_mag.detach(), forward.noisy_mag,
+        torch.from_numpy(enhanced.scores), torch.from_numpy(noisy.scores),
+        torch.from_numpy(enhanced.valid), torch.from_numpy(noisy.valid),
+    )
+    return loss, enhanced, forward.pending_enhanced.wait_s + forward.pending_noisy.wait_s
+
+
+def _update(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
+            context: DistributedContext) -> bool:
+    """Backward, average over ranks, clip, step; False (nothing applied) if anything is non-finite."""
+    optimizer.zero_grad(set_to_none=True)
+    applied = False
+    if _finite(loss):
+        loss.backward()
+        average_gradients(module.parameters(), context)
+        if _finite(torch.nn.utils.clip_grad_norm_(module.parameters(), max_norm=grad_clip)):
+            optimizer.step()
+            applied = True
+    optimizer.zero_grad(set_to_none=True)
+    return applied
+
+
 def train_step(
     nets: Networks,
     clean: torch.Tensor,
@@ -70,57 +123,22 @@ def train_step(
     context: DistributedContext,
     inject_nonfinite: bool = False,
 ) -> StepResult:
-    generator, discriminator = nets.generator, nets.discriminator
-    clean_spec, noisy_spec = stft(clean), stft(noisy)
-    est_spec = generator(noisy_spec)
-    est_mag = compress_magnitude(est_spec)
-    clean_mag = compress_magnitude(clean_spec)
-    noisy_mag = compress_magnitude(noisy_spec)
-
-    est_audio = istft(est_spec.detach(), length=clean.shape[-1]).cpu().numpy()
-    clean_audio, noisy_audio = clean.cpu().numpy(), noisy.cpu().numpy()
-    pending_enhanced = pesq_pool.submit(list(clean_audio), list(est_audio))
-    pending_noisy = pesq_pool.submit(list(est_audio), list(noisy_audio))
-
+    forward = _forward(nets.generator, clean, noisy, pesq_pool)
     gen = generator_loss(
-        est_spec, clean_spec, discriminator if use_gan else None, loss_weights,
-        est_mag=est_mag, clean_mag=clean_mag,
+        forward.est_spec, forward.clean_spec, nets.discriminator if use_gan else None, loss_weights,
+        est_mag=forward.est_mag, clean_mag=forward.clean_mag,
     )
     total = gen.total * math.nan if inject_nonfinite else gen.total
-    nets.optimizer_g.zero_grad(set_to_none=True)
-    generator_skipped = not _finite(total)
-    if not generator_skipped:
-        total.backward()
-        average_gradients(generator.parameters(), context)
-        grad_norm = torch.nn.utils.clip_grad_norm_(generator.parameters(), max_norm=grad_clip)
-        generator_skipped = not _finite(grad_norm)
-        if not generator_skipped:
-            nets.optimizer_g.step()
-    nets.optimizer_g.zero_grad(set_to_none=True)
-
-    enhanced, noisy_scores = pending_enhanced.result(), pending_noisy.result()
-    pesq_wait = pending_enhanced.wait_s + pending_noisy.wait_s
-    nets.optimizer_d.zero_grad(set_to_none=True)
-    disc = discriminator_loss(
-        discriminator, clean_mag, est_mag.detach(), noisy_mag,
-        torch.from_numpy(enhanced.scores), torch.from_numpy(noisy_scores.scores),
-        torch.from_numpy(enhanced.valid), torch.from_numpy(noisy_scores.valid),
-    )
-    discriminator_skipped = not _finite(disc.total)
-    if not discriminator_skipped:
-        disc.total.backward()
-        average_gradients(discriminator.parameters(), context)
-        disc_norm = torch.nn.utils.clip_grad_norm_(discriminator.parameters(), max_norm=grad_clip)
-        discriminator_skipped = not _finite(disc_norm)
-        if not discriminator_skipped:
-            nets.optimizer_d.step()
-    nets.optimizer_d.zero_grad(set_to_none=True)
+    # The GAN term also fills D's gradients; _update zeroes them before D's own backward.
+    generator_applied = _update(total, nets.generator, nets.optimizer_g, grad_clip, context)
+    disc, enhanced, pesq_wait = _discriminator_loss(nets.discriminator, forward)
+    discriminator_applied = _update(disc.total, nets.discriminator, nets.optimizer_d, grad_clip, context)
 
     values = {"loss": float(total.detach()), **{k: v for k, v in gen.as_floats().items() if k != "loss"}}
     values.update(disc.as_floats())
     values["pesq"] = _nanmean(enhanced.scores, enhanced.valid)
     values["pesq_valid"] = float(enhanced.valid.sum())
-    return StepResult(values, generator_skipped, discriminator_skipped, pesq_wait)
+    return StepResult(values, not generator_applied, not discriminator_applied, pesq_wait)
 
 
 @torch.no_grad()
@@ -137,29 +155,17 @@ def validate(
 
     Returned as sums (with counts) so that ranks can add theirs before dividing.
     """
-    generator, discriminator = nets.generator, nets.discriminator
-    generator.eval()
-    discriminator.eval()
+    nets.generator.eval()
+    nets.discriminator.eval()
     sums = {"items": 0.0, "loss": 0.0, "disc_loss": 0.0, "pesq_sum": 0.0, "pesq_count": 0.0}
     try:
         for clean, noisy in batches:
-            clean, noisy = clean.to(device), noisy.to(device)
-            clean_spec, noisy_spec = stft(clean), stft(noisy)
-            est_spec = generator(noisy_spec)
-            est_mag, clean_mag = compress_magnitude(est_spec), compress_magnitude(clean_spec)
-            noisy_mag = compress_magnitude(noisy_spec)
-            est_audio = istft(est_spec, length=clean.shape[-1]).cpu().numpy()
-            clean_audio, noisy_audio = clean.cpu().numpy(), noisy.cpu().numpy()
-            pending_enhanced = pesq_pool.submit(list(clean_audio), list(est_audio))
-            pending_noisy = pesq_pool.submit(list(est_audio), list(noisy_audio))
-            gen = generator_loss(est_spec, clean_spec, discriminator if use_gan else None, loss_weights,
-                                 est_mag=est_mag, clean_mag=clean_mag)
-            enhanced, noisy_scores = pending_enhanced.result(), pending_noisy.result()
-            disc = discriminator_loss(
-                discriminator, clean_mag, est_mag, noisy_mag,
-                torch.from_numpy(enhanced.scores), torch.from_numpy(noisy_scores.scores),
-                torch.from_numpy(enhanced.valid), torch.from_numpy(noisy_scores.valid),
+            forward = _forward(nets.generator, clean.to(device), noisy.to(device), pesq_pool)
+            gen = generator_loss(
+                forward.est_spec, forward.clean_spec, nets.discriminator if use_gan else None, loss_weights,
+                est_mag=forward.est_mag, clean_mag=forward.clean_mag,
             )
+            disc, enhanced, _ = _discriminator_loss(nets.discriminator, forward)
             size = clean.shape[0]
             sums["items"] += size
             sums["loss"] += float(gen.total) * size
@@ -167,8 +173,8 @@ def validate(
             sums["pesq_sum"] += float(enhanced.scores[enhanced.valid].sum())
             sums["pesq_count"] += float(enhanced.valid.sum())
     finally:
-        generator.train()
-        discriminator.train()
+        nets.generator.train()
+        nets.discriminator.train()
     return sums
 
 
