@@ -175,3 +175,12 @@ def test_training_without_data_is_a_usage_error_naming_both_options(tmp_path: Pa
     result = bsrnn("train", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2
     assert "--data-dir" in result.stderr and "--demo" in result.stderr
+
+
+def test_resume_dir_alone_continues_a_moved_run_in_that_directory(tmp_path: Path, reference_run: Path) -> None:
+    moved = tmp_path / "moved"
+    shutil.copytree(reference_run, moved)
+    result = bsrnn("train", "--resume", str(moved), "--epochs", "3", "--max-steps", "1")
+    assert result.returncode == 0, result.stderr
+    assert checkpoint(moved)["global_step"] == 2 * STEPS_PER_EPOCH + 1
+    assert checkpoint(reference_run)["global_step"] == 2 * STEPS_PER_EPOCH  # the original is untouched

@@ -21,7 +21,10 @@ SAMPLE_RATE = 16000
 # Fields that define the networks' shapes: on resume they must agree with the checkpoint.
 ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
 # Fields that describe one invocation, never taken from (or meaningful in) a checkpoint.
-INVOCATION_FIELDS = ("max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers")
+# The run directory is where this invocation writes: a copied or moved run resumes in place.
+INVOCATION_FIELDS = (
+    "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
+)
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:

@@ -49,13 +49,14 @@ def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
             log.info("No checkpoint in %s: starting a fresh run", run_dir)
             return None
         return load_checkpoint(run_dir, config.load_checkpoint_type)
-    source_dir = Path(source)
+    source_path = Path(source)
+    source_dir = source_path.parent if source_path.is_file() else source_path
     if source_dir.resolve() != run_dir.resolve() and _holds_checkpoint(run_dir):
         raise UserError(
             f"Resuming from {source_dir} into {run_dir}, which holds checkpoints of another run. "
             "Choose an empty --run-dir for the new run, or resume the run in place."
         )
-    return load_checkpoint(source_dir, config.load_checkpoint_type)
+    return load_checkpoint(source_path, config.load_checkpoint_type)
 
 
 def _device(name: str) -> torch.device:
@@ -85,6 +86,12 @@ def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
     differ from their defaults count as set. Unset architecture fields come from the checkpoint.
     """
     explicit = set(explicit) if explicit is not None else explicit_fields_of(config)
+    source = config.resume_from_checkpoint
+    if source not in (None, "auto") and "save_model_dir" not in explicit:
+        # `--resume DIR` alone continues the run in DIR (SPEC: DIR is the run directory).
+        source_path = Path(source)
+        run_dir = source_path.parent if source_path.is_file() else source_path
+        config = config.replace(save_model_dir=str(run_dir))
     loaded = _find_resume_checkpoint(config)
     if loaded is not None:
         log.info("=" * 70)

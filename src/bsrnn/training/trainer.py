@@ -189,16 +189,19 @@ class Trainer:
                     signum = agree_on_stop(guard.requested, self.context, self.device)
                     if signum is not None:
                         return self._preempted(signum)
-                    if config.save_every_steps and progress.global_step % config.save_every_steps == 0:
+                    save_due = bool(config.save_every_steps) and progress.global_step % config.save_every_steps == 0
+                    stop = max_steps is not None and steps_this_run >= max_steps
+                    if save_due or stop:
                         self._save(metric=None)
-                    if max_steps is not None and steps_this_run >= max_steps:
-                        if not (config.save_every_steps and progress.global_step % config.save_every_steps == 0):
-                            self._save(metric=None)
+                    if stop:
                         log.info("Stopped after --max-steps %d (global step %d); resume to continue",
                                  max_steps, progress.global_step)
                         return self._result(0, "max_steps")
                 bar.close()
                 self._end_epoch(epoch, use_gan)
+                signum = agree_on_stop(guard.requested, self.context, self.device)
+                if signum is not None:  # arrived during validation: the epoch is saved already
+                    return self._preempted(signum)
             log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
             return self._result(0, "completed")
         finally:
