@@ -5,35 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from pesq import pesq
-from scipy.signal import lfilter
 
 from bsrnn.metrics import PesqPool
+from signals import speech_like
 
 SAMPLE_RATE = 16000
-
-
-def speech_like_crop(seed: int, seconds: float = 1.0) -> np.ndarray:
-    """Pulse train at a gliding pitch through two formants: enough for PESQ to find speech."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    pitch_hz = 120 + 20 * seed + 30 * np.sin(2 * np.pi * 1.3 * t)
-    source = np.diff(np.floor(np.cumsum(pitch_hz) / SAMPLE_RATE), prepend=0.0)
-    source = lfilter([1.0], [1.0, -0.9], source) + 0.05 * rng.standard_normal(n)
-    crop = np.zeros(n)
-    for centre, width in ((500 + 50 * seed, 90), (1500 + 100 * seed, 150)):
-        radius = np.exp(-np.pi * width / SAMPLE_RATE)
-        crop += lfilter([1 - radius], [1, -2 * radius * np.cos(2 * np.pi * centre / SAMPLE_RATE),
-                                       radius**2], source)
-    crop *= 0.3 + 0.7 * np.sin(np.pi * 3 * t) ** 2
-    return (0.5 * crop / np.max(np.abs(crop))).astype(np.float32)
 
 
 @pytest.fixture(scope="module")
 def batch() -> tuple[list[np.ndarray], list[np.ndarray]]:
     """Four (clean, estimate) crops as the trainer would send: float32, with varying damage."""
     rng = np.random.default_rng(7)
-    clean = [speech_like_crop(seed) for seed in range(4)]
+    clean = [speech_like(seed) for seed in range(4)]
     estimates = [(c + level * rng.standard_normal(len(c))).astype(np.float32)
                  for c, level in zip(clean, (0.001, 0.01, 0.03, 0.1))]
     return clean, estimates

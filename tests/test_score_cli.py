@@ -12,31 +12,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile
-from scipy.signal import lfilter, resample_poly
+from scipy.signal import resample_poly
 
 from bsrnn.cli import score
 from bsrnn.errors import DataError, UserError
 from bsrnn.metrics import scoring
+from signals import speech_like
 
 SAMPLE_RATE = 16000
 CSV_COLUMNS = ["file", "pesq", "csig", "cbak", "covl", "ssnr", "stoi"]
-
-
-def speech_like_signal(seed: int, seconds: float = 1.5) -> np.ndarray:
-    """Pulse train at a gliding pitch through two formants: enough for every metric."""
-    rng = np.random.default_rng(seed)
-    n = int(seconds * SAMPLE_RATE)
-    t = np.arange(n) / SAMPLE_RATE
-    pitch_hz = 120 + 20 * seed + 30 * np.sin(2 * np.pi * 1.3 * t)
-    source = np.diff(np.floor(np.cumsum(pitch_hz) / SAMPLE_RATE), prepend=0.0)
-    source = lfilter([1.0], [1.0, -0.9], source) + 0.05 * rng.standard_normal(n)
-    speech = np.zeros(n)
-    for centre, width in ((500 + 50 * seed, 90), (1500 + 100 * seed, 150)):
-        radius = np.exp(-np.pi * width / SAMPLE_RATE)
-        speech += lfilter([1 - radius], [1, -2 * radius * np.cos(2 * np.pi * centre / SAMPLE_RATE),
-                                         radius**2], source)
-    speech *= 0.3 + 0.7 * np.sin(np.pi * 3 * t) ** 2
-    return 0.5 * speech / np.max(np.abs(speech))
 
 
 @pytest.fixture
@@ -47,15 +31,15 @@ def folders(tmp_path: Path) -> tuple[Path, Path]:
     enhanced_dir.mkdir()
     rng = np.random.default_rng(3)
     for index, name in enumerate(["p232_001.wav", "p232_002.wav", "p257_003.wav"]):
-        clean = speech_like_signal(index)
+        clean = speech_like(index, 1.5)
         enhanced = clean + 0.01 * (index + 1) * rng.standard_normal(len(clean))
         soundfile.write(clean_dir / name, clean, SAMPLE_RATE)
         if name == "p257_003.wav":
             soundfile.write(enhanced_dir / name, resample_poly(enhanced, 3, 1), 48000)
         else:
             soundfile.write(enhanced_dir / name, enhanced, SAMPLE_RATE)
-    soundfile.write(clean_dir / "only_clean.wav", speech_like_signal(5), SAMPLE_RATE)
-    soundfile.write(enhanced_dir / "only_enhanced.wav", speech_like_signal(6), SAMPLE_RATE)
+    soundfile.write(clean_dir / "only_clean.wav", speech_like(5, 1.5), SAMPLE_RATE)
+    soundfile.write(enhanced_dir / "only_enhanced.wav", speech_like(6, 1.5), SAMPLE_RATE)
     return clean_dir, enhanced_dir
 
 
@@ -113,15 +97,15 @@ def test_a_missing_folder_is_a_user_error_naming_the_path(folders, tmp_path):
 def test_folders_without_a_common_name_are_a_user_error(tmp_path):
     (tmp_path / "a").mkdir()
     (tmp_path / "b").mkdir()
-    soundfile.write(tmp_path / "a" / "x.wav", speech_like_signal(0), SAMPLE_RATE)
-    soundfile.write(tmp_path / "b" / "y.wav", speech_like_signal(0), SAMPLE_RATE)
+    soundfile.write(tmp_path / "a" / "x.wav", speech_like(0, 1.5), SAMPLE_RATE)
+    soundfile.write(tmp_path / "b" / "y.wav", speech_like(0, 1.5), SAMPLE_RATE)
     with pytest.raises(UserError, match="no .wav file name is in both folders"):
         run_score([str(tmp_path / "a"), str(tmp_path / "b")])
 
 
 def test_a_stereo_wav_is_refused_naming_the_file(folders):
     clean_dir, enhanced_dir = folders
-    stereo = np.stack([speech_like_signal(0)] * 2, axis=1)
+    stereo = np.stack([speech_like(0, 1.5)] * 2, axis=1)
     soundfile.write(enhanced_dir / "p232_002.wav", stereo, SAMPLE_RATE)
     with pytest.raises(DataError, match=r"p232_002\.wav.*2 channels"):
         run_score([str(clean_dir), str(enhanced_dir), "--workers", "1"])
