@@ -93,7 +93,8 @@ class CheckpointManager:
             thread writes. The next ``save``/``close``/exit waits for it, and re-raises its error.
         writer: False for processes that only read (e.g. non-zero DDP ranks): no lock, no
             cleanup, and ``save`` refuses.
-        verify_writes: re-read each new file and check its digest before it replaces the old one.
+        verify_writes: read each piece back as it is written and compare it byte for byte; the
+            digest is computed over the read-back bytes (see ``fileformat``), before any rename.
     """
 
     def __init__(
@@ -124,10 +125,23 @@ class CheckpointManager:
         self.last_path = self.run_dir / LAST_NAME
         self.best_path = self.run_dir / BEST_NAME
         if writer:
+            self._check_writable_layout()
             self.run_dir.mkdir(parents=True, exist_ok=True)
             self._lock.acquire()
             atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
             atexit.register(self._close_at_exit)
+
+    def _check_writable_layout(self) -> None:
+        """Refuse, before any work, a run directory that is a file or a checkpoint name that is
+        not a file: the first commit (an epoch of training later) would fail on it."""
+        if self.run_dir.exists() and not self.run_dir.is_dir():
+            raise CheckpointError(f"The run directory {self.run_dir} is a file, not a directory")
+        for path in (self.last_path, self.best_path, self.run_dir / SUPERSEDED_NAME):
+            if path.exists() and not path.is_file():
+                kind = "a directory" if path.is_dir() else "not a regular file"
+                raise CheckpointError(
+                    f"{path} is {kind}, so no checkpoint can be saved there. Move it away and run again."
+                )
 
     # ----------------------------------------------------------------------------- registry
     def register(self, name: str, obj: Stateful) -> None:
@@ -277,16 +291,19 @@ class CheckpointManager:
             self._thread_error = error
 
     def _commit(self, payload: dict[str, Any], is_best: bool) -> None:
-        """Temp file, fsync, verify, (copy for best), rename, directory fsync."""
+        """Temp file (each piece read back and compared as it is written), fsync, (copy for best),
+        rename, directory fsync."""
         temporaries = [atomic.temporary_path(self.last_path)]
         if is_best:
             temporaries.append(atomic.temporary_path(self.best_path))
         started = time.perf_counter()
         with deferred_signals():
             try:
-                digest = write_file_durably(temporaries[0], lambda handle: write_checkpoint(payload, handle))
-                if self.verify_writes and read_verified_bytes(temporaries[0]).digest != digest:
-                    raise CheckpointWriteError(f"{temporaries[0]} read back with a different digest")
+                # verify: every piece is read back and compared as it is written, and the digest
+                # is computed over the read-back bytes (fileformat's docstring).
+                write_file_durably(
+                    temporaries[0], lambda handle: write_checkpoint(payload, handle, verify=self.verify_writes)
+                )
                 if is_best:
                     atomic.copy_durably(temporaries[0], temporaries[1])
                 # Best first: a crash between the renames leaves best ahead of last, and the
