@@ -38,11 +38,21 @@ def cpu_model() -> str:
 
 
 def load_average() -> str:
-    """The 1/5/15-minute load averages, as ``uptime`` prints them."""
+    """The 1/5/15-minute load averages as ``uptime`` prints them, and CPU pressure if known.
+
+    CPU pressure (``/proc/pressure/cpu``, "some", last 10 s) is the share of time in which some
+    runnable task waited for a CPU: on a shared machine, how contended the cores were.
+    """
     try:
-        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+        text = " ".join(f"{value:.2f}" for value in os.getloadavg())
     except OSError:
-        return "n/a"
+        text = "n/a"
+    try:
+        some = Path("/proc/pressure/cpu").read_text().splitlines()[0]
+        text += f", CPU pressure {some.split('avg10=')[1].split()[0]} %"
+    except (OSError, IndexError):
+        pass
+    return text
 
 
 def describe_machine(with_torch: bool = True) -> str:

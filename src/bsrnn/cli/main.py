@@ -1,8 +1,9 @@
 """Entry point of the ``bsrnn`` command: parse, dispatch, and map errors to exit statuses.
 
 Exit statuses (SPEC section 2): 0 success; 2 usage, config or input errors (message on stderr,
-no traceback unless ``--debug``); 1 other failures; 128+signal after a preemption save (the
-train command returns that itself).
+no traceback unless ``--debug``); 1 other failures, a save that found no room included
+(``CheckpointWriteError``: the disk, not the input, is at fault); 128+signal after a preemption
+save (the train command returns that itself).
 """
 
 from __future__ import annotations
@@ -74,9 +75,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:
         # Imported here: the engine imports torch, and worker processes that re-import this
         # module (multiprocessing's spawn) should not pay for it.
-        from bsrnn.checkpoint.errors import CheckpointError
+        from bsrnn.checkpoint.errors import CheckpointError, CheckpointWriteError
 
-        if isinstance(error, RunFailedError):
+        if isinstance(error, (RunFailedError, CheckpointWriteError)):  # a full disk is no usage error
             code = 1
         elif isinstance(error, (UserError, CheckpointError)):
             code = 2

@@ -22,7 +22,7 @@ from bsrnn.checkpoint import BEST_NAME, LAST_NAME, LoadedCheckpoint, load_checkp
 from bsrnn.config import Config
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import init_distributed, shutdown_distributed
-from bsrnn.training.resume import explicit_fields_of, reconcile, summary_lines
+from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
 from bsrnn.training.trainer import TrainingDivergedError, TrainResult, Trainer
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
@@ -92,11 +92,16 @@ def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
         source_path = Path(source)
         run_dir = source_path.parent if source_path.is_file() else source_path
         config = config.replace(save_model_dir=str(run_dir))
+    run_dir = Path(config.save_model_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"The run directory {run_dir} is a file, not a directory. Choose another --run-dir, "
+                        "or move the file away.")
     loaded = _find_resume_checkpoint(config)
     if loaded is not None:
         log.info("=" * 70)
         log.info("RESUMING FROM CHECKPOINT")
         log.info("Loading checkpoint from: %s", loaded.path)
+        check_resumable(str(loaded.path), loaded.payload)
         config = reconcile(config, explicit, loaded.get("config"), str(loaded.path))
         completed = int(loaded.get("epoch", -1)) + 1
         if completed >= config.epochs and not loaded.get("step_in_epoch"):

@@ -17,6 +17,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from bsrnn.checkpoint import StateMismatchError
 from bsrnn.config import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, Config, field_names
 from bsrnn.errors import ConfigError
 
@@ -27,6 +28,49 @@ def explicit_fields_of(config: Config) -> set[str]:
     """For the Python API: fields whose value differs from the default count as set."""
     default = Config().to_dict()
     return {key for key, value in config.to_dict().items() if value != default[key]}
+
+
+# Top-level entries that the resume code reads as tables or as integers.
+_TABLES = ("config", "model_state_dict", "discriminator_state_dict", "optimizer_state_dict",
+           "optimizer_disc_state_dict", "scheduler_G_state_dict", "scheduler_D_state_dict", "rng", "progress",
+           "monitor")
+_INTEGERS = ("epoch", "global_step", "step_in_epoch", "save_sequence")
+_PROGRESS_INTEGERS = ("epoch", "global_step", "step_in_epoch", "nonfinite_in_a_row", "nonfinite_skipped",
+                      "epoch_count")
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def check_resumable(path: str, payload: Mapping[str, Any]) -> None:
+    """Refuse a verified checkpoint whose entries have the wrong types, naming them.
+
+    The digest proves the file is what was written, not that a bsrnn trainer wrote it: a file
+    loaded, edited and re-saved with ``write_checkpoint`` would otherwise fail deep inside
+    the resume with an ``AttributeError`` traceback (found by ``tools/torture.py hostile``).
+    """
+    problems = [
+        f"{key} is a {type(payload[key]).__name__}, expected a table"
+        for key in _TABLES if payload.get(key) is not None and not isinstance(payload[key], Mapping)
+    ]
+    problems += [
+        f"{key} is {payload[key]!r}, expected an integer"
+        for key in _INTEGERS if payload.get(key) is not None and not _is_integer(payload[key])
+    ]
+    progress = payload.get("progress")
+    if isinstance(progress, Mapping):
+        problems += [
+            f"progress.{key} is {progress[key]!r}, expected an integer"
+            for key in _PROGRESS_INTEGERS if key in progress and not _is_integer(progress[key])
+        ]
+        if progress.get("epoch_sums") is not None and not isinstance(progress["epoch_sums"], Mapping):
+            problems.append("progress.epoch_sums is not a table")
+    if problems:
+        raise StateMismatchError(
+            f"Checkpoint {path} is malformed: {'; '.join(problems)}. It was not applied. It was edited or "
+            "written by another program; resume from the other checkpoint (--load best|last)."
+        )
 
 
 def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mapping[str, Any] | None,

@@ -19,7 +19,14 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
-from bsrnn.checkpoint import CheckpointManager, LoadedCheckpoint, PreemptionGuard, RNGStreams
+from bsrnn.checkpoint import (
+    CheckpointManager,
+    LoadedCheckpoint,
+    PreemptionGuard,
+    RNGStreams,
+    StateMismatchError,
+    deferred_signals,
+)
 from bsrnn.config import Config
 from bsrnn.data.datasets import FixedCrops, TrainSet
 from bsrnn.data.layout import Corpus
@@ -62,6 +69,37 @@ def build_networks(config: Config, device: torch.device) -> Networks:
     )
 
 
+def start_pesq_pool(workers: int) -> PesqPool:
+    """The PESQ pool, its helper processes started with the preemption signals blocked.
+
+    SLURM (``scancel --signal``) and Ctrl-C signal every process of the job, not only the
+    trainer. The PESQ workers ignore those signals themselves, but the pool also starts
+    multiprocessing's resource tracker, which ignores only SIGINT and SIGTERM: SIGUSR1 killed it,
+    and the run ended with "resource_tracker: process died unexpectedly" and a KeyError traceback
+    per semaphore (found by ``tools/torture.py signals``). A blocked signal mask is inherited
+    across fork and exec, and the tracker never unblocks SIGUSR1, so it survives.
+    """
+    with deferred_signals():
+        return PesqPool(workers=workers)
+
+
+def check_adam_state_shapes(optimizer: torch.optim.Optimizer, name: str, path: Path) -> None:
+    """Refuse optimizer moments whose shapes differ from their parameters' (a re-hashed edit).
+
+    ``Optimizer.load_state_dict`` checks only the number of parameters, so a wrong-shaped
+    ``exp_avg`` would load and fail at the first step with a raw size-mismatch traceback.
+    """
+    for group in optimizer.param_groups:
+        for index, parameter in enumerate(group["params"]):
+            for key, value in optimizer.state.get(parameter, {}).items():
+                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameter.shape:
+                    raise StateMismatchError(
+                        f"{path}: cannot restore {name!r}: state {key!r} of parameter {index} has shape "
+                        f"{tuple(value.shape)}, the parameter {tuple(parameter.shape)}. The file was edited "
+                        "or comes from another model; resume from the other checkpoint (--load best|last)."
+                    )
+
+
 class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
 
@@ -86,6 +124,20 @@ class Trainer:
             self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
             async_save=config.async_save, writer=context.is_main,
         )
+        try:
+            self._set_up(loaded, lr_override)
+        except BaseException:
+            # A refused checkpoint (wrong shapes, ...) must not keep the run directory locked:
+            # from Python, the next train() in the same process would be turned away as
+            # "in use by another bsrnn process" (its own PID).
+            self.manager.close()
+            if hasattr(self, "files"):
+                self.files.close()
+            raise
+
+    def _set_up(self, loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
+        """Register the state, restore it, write config.toml, start the PESQ pool."""
+        config, context = self.config, self.context
         for name, obj in (
             ("model_state_dict", self.nets.generator),
             ("discriminator_state_dict", self.nets.discriminator),
@@ -102,12 +154,15 @@ class Trainer:
         if loaded is not None:
             self._restore(loaded, lr_override)
         self.files.write_config(config)
-        self.pesq_pool = PesqPool(workers=config.pesq_workers)
+        self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
     def _restore(self, loaded: LoadedCheckpoint, lr_override: bool) -> None:
         superseded_before = (self.run_dir / "checkpoint_last.superseded.pt").exists()
         missing = self.manager.restore(loaded, strict=False)
+        for name, optimizer in (("optimizer_state_dict", self.nets.optimizer_g),
+                                ("optimizer_disc_state_dict", self.nets.optimizer_d)):
+            check_adam_state_shapes(optimizer, name, loaded.path)
         self.superseded = (self.run_dir / "checkpoint_last.superseded.pt").exists() and not superseded_before
         if "progress" in missing:  # a migrated checkpoint: only weights and the epoch
             self.progress.epoch = int(loaded.get("epoch", -1))
@@ -205,11 +260,13 @@ class Trainer:
             log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
             return self._result(0, "completed")
         finally:
-            guard.uninstall()
             elapsed = time.perf_counter() - started
             if steps_this_run:
                 log.debug("PESQ wait: %.1f%% of %.1fs", 100 * pesq_wait / max(elapsed, 1e-9), elapsed)
-            self.close()
+            try:
+                self.close()  # waits for the last async save: still under the guard, so a
+            finally:          # signal now cannot kill the process before that save commits
+                guard.uninstall()
 
     def _account(self, result: Any, epoch: int) -> None:
         config, progress = self.config, self.progress

@@ -1,0 +1,108 @@
+"""The run directory's own files on a full disk and after crashes (tools/torture.py diskfull).
+
+A full disk must stop a run with one clear error, never a traceback, and never leave a torn
+``metrics.jsonl`` line or a ``config.toml`` temporary behind.
+"""
+
+from __future__ import annotations
+
+import errno
+import io
+import json
+import logging
+import os
+from pathlib import Path
+
+import pytest
+
+from bsrnn.config import Config
+from bsrnn.training import run_files
+from bsrnn.training.run_files import LOG_NAME, METRICS_NAME, RunFiles, RunFilesError, read_metrics
+
+
+def _no_space(*args: object, **kwargs: object) -> None:
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_config_toml_that_cannot_be_written_stops_the_run_clearly_and_leaves_no_temporary(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = RunFiles(tmp_path)
+    try:
+        monkeypatch.setattr(run_files.os, "replace", _no_space)
+        with pytest.raises(RunFilesError, match="config.toml: No space left on device.*checkpoints are intact"):
+            files.write_config(Config())
+    finally:
+        files.close()
+    assert sorted(path.name for path in tmp_path.iterdir()) == sorted([LOG_NAME, METRICS_NAME])
+
+
+def test_config_temporaries_left_by_a_killed_run_are_removed_by_the_next_run(tmp_path: Path) -> None:
+    (tmp_path / ".config.toml.4242.tmp").write_text("epochs = 1\n")
+    RunFiles(tmp_path).close()
+    assert not (tmp_path / ".config.toml.4242.tmp").exists()
+
+
+def test_a_metrics_write_that_fails_midway_leaves_whole_lines_and_stops_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    files = RunFiles(tmp_path)
+    files.event("step", global_step=1, loss=0.5)
+    before = (tmp_path / METRICS_NAME).read_bytes()
+    real_write = os.write
+    calls = []
+
+    def half_then_full(fd: int, data: bytes) -> int:
+        calls.append(len(data))
+        if len(calls) == 1:
+            return real_write(fd, bytes(data[: len(data) // 2]))  # a short write: the disk filled up
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(run_files.os, "write", half_then_full)
+    try:
+        with pytest.raises(RunFilesError, match="metrics.jsonl: No space left on device"):
+            files.event("step", global_step=2, loss=0.25)
+    finally:
+        monkeypatch.undo()
+        files.close()
+    assert (tmp_path / METRICS_NAME).read_bytes() == before
+    assert [event["global_step"] for event in read_metrics(tmp_path)] == [1]
+
+
+def test_a_torn_last_metrics_line_from_a_crash_is_dropped_when_the_next_run_opens_the_file(tmp_path: Path) -> None:
+    whole = json.dumps({"event": "step", "global_step": 1}) + "\n"
+    (tmp_path / METRICS_NAME).write_text(whole + '{"event": "step", "glo')
+    files = RunFiles(tmp_path)
+    files.event("resume", global_step=1)
+    files.close()
+    assert [event["event"] for event in read_metrics(tmp_path)] == ["step", "resume"]
+    assert (tmp_path / METRICS_NAME).read_text().startswith(whole)
+
+
+def test_reading_metrics_skips_a_line_that_is_not_json(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / METRICS_NAME).write_text('{"event": "step"}\n{"event": "st\n{"event": "epoch"}\n')
+    with caplog.at_level(logging.WARNING):
+        assert [event["event"] for event in read_metrics(tmp_path)] == ["step", "epoch"]
+    assert "line 2" in caplog.text
+
+
+class _FullDisk(io.StringIO):
+    def write(self, text: str) -> int:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    files = RunFiles(tmp_path)
+    handler = files._log_handler
+    assert handler is not None
+    handler.stream = _FullDisk()
+    logger = logging.getLogger("bsrnn.test_run_files")
+    logger.setLevel(logging.INFO)
+    for step in range(3):
+        logger.info("Epoch 0, Step %d", step)
+    files.close()
+    err = capsys.readouterr().err
+    assert err.count("could not write") == 1 and "No space left on device" in err
+    assert "Traceback" not in err and "Logging error" not in err
