@@ -13,25 +13,30 @@ neighbours are joined by a raised-cosine cross-fade centred in their common part
 Chunked output is NOT the whole-signal output, and cannot be made so: every GroupNorm of the
 network has one group, so its statistics span the whole input, time included; a chunk
 normalises with its own statistics, and the time LSTMs start each chunk from a zero state.
-Measured with ``benchmarks/enhance.py`` on 64 s of speech-like audio, default model (N 64,
-L 5), overlap 1 s, samples more than 1 s from any chunk edge (SNR = whole-signal output
-power / power of the difference)::
+Measured with ``benchmarks/enhance.py`` on 64 s of speech-like audio (16 different
+utterances with noise), default model (N 64, L 5), overlap 1 s, on samples more than 1 s from
+any chunk edge (SNR = whole-signal output power / power of the difference)::
 
-    chunk    random weights              fixture weights (reference_default.pt)
-     4 s     max |diff| 11% of peak, 13.1 dB      9% of peak, 13.8 dB
-     8 s               22%,         17.6 dB      16%,         18.8 dB
-    16 s               13%,         21.6 dB      (see BENCHMARKS.md)
-    32 s              6.7%,         26.8 dB
+    chunk   random weights: max |diff|, SNR    fixture weights (reference_default.pt)
+     4 s           14 % of peak, 12.4 dB             9.4 % of peak, 13.8 dB
+     8 s           27 % of peak, 17.2 dB              16 % of peak, 18.8 dB
+    16 s           16 % of peak, 20.9 dB             9.9 % of peak, 22.9 dB
+    30 s          8.7 % of peak, 24.7 dB             4.9 % of peak, 26.9 dB
 
-The difference shrinks by about 4.5 dB per doubling of the chunk; a 1e-4 agreement would need
-chunks of hours, i.e. whole-file processing. 30 s is the default: about 26 dB from the
-whole-signal output away from seams, and the peak resident memory for a 60-minute file stays
-under 1 GiB on CPU (~0.9 GiB: 0.3 GiB torch, 0.46 GiB input and output arrays, ~0.15 GiB
-activations of one 30 s chunk). On CPU one chunk per forward pass is the default: oneDNN's
-LSTM is as fast per sequence at 31 sequences as at 248 (measured), so batching chunks gains
-no speed there and each extra 30 s chunk costs ~0.15 GiB. On GPU, where the sequential LSTM
-steps rather than the arithmetic bound the speed, 300 s per pass runs 10 chunks side by side
-(an expectation, not measured here: no GPU was available).
+The difference shrinks by about 4 dB per doubling of the chunk; agreement within 1e-4 of the
+peak would take chunks of days, i.e. whole-file processing. 30 s is the default: ~25 dB from
+the whole-signal output away from seams; a 60-minute file then peaks at 0.88 GiB resident on
+CPU (0.30 GiB torch and the model, 0.43 GiB input and output arrays, ~0.15 GiB for one 30 s
+chunk's activations), under the 1 GiB budget; and the utterances of the usual test sets are
+shorter, so evaluation stays exact.
+
+On CPU one chunk per forward pass is the default: four 30 s chunks per pass measured RTF
+0.425 against 0.397 on one thread and 0.188 against 0.196 on two (5 min and 2 min of audio),
+i.e. no gain: oneDNN's LSTM is as fast per sequence at 31 sequences as at 248 (and the
+generator groups LSTM rows on CPU anyway, see ``bsrnn.models.bsrnn.ResidualRNNLayer``), while
+each extra chunk costs ~0.15 GiB. On GPU, where the sequential LSTM steps rather than the
+arithmetic bound the speed, 300 s per pass runs 10 chunks side by side (an expectation, not
+measured: no GPU was available).
 """
 
 from __future__ import annotations

@@ -92,8 +92,8 @@ def progress_of(run_dir: Path) -> tuple[int, bool]:
     return int(payload["global_step"]), int(payload["step_in_epoch"]) == STEPS_PER_EPOCH
 
 
-def choose_plan(rng: random.Random, run_dir: Path, timing: Timing) -> Plan:
-    kind = rng.choice(PLANS)
+def choose_plan(rng: random.Random, run_dir: Path, timing: Timing, kind: str | None = None) -> Plan:
+    kind = kind or rng.choice(PLANS)
     committed, validation_due = progress_of(run_dir)
     first = committed + 1
     if validation_due and (kind == "validation" or first > TOTAL_STEPS):
@@ -104,8 +104,9 @@ def choose_plan(rng: random.Random, run_dir: Path, timing: Timing) -> Plan:
     # Aim inside the process's life: an instant after its end costs a whole run and no trial.
     if kind == "anytime":
         remaining = TOTAL_STEPS - committed
-        lifetime = timing.startup_s + remaining * timing.step_s + EPOCHS * timing.validation_s
-        return Plan(kind, 0, rng.uniform(0.0, 0.8 * lifetime))
+        validations = sum(1 for e in range(1, EPOCHS + 1) if e * STEPS_PER_EPOCH > committed)
+        lifetime = timing.startup_s + remaining * timing.step_s + validations * timing.validation_s
+        return Plan(kind, 0, rng.uniform(0.0, 0.7 * lifetime))
     if kind == "validation":
         ends = [e * STEPS_PER_EPOCH for e in range(1, EPOCHS + 1) if e * STEPS_PER_EPOCH >= first]
         return Plan(kind, ends[0] if ends else TOTAL_STEPS, rng.uniform(0.0, timing.validation_s * 0.8))
@@ -243,7 +244,9 @@ def kill_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
         flags, lag = run_variant(rng, outcome)
         for cycle in range(budget + 1):
             log = workspace.root / "logs" / f"{run_dir.name}-{cycle}.log"
-            plan = choose_plan(rng, run_dir, timing) if cycle < budget else None
+            # The first kill always lands in a save, so that even 3 trials cover the worst case.
+            first_kind = "save" if kills == 0 else None
+            plan = choose_plan(rng, run_dir, timing, first_kind) if cycle < budget else None
             offset = _metrics_size(run_dir)
             with Child(bsrnn_command(*workspace.train_args(run_dir, "--resume", *flags)), log) as child:
                 if plan is None or not wait_for_plan(child, run_dir, plan, offset):
@@ -342,7 +345,9 @@ def signals_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
         flags, lag = run_variant(rng, outcome)
         for cycle in range(budget + 1):
             log = workspace.root / "logs" / f"{run_dir.name}-{cycle}.log"
-            plan = choose_plan(rng, run_dir, timing) if cycle < budget else None
+            # The first signal always comes mid-training, so that even 3 trials see a preemption save.
+            first_kind = "step" if sent == 0 else None
+            plan = choose_plan(rng, run_dir, timing, first_kind) if cycle < budget else None
             offset = _metrics_size(run_dir)
             with Child(bsrnn_command(*workspace.train_args(run_dir, "--resume", *flags)), log) as child:
                 if plan is None or not wait_for_plan(child, run_dir, plan, offset):

@@ -21,7 +21,7 @@ import threading
 import warnings
 from collections import deque
 from collections.abc import Iterator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, wait
+from concurrent.futures import FIRST_COMPLETED, Future, ProcessPoolExecutor, as_completed, wait
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -201,10 +201,6 @@ def _warm_up() -> None:
     import soundfile  # noqa: F401
 
 
-def _ready() -> None:
-    """First task of a forked helper: it is a copy of a warm parent, nothing to import."""
-
-
 # OpenBLAS thread-count entry points as numpy's and scipy's wheels name them (the 64-bit-integer
 # build numpy ships adds "64_"), and as a system OpenBLAS names them.
 _OPENBLAS_THREAD_CALLS = [(f"{prefix}set_num_threads{suffix}", f"{prefix}get_num_threads{suffix}")
@@ -268,22 +264,32 @@ def _fork_is_safe() -> bool:
             and threading.active_count() == 1)
 
 
-def _start_helpers(helpers: int) -> tuple[ProcessPoolExecutor, list[Future]]:
-    """``helpers`` scoring processes: forked from this warm process if safe, else spawned."""
-    if not _fork_is_safe():
-        return start_workers(helpers, _warm_up)
+def _score_in_forked_helpers(jobs: list[tuple[str, AudioSource, AudioSource]], workers: int,
+                             results: list[FileScore | None], progress: bool) -> None:
+    """Score every job in ``workers`` processes forked from this (warm) process.
+
+    Forked helpers start in milliseconds, so this process need not score while they start (as
+    it must with spawned ones): it hands out single files and collects. Every helper takes the
+    next file when it finishes one, so the last one to finish is at most one file behind.
+    """
     _warm_up()  # the children inherit the imports
-    executor = ProcessPoolExecutor(max_workers=helpers, mp_context=multiprocessing.get_context("fork"),
+    executor = ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("fork"),
                                    initializer=_init_worker, initargs=(os.getpid(),))
-    # With the fork method every process is created at the first submit, before the
-    # executor starts its own threads.
-    return executor, [executor.submit(_ready) for _ in range(helpers)]
+    try:
+        # With the fork method every process is created at the first submit, before the
+        # executor starts its own threads; the progress bar (and its monitor thread) after.
+        futures = {executor.submit(_score_job, job): index for index, job in enumerate(jobs)}
+        with _progress_bar(len(jobs), progress) as bar:
+            for future in as_completed(futures):
+                results[futures[future]] = future.result()
+                bar.update()
+    finally:
+        executor.shutdown(wait=False, cancel_futures=True)
 
 
-def _score_with_helpers(jobs: list[tuple[str, AudioSource, AudioSource]],
-                        executor: ProcessPoolExecutor, warming: list[Future],
+def _score_with_helpers(jobs: list[tuple[str, AudioSource, AudioSource]], helpers: int,
                         results: list[FileScore | None], bar: Any) -> None:
-    """Score in this process while the helpers start, then share the remaining work.
+    """Score in this process while ``helpers`` spawned processes start, then share the rest.
 
     A spawned helper spends a second or more importing before it can score anything. This
     process scores from the front of the list meanwhile, and each helper takes jobs from the
@@ -291,6 +297,7 @@ def _score_with_helpers(jobs: list[tuple[str, AudioSource, AudioSource]],
     adding workers never makes a small set much slower and a large set approaches
     ``helpers + 1`` times faster.
     """
+    executor, warming = start_workers(helpers, _warm_up)
     todo = deque(range(len(jobs)))
     in_flight: dict[Future, int] = {}
     try:
@@ -339,26 +346,27 @@ def score_files(pairs: Sequence[tuple[str, AudioSource, AudioSource]], workers: 
                 progress: bool = True) -> list[FileScore]:
     """Score ``(name, clean, enhanced)`` triples, in input order, on ``workers`` processes.
 
-    Sources are wav paths or mono 16 kHz arrays. ``workers=1`` scores in this process; with
-    more, this process is joined by ``workers - 1`` helpers, forked from this process when that
-    is safe (no torch, no other thread: see ``_fork_is_safe``) and spawned otherwise (safe
-    after torch or CUDA is initialised). OpenBLAS runs single-threaded in every scoring
-    process. Results do not depend on the worker count. Files that could not be fully scored
-    are logged once, with a few examples.
+    Sources are wav paths or mono 16 kHz arrays. ``workers=1`` scores in this process. With
+    more, ``workers`` helpers forked from this process score every file when forking is safe
+    (no torch, no other thread: see ``_fork_is_safe``); otherwise (e.g. after torch or CUDA is
+    initialised) ``workers - 1`` spawned helpers join this process. OpenBLAS runs
+    single-threaded in every scoring process. Results do not depend on the worker count.
+    Files that could not be fully scored are logged once, with a few examples.
     """
     jobs = list(pairs)
     results: list[FileScore | None] = [None] * len(jobs)
+    workers = min(workers, len(jobs))
     with _single_threaded_blas():
-        if workers <= 1 or len(jobs) <= 1:
+        if workers <= 1:
             with _progress_bar(len(jobs), progress) as bar:
                 for index, job in enumerate(jobs):
                     results[index] = _score_job(job)
                     bar.update()
+        elif _fork_is_safe():
+            _score_in_forked_helpers(jobs, workers, results, progress)
         else:
-            # Helpers first: a progress bar starts a monitor thread, and then fork is unsafe.
-            executor, warming = _start_helpers(min(workers, len(jobs)) - 1)
             with _progress_bar(len(jobs), progress) as bar:
-                _score_with_helpers(jobs, executor, warming, results, bar)
+                _score_with_helpers(jobs, workers - 1, results, bar)
     scores = [score for score in results if score is not None]
     assert len(scores) == len(jobs), "every job either returned a score or raised"
     _log_failures(scores)
