@@ -7,8 +7,8 @@ ends in under 5 minutes on one GPU), this prints for batch 6 x 2 s:
 
 - median full training step (``bsrnn.training.steps.train_step``: generator, losses, GAN
   term, PESQ through ``PesqPool``, both Adam updates) and steps/s, for baseline and ours, in
-  fp32 and under ``torch.autocast(bfloat16)`` (the whole step), eager and with the generator
-  under ``torch.compile``; variants that do not fit in the budget are listed as skipped;
+  fp32 and with ``--amp bf16``, eager and with ``--compile``, applied as the trainer applies
+  them (``bsrnn.training.execution.forward_of``); variants that do not fit in the budget are listed as skipped;
 - the share of each step spent waiting for PESQ (``StepResult.pesq_wait_s`` / step time) and
   the step time without that wait (what the GPU work alone would allow);
 - the checkpoint stall: how long ``CheckpointManager.save`` (async) blocks the training loop
@@ -26,8 +26,6 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +39,7 @@ from bsrnn.losses import DEFAULT_LOSS_WEIGHTS
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator, generator_state_dict_from_reference
 from bsrnn.training.distributed import DistributedContext
+from bsrnn.training.execution import forward_of
 from bsrnn.training.steps import Networks, train_step
 
 GRAD_CLIP = 5.0
@@ -93,21 +92,23 @@ def build(generator: nn.Module, device: torch.device) -> Networks:
 
 def run_variant(variant: Variant, nets: Networks, clean: torch.Tensor, noisy: torch.Tensor,
                 pool: PesqPool, steps: int, warmup: int, backend: str, device: torch.device) -> Outcome:
-    """Warm up (compiling if asked), then time ``steps`` full training steps."""
-    if variant.compiled:
-        nets = Networks(torch.compile(nets.generator, backend=backend), nets.discriminator,
-                        nets.optimizer_g, nets.optimizer_d)
-    autocast: Callable[[], object] = (
-        (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if variant.amp else nullcontext)
+    """Warm up (compiling if asked), then time ``steps`` full training steps.
+
+    AMP and compilation are applied exactly as ``bsrnn train --amp bf16 --compile`` applies
+    them (``bsrnn.training.execution.forward_of``: both networks' forward passes).
+    """
+    amp = "bf16" if variant.amp else "off"
+    nets = Networks(nets.generator, nets.discriminator, nets.optimizer_g, nets.optimizer_d,
+                    run_generator=forward_of(nets.generator, device, amp, variant.compiled, backend),
+                    run_discriminator=forward_of(nets.discriminator, device, amp, variant.compiled, backend))
     context = DistributedContext()
     times, shares, computes = [], [], []
     first = 0.0
     for index in range(warmup + steps):
         synchronize(device)
         started = time.perf_counter()
-        with autocast():  # type: ignore[attr-defined]
-            result = train_step(nets, clean, noisy, use_gan=True, loss_weights=list(DEFAULT_LOSS_WEIGHTS),
-                                grad_clip=GRAD_CLIP, pesq_pool=pool, context=context)
+        result = train_step(nets, clean, noisy, use_gan=True, loss_weights=list(DEFAULT_LOSS_WEIGHTS),
+                            grad_clip=GRAD_CLIP, pesq_pool=pool, context=context)
         synchronize(device)
         elapsed = time.perf_counter() - started
         if index == 0:

@@ -24,7 +24,12 @@ ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
 # The run directory is where this invocation writes: a copied or moved run resumes in place.
 INVOCATION_FIELDS = (
     "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
+    "amp", "compile", "cache_audio",
 )
+# amp, compile and cache_audio say how this machine computes, like device and workers: a run
+# trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
+# command line to keep them (the documented way to resume).
+AMP_CHOICES = ("off", "bf16")
 
 
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
@@ -68,6 +73,15 @@ class Config:
     pesq_workers: int = _field(2, "PESQ worker processes for the discriminator (0: in the training process)")
     max_nonfinite_steps: int = _field(10, "stop after this many consecutive steps with a NaN/inf loss")
     async_save: bool = _field(True, "write checkpoints in a background thread")
+    amp: str = _field(
+        "off", "mixed precision: 'bf16' runs both networks' forward passes under bfloat16 autocast "
+        "(CUDA, or a CPU with bfloat16 instructions: see BENCHMARKS.md); 'off' keeps float32"
+    )
+    compile: bool = _field(False, "run both networks through torch.compile (the first steps compile: slower)")
+    cache_audio: bool = _field(
+        False, "decode the training set once and keep it in memory (16-bit files as int16: about 1.1 GB "
+        "for VoiceBank's 11,572 pairs); data-loading workers share it"
+    )
     inject_nonfinite_steps: list[int] = _field(
         [], "testing aid: make the generator loss NaN at these global steps (0-based)"
     )
@@ -101,6 +115,9 @@ class Config:
         weights = self.loss_weights
         check("loss_weights", isinstance(weights, list) and len(weights) == 3
               and all(isinstance(w, (int, float)) and w >= 0 for w in weights), "three non-negative numbers")
+        check("amp", self.amp in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES))
+        for name in ("compile", "cache_audio", "async_save", "demo"):
+            check(name, isinstance(getattr(self, name), bool), "true or false")
         check("monitor", self.monitor in ("val_loss", "pesq"), "'val_loss' or 'pesq'")
         check("load_checkpoint_type", self.load_checkpoint_type in ("auto", "last", "best"), "'auto', 'last' or 'best'")
         check("device", self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),

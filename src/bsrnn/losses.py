@@ -38,13 +38,12 @@ What the reference does, and where we differ:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from bsrnn.audio import compress_magnitude
 
@@ -108,7 +107,7 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
 def generator_loss(
     est_spec: torch.Tensor,
     clean_spec: torch.Tensor,
-    discriminator: nn.Module | None = None,
+    discriminator: Callable[..., torch.Tensor] | None = None,
     weights: Sequence[float] = DEFAULT_LOSS_WEIGHTS,
     *,
     est_mag: torch.Tensor | None = None,
@@ -161,7 +160,7 @@ def masked_mse(prediction: torch.Tensor, target: torch.Tensor, valid: torch.Tens
 
 
 def discriminator_loss(
-    discriminator: nn.Module,
+    discriminator: Callable[..., torch.Tensor],
     clean_mag: torch.Tensor,
     est_mag: torch.Tensor,
     noisy_mag: torch.Tensor,

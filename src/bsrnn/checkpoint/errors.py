@@ -1,8 +1,9 @@
 """Errors of the checkpoint engine.
 
 Each names the file, what was expected, what was found and, where there is one, the fix. The
-command line maps every ``CheckpointError`` to exit status 2 (an input error): the user can act
-on it, and a traceback would only hide the message.
+command line prints the message without a traceback (which would only hide it) and exits 2 for
+every ``CheckpointError`` that is about its input (missing, damaged, foreign, mismatched), and 1
+for a ``CheckpointWriteError``: a full disk is a failure of the run, not of what the user typed.
 """
 
 from __future__ import annotations

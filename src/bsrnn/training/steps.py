@@ -18,6 +18,7 @@ which counts consecutive skips (``max_nonfinite_steps``).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -32,10 +33,25 @@ from bsrnn.training.distributed import DistributedContext, average_gradients
 
 @dataclass
 class Networks:
+    """Both networks, their optimizers, and how their forward passes run.
+
+    ``run_generator`` / ``run_discriminator`` compute the forward passes (autocast,
+    ``torch.compile``: see ``bsrnn.training.execution``); by default the modules themselves.
+    Parameters, gradients and state dicts are always the plain modules'.
+    """
+
     generator: nn.Module
     discriminator: nn.Module
     optimizer_g: torch.optim.Optimizer
     optimizer_d: torch.optim.Optimizer
+    run_generator: Callable[..., torch.Tensor] | None = None
+    run_discriminator: Callable[..., torch.Tensor] | None = None
+
+    def __post_init__(self) -> None:
+        if self.run_generator is None:
+            self.run_generator = self.generator
+        if self.run_discriminator is None:
+            self.run_discriminator = self.discriminator
 
 
 @dataclass
@@ -71,7 +87,7 @@ class _Forward:
     pending_noisy: PendingPesq  # PESQ(est -> noisy), the reference's third discriminator term
 
 
-def _forward(generator: nn.Module, clean: torch.Tensor, noisy: torch.Tensor, pesq_pool: PesqPool) -> _Forward:
+def _forward(generator: Callable[..., torch.Tensor], clean: torch.Tensor, noisy: torch.Tensor, pesq_pool: PesqPool) -> _Forward:
     """Generator forward; the estimate's PESQ starts in the pool before anything else runs."""
     clean_spec, noisy_spec = stft(clean), stft(noisy)
     est_spec = generator(noisy_spec)
@@ -85,7 +101,7 @@ def _forward(generator: nn.Module, clean: torch.Tensor, noisy: torch.Tensor, pes
     )
 
 
-def _discriminator_loss(discriminator: nn.Module, forward: _Forward) -> tuple[DiscriminatorLoss, PesqBatch, float]:
+def _discriminator_loss(discriminator: Callable[..., torch.Tensor], forward: _Forward) -> tuple[DiscriminatorLoss, PesqBatch, float]:
     """Collect the PESQ scores (blocking only if they are not ready) and compute D's loss."""
     enhanced, noisy = forward.pending_enhanced.result(), forward.pending_noisy.result()
     loss = discriminator_loss(
@@ -123,15 +139,15 @@ def train_step(
     context: DistributedContext,
     inject_nonfinite: bool = False,
 ) -> StepResult:
-    forward = _forward(nets.generator, clean, noisy, pesq_pool)
+    forward = _forward(nets.run_generator, clean, noisy, pesq_pool)
     gen = generator_loss(
-        forward.est_spec, forward.clean_spec, nets.discriminator if use_gan else None, loss_weights,
+        forward.est_spec, forward.clean_spec, nets.run_discriminator if use_gan else None, loss_weights,
         est_mag=forward.est_mag, clean_mag=forward.clean_mag,
     )
     total = gen.total * math.nan if inject_nonfinite else gen.total
     # The GAN term also fills D's gradients; _update zeroes them before D's own backward.
     generator_applied = _update(total, nets.generator, nets.optimizer_g, grad_clip, context)
-    disc, enhanced, pesq_wait = _discriminator_loss(nets.discriminator, forward)
+    disc, enhanced, pesq_wait = _discriminator_loss(nets.run_discriminator, forward)
     discriminator_applied = _update(disc.total, nets.discriminator, nets.optimizer_d, grad_clip, context)
 
     values = {"loss": float(total.detach()), **{k: v for k, v in gen.as_floats().items() if k != "loss"}}
@@ -160,12 +176,12 @@ def validate(
     sums = {"items": 0.0, "loss": 0.0, "disc_loss": 0.0, "pesq_sum": 0.0, "pesq_count": 0.0}
     try:
         for clean, noisy in batches:
-            forward = _forward(nets.generator, clean.to(device), noisy.to(device), pesq_pool)
+            forward = _forward(nets.run_generator, clean.to(device), noisy.to(device), pesq_pool)
             gen = generator_loss(
-                forward.est_spec, forward.clean_spec, nets.discriminator if use_gan else None, loss_weights,
+                forward.est_spec, forward.clean_spec, nets.run_discriminator if use_gan else None, loss_weights,
                 est_mag=forward.est_mag, clean_mag=forward.clean_mag,
             )
-            disc, enhanced, _ = _discriminator_loss(nets.discriminator, forward)
+            disc, enhanced, _ = _discriminator_loss(nets.run_discriminator, forward)
             size = clean.shape[0]
             sums["items"] += size
             sums["loss"] += float(gen.total) * size

@@ -28,6 +28,7 @@ from bsrnn.checkpoint import (
     deferred_signals,
 )
 from bsrnn.config import Config
+from bsrnn.data.cache import cache_pairs
 from bsrnn.data.datasets import FixedCrops, TrainSet
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import EpochBatches
@@ -35,6 +36,7 @@ from bsrnn.errors import RunFailedError, UserError
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
+from bsrnn.training.execution import describe_execution, forward_of
 from bsrnn.training.progress import TrainingProgress
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.steps import Networks, finish_validation, train_step, validate
@@ -58,6 +60,7 @@ class TrainResult:
 
 
 def build_networks(config: Config, device: torch.device) -> Networks:
+    """Both networks (seeded), their Adam optimizers, and forward passes as ``amp``/``compile`` ask."""
     torch.manual_seed(config.seed)
     generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer).to(device)
     discriminator = Discriminator(ndf=config.ndf).to(device)
@@ -66,6 +69,8 @@ def build_networks(config: Config, device: torch.device) -> Networks:
         discriminator,
         torch.optim.Adam(generator.parameters(), lr=config.init_lr),
         torch.optim.Adam(discriminator.parameters(), lr=config.init_lr),
+        run_generator=forward_of(generator, device, config.amp, config.compile),
+        run_discriminator=forward_of(discriminator, device, config.amp, config.compile),
     )
 
 
@@ -113,7 +118,11 @@ class Trainer:
         self.scheduler_g = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_g, config.decay_epoch, config.lr_decay)
         self.scheduler_d = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_d, config.decay_epoch, config.lr_decay)
         self.progress = TrainingProgress()
-        self.train_set = TrainSet(corpus.train, cut_len=config.cut_len, seed=config.seed)
+        execution = describe_execution(device, config.amp, config.compile)
+        if execution and context.is_main:
+            log.info(execution)
+        train_pairs = cache_pairs(corpus.train, progress=context.is_main) if config.cache_audio else corpus.train
+        self.train_set = TrainSet(train_pairs, cut_len=config.cut_len, seed=config.seed)
         self.val_set = FixedCrops(corpus.test, cut_len=config.cut_len, seed=config.seed)
         if len(self.train_set) < config.batch_size * context.world_size:
             raise UserError(
