@@ -100,7 +100,7 @@ def run_variant(variant: Variant, nets: Networks, clean: torch.Tensor, noisy: to
     amp = "bf16" if variant.amp else "off"
     nets = Networks(nets.generator, nets.discriminator, nets.optimizer_g, nets.optimizer_d,
                     run_generator=forward_of(nets.generator, device, amp, variant.compiled, backend),
-                    run_discriminator=forward_of(nets.discriminator, device, amp, variant.compiled, backend))
+                    run_discriminator=forward_of(nets.discriminator, device, amp, compile=False))
     context = DistributedContext()
     times, shares, computes = [], [], []
     first = 0.0

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -13,6 +15,7 @@ from bsrnn.training.distributed import DistributedContext
 from bsrnn.training.execution import Autocast
 from bsrnn.training.steps import Networks, train_step
 from bsrnn.training.trainer import build_networks
+from e2e import TINY, bsrnn, checkpoint
 
 CPU = torch.device("cpu")
 
@@ -32,6 +35,7 @@ def batch(seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
 
 def one_step(nets: Networks) -> dict[str, float]:
     clean, noisy = batch()
+    torch.manual_seed(1)  # the discriminator's dropout draws from the global stream
     with PesqPool(workers=0) as pool:
         result = train_step(nets, clean, noisy, use_gan=True, loss_weights=[0.5, 0.5, 1.0], grad_clip=5.0,
                             pesq_pool=pool, context=DistributedContext())
@@ -75,6 +79,7 @@ def test_bf16_autocast_runs_both_networks_in_bfloat16_and_keeps_the_saved_state_
 def test_compiled_networks_train_like_the_eager_ones_and_save_plain_state_dicts() -> None:
     eager, compiled = build_networks(tiny(), CPU), build_networks(tiny(compile=True), CPU)
     assert compiled.run_generator is not compiled.generator
+    assert compiled.run_discriminator is compiled.discriminator  # see build_networks
     eager_values, compiled_values = one_step(eager), one_step(compiled)
 
     assert compiled_values["loss"] == pytest.approx(eager_values["loss"], rel=1e-4)
@@ -83,3 +88,20 @@ def test_compiled_networks_train_like_the_eager_ones_and_save_plain_state_dicts(
         assert a.keys() == b.keys()  # no "_orig_mod." prefix: the file does not know
         for key in a:
             assert torch.allclose(a[key], b[key], rtol=1e-4, atol=1e-5), key
+
+
+@pytest.mark.slow
+def test_amp_is_a_flag_of_the_invocation_a_resume_without_it_runs_float32(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    first = bsrnn("train", *TINY, "--run-dir", str(run_dir), "--max-steps", "1", "--amp", "bf16")
+    assert first.returncode == 0, first.stdout + first.stderr
+    assert "Running with bf16 autocast" in first.stdout + first.stderr
+    saved = checkpoint(run_dir)
+    assert saved["config"]["amp"] == "bf16"  # recorded, for the record
+    assert all(t.dtype == torch.float32 for t in saved["model_state_dict"].values())
+
+    resumed = bsrnn("train", *TINY, "--run-dir", str(run_dir), "--resume", "--max-steps", "1")
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "Running with" not in resumed.stdout + resumed.stderr
+    assert 'amp = "off"' in (run_dir / "config.toml").read_text()
+    assert checkpoint(run_dir)["global_step"] == 2

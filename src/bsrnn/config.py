@@ -77,7 +77,7 @@ class Config:
         "off", "mixed precision: 'bf16' runs both networks' forward passes under bfloat16 autocast "
         "(CUDA, or a CPU with bfloat16 instructions: see BENCHMARKS.md); 'off' keeps float32"
     )
-    compile: bool = _field(False, "run both networks through torch.compile (the first steps compile: slower)")
+    compile: bool = _field(False, "run the generator through torch.compile (the first steps compile: slower)")
     cache_audio: bool = _field(
         False, "decode the training set once and keep it in memory (16-bit files as int16: about 1.1 GB "
         "for VoiceBank's 11,572 pairs); data-loading workers share it"

@@ -69,5 +69,5 @@ def describe_execution(device: torch.device, amp: str, compile: bool) -> str | N
         parts.append(f"{amp} autocast of both networks' forward passes on {device.type} "
                      "(numerically a different function from float32)")
     if compile:
-        parts.append("torch.compile of both networks (the first steps compile)")
+        parts.append("torch.compile of the generator (the first steps compile)")
     return "Running with " + " and ".join(parts) if parts else None
