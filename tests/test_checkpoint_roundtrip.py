@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsrnn.checkpoint import CheckpointManager, RNGStreams, UnsafeStateError, load_checkpoint
+from bsrnn.checkpoint import CheckpointManager, RNGStreams, SaveResult, UnsafeStateError, load_checkpoint
 
 
 class Trainable:
@@ -117,6 +117,45 @@ def test_async_writer_failure_is_raised_at_the_next_call(tmp_path: Path) -> None
     with pytest.raises(OSError, match="No space left"):
         manager.save(values={"epoch": 1})
     assert manager.best_value is None  # the failed best is not remembered as best
+    manager.close()
+
+
+@pytest.mark.parametrize("async_save", [False, True])
+def test_on_commit_runs_once_the_file_is_durable_and_never_for_a_failed_save(tmp_path: Path, async_save: bool) -> None:
+    seen: list[tuple[int, int, bool]] = []
+
+    def on_commit(result: SaveResult) -> None:  # what the trainer prints "✓ Saved" from
+        seen.append((load_checkpoint(result.last).payload["epoch"], result.sequence, result.is_best))
+
+    manager = CheckpointManager(tmp_path, async_save=async_save)
+    manager.register("model_state_dict", torch.nn.Linear(4, 4))
+    manager.save(metric=0.5, values={"epoch": 0}, on_commit=on_commit)
+    manager.save(values={"epoch": 1}, on_commit=on_commit)
+    manager.wait_until_finished()
+    assert seen == [(0, 1, True), (1, 2, False)]
+
+    def failing_commit(payload: dict, is_best: bool) -> None:
+        raise OSError(28, "No space left on device")
+
+    manager._commit = failing_commit  # type: ignore[method-assign]
+    with pytest.raises(OSError, match="No space left"):
+        manager.save(values={"epoch": 2}, on_commit=on_commit)
+        manager.wait_until_finished()
+    assert len(seen) == 2  # nothing reported for the save that failed
+    manager.close()
+
+
+def test_an_on_commit_error_is_raised_in_the_caller_at_the_next_call(tmp_path: Path) -> None:
+    manager = CheckpointManager(tmp_path, async_save=True)
+    manager.register("model_state_dict", torch.nn.Linear(4, 4))
+
+    def broken(result: SaveResult) -> None:
+        raise ValueError("the callback's own bug")
+
+    manager.save(values={"epoch": 0}, on_commit=broken)
+    with pytest.raises(ValueError, match="callback's own bug"):
+        manager.wait_until_finished()
+    assert load_checkpoint(tmp_path).payload["epoch"] == 0  # the save itself committed
     manager.close()
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import soundfile
 import torch
-from scipy.signal import resample_poly
 
 from bsrnn.errors import DataError
 
@@ -154,6 +153,8 @@ def resample(audio: np.ndarray, from_rate: int, to_rate: int) -> np.ndarray:
         return samples
     if from_rate <= 0 or to_rate <= 0:
         raise ValueError(f"sample rates must be positive, got {from_rate} -> {to_rate}")
+    from scipy.signal import resample_poly  # imported here: scipy.signal costs ~1 s at every start-up
+
     divisor = math.gcd(int(from_rate), int(to_rate))
     result = resample_poly(samples, int(to_rate) // divisor, int(from_rate) // divisor, axis=-1)
     return result.astype(np.float32, copy=False)

@@ -26,7 +26,7 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -233,11 +233,14 @@ class CheckpointManager:
             return True
         return metric < self.best_value if self.mode == "min" else metric > self.best_value
 
-    def save(self, metric: float | None = None, values: Mapping[str, Any] | None = None) -> SaveResult:
+    def save(self, metric: float | None = None, values: Mapping[str, Any] | None = None,
+             on_commit: Callable[[SaveResult], None] | None = None) -> SaveResult:
         """Write ``checkpoint_last.pt`` (and ``checkpoint_best.pt`` if ``metric`` improves).
 
         ``values`` are plain top-level entries (epoch, losses, config dict, ...). ``metric`` None
-        (a mid-epoch save) never touches best.
+        (a mid-epoch save) never touches best. ``on_commit`` is called once the files are
+        durable (for an async save: in the writer thread, after the commit, never on failure),
+        so that a "saved" message is never printed for a save that a crash could still undo.
         """
         if not self.writer:
             raise CheckpointError("this CheckpointManager was opened read-only (writer=False)")
@@ -256,10 +259,12 @@ class CheckpointManager:
             except BaseException:
                 self.best_value = previous_best
                 raise
+            if on_commit is not None:
+                on_commit(result)
             return result
         snapshot = self._staging.snapshot(payload)
         self._thread = threading.Thread(
-            target=self._write_in_background, args=(snapshot, is_best, previous_best),
+            target=self._write_in_background, args=(snapshot, is_best, previous_best, result, on_commit),
             name="bsrnn-checkpoint-writer",
         )
         self._thread.start()
@@ -281,7 +286,8 @@ class CheckpointManager:
         payload["lineage"] = list(self._lineage)
         return payload
 
-    def _write_in_background(self, snapshot: dict[str, Any], is_best: bool, previous_best: float | None) -> None:
+    def _write_in_background(self, snapshot: dict[str, Any], is_best: bool, previous_best: float | None,
+                             result: SaveResult, on_commit: Callable[[SaveResult], None] | None) -> None:
         block_in_this_thread()
         try:
             self._commit(snapshot, is_best)
@@ -289,6 +295,12 @@ class CheckpointManager:
             if is_best:
                 self.best_value = previous_best
             self._thread_error = error
+            return
+        if on_commit is not None:
+            try:
+                on_commit(result)
+            except Exception as error:  # a failing callback is the caller's error: re-raise it there
+                self._thread_error = error
 
     def _commit(self, payload: dict[str, Any], is_best: bool) -> None:
         """Temp file (each piece read back and compared as it is written), fsync, (copy for best),

@@ -24,6 +24,7 @@ from bsrnn.checkpoint import (
     LoadedCheckpoint,
     PreemptionGuard,
     RNGStreams,
+    SaveResult,
     StateMismatchError,
     deferred_signals,
 )
@@ -214,13 +215,18 @@ class Trainer:
             "val_pesq": progress.val_pesq,
             "config": self.config.to_dict(),
         }
-        result = self.manager.save(metric=metric, values=values)
         where = f"epoch {progress.epoch}" if progress.step_in_epoch == 0 else (
             f"epoch {progress.current_epoch} step {progress.step_in_epoch}")
         val = f", val_loss: {progress.val_loss:.4f}" if progress.val_loss is not None and metric is not None else ""
-        log.info("✓ Saved checkpoint_last.pt (%s%s)", where, val)
-        if result.is_best:
-            log.info("NEW BEST! Saved checkpoint_best.pt (%s: %.4f)", self.config.monitor, metric)
+        monitor = self.config.monitor
+
+        def report(result: SaveResult) -> None:
+            """The old guide's lines, printed once the files are durable (async: from the writer)."""
+            log.info("✓ Saved checkpoint_last.pt (%s%s)", where, val)
+            if result.is_best:
+                log.info("NEW BEST! Saved checkpoint_best.pt (%s: %.4f)", monitor, metric)
+
+        self.manager.save(metric=metric, values=values, on_commit=report)
 
     # -------------------------------------------------------------------------------- loop
     def run(self, max_steps: int | None) -> TrainResult:
