@@ -1,0 +1,67 @@
+"""SHA-256 in a worker thread, shared by checkpoint writing and reading.
+
+Why a module of its own: both directions hash a checkpoint piece by piece while the caller
+writes or reads the next piece (see ``fileformat``'s docstring, "Speed"), with the same
+worker and the same piece size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import queue
+import threading
+from collections.abc import Callable
+from typing import Any
+
+# Pieces of this size are written, read back and hashed one at a time: large enough that the
+# per-piece system calls cost nothing, small enough that hashing overlaps the next piece's write.
+_PIECE = 4 * 1024 * 1024
+
+
+class _BackgroundHasher:
+    """SHA-256 of a sequence of buffers, hashed in submission order by a worker thread.
+
+    Why a thread: ``hashlib`` releases the GIL for buffers over 2 KiB, so the digest is computed
+    on another core while the caller writes or reads the next piece; a save or a load then costs
+    about the slower of I/O and hashing rather than their sum. Each submitted buffer may come
+    with a ``release`` callback, run once the buffer has been hashed (to recycle it).
+    """
+
+    def __init__(self) -> None:
+        self._sha = hashlib.sha256()
+        self._queue: queue.SimpleQueue[tuple[Any, Callable[[], None] | None] | None] = queue.SimpleQueue()
+        self._error: Exception | None = None
+        self._thread = threading.Thread(target=self._run, name="bsrnn-checkpoint-sha256", daemon=True)
+        self._thread.start()
+
+    def submit(self, data: bytes | memoryview, release: Callable[[], None] | None = None) -> None:
+        self._queue.put((data, release))
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            data, release = item
+            try:
+                if self._error is None:
+                    self._sha.update(data)
+            except Exception as error:  # reported by hexdigest(); the loop must go on recycling buffers
+                self._error = error
+            finally:
+                if isinstance(data, memoryview):
+                    data.release()
+                if release is not None:
+                    release()
+
+    def stop(self) -> None:
+        """Finish hashing what was submitted and end the thread (idempotent)."""
+        if self._thread.is_alive():
+            self._queue.put(None)
+            self._thread.join()
+
+    def hexdigest(self) -> str:
+        self.stop()
+        if self._error is not None:
+            raise self._error
+        return self._sha.hexdigest()
