@@ -103,5 +103,6 @@ def test_amp_is_a_flag_of_the_invocation_a_resume_without_it_runs_float32(tmp_pa
     resumed = bsrnn("train", *TINY, "--run-dir", str(run_dir), "--resume", "--max-steps", "1")
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "Running with" not in resumed.stdout + resumed.stderr
+    assert "amp: the checkpoint's run had 'bf16', this invocation 'off'" in resumed.stdout + resumed.stderr
     assert 'amp = "off"' in (run_dir / "config.toml").read_text()
     assert checkpoint(run_dir)["global_step"] == 2

@@ -28,7 +28,8 @@ INVOCATION_FIELDS = (
 )
 # amp, compile and cache_audio say how this machine computes, like device and workers: a run
 # trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
-# command line to keep them (the documented way to resume).
+# command line to keep them (the documented way to resume); a resume that differs says so.
+EXECUTION_FIELDS = ("amp", "compile", "cache_audio")
 AMP_CHOICES = ("off", "bf16")
 
 
@@ -77,10 +78,13 @@ class Config:
         "off", "mixed precision: 'bf16' runs both networks' forward passes under bfloat16 autocast "
         "(CUDA, or a CPU with bfloat16 instructions: see BENCHMARKS.md); 'off' keeps float32"
     )
-    compile: bool = _field(False, "run the generator through torch.compile (the first steps compile: slower)")
+    compile: bool = _field(
+        False, "run the generator through torch.compile (the first steps compile; its LSTMs, most of the "
+        "time, stay eager: see BENCHMARKS.md)"
+    )
     cache_audio: bool = _field(
-        False, "decode the training set once and keep it in memory (16-bit files as int16: about 1.1 GB "
-        "for VoiceBank's 11,572 pairs); data-loading workers share it"
+        False, "decode the training set once and keep it in memory (16-bit files as int16: about 2.2 GB, "
+        "clean and noisy, for VoiceBank+DEMAND's 11,572 pairs, per process); data-loading workers share it"
     )
     inject_nonfinite_steps: list[int] = _field(
         [], "testing aid: make the generator loss NaN at these global steps (0-based)"

@@ -82,6 +82,16 @@ class SaveResult:
     sequence: int
 
 
+def _report_commit(on_commit: Callable[[SaveResult], None] | None, result: SaveResult) -> None:
+    """Call ``on_commit``; its failure is logged, never turned into a failed save."""
+    if on_commit is None:
+        return
+    try:
+        on_commit(result)
+    except Exception:
+        log.exception("The callback after saving %s failed (the checkpoint itself is committed)", result.last)
+
+
 class CheckpointManager:
     """Saves and restores registered state in ``run_dir``; see the module docstring.
 
@@ -241,6 +251,8 @@ class CheckpointManager:
         (a mid-epoch save) never touches best. ``on_commit`` is called once the files are
         durable (for an async save: in the writer thread, after the commit, never on failure),
         so that a "saved" message is never printed for a save that a crash could still undo.
+        An exception from ``on_commit`` is logged and swallowed: the save itself succeeded, and
+        a failed message must never fail (or block) a save.
         """
         if not self.writer:
             raise CheckpointError("this CheckpointManager was opened read-only (writer=False)")
@@ -259,8 +271,7 @@ class CheckpointManager:
             except BaseException:
                 self.best_value = previous_best
                 raise
-            if on_commit is not None:
-                on_commit(result)
+            _report_commit(on_commit, result)
             return result
         snapshot = self._staging.snapshot(payload)
         self._thread = threading.Thread(
@@ -296,11 +307,7 @@ class CheckpointManager:
                 self.best_value = previous_best
             self._thread_error = error
             return
-        if on_commit is not None:
-            try:
-                on_commit(result)
-            except Exception as error:  # a failing callback is the caller's error: re-raise it there
-                self._thread_error = error
+        _report_commit(on_commit, result)
 
     def _commit(self, payload: dict[str, Any], is_best: bool) -> None:
         """Temp file (each piece read back and compared as it is written), fsync, (copy for best),

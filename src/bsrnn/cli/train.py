@@ -36,8 +36,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="resume from DIR's checkpoint; alone or 'auto': from --run-dir if it holds one, else start fresh")
     add("--load", choices=["auto", "best", "last"], help=helps["load_checkpoint_type"] + " (default auto)")
     add("--amp", choices=["off", "bf16"], help=helps["amp"] + " (default off)")
-    add("--compile", action="store_true", default=None, help=helps["compile"])
-    add("--cache-audio", action="store_true", default=None, help=helps["cache_audio"])
+    add("--compile", action=argparse.BooleanOptionalAction, default=None, help=helps["compile"])
+    add("--cache-audio", action=argparse.BooleanOptionalAction, default=None, help=helps["cache_audio"])
     add("--sync-save", dest="async_save", action="store_false", default=None,
         help="write checkpoints in the training thread (default: in a background thread)")
 

@@ -5,10 +5,16 @@ crop. With the cache, the whole training split is decoded before the first step 
 is a slice of an array in memory.
 
 Exactness: 16-bit PCM files, the usual corpus format, are kept as their int16 samples (half
-the memory of float32: VoiceBank+DEMAND's 11,572 training pairs are about 1.1 GB) and turned
+the memory of float32) and turned
 into float32 on use by the same scaling libsndfile applies (x / 32768, exact in float32), so
 a cached run is bit-identical to an uncached one (tested). Files of any other encoding are kept
-as the float32 samples ``read_wav`` returns.
+as the float32 samples ``read_wav`` returns. VoiceBank+DEMAND's training split (11,572 pairs,
+~9.4 h per side) takes about 2 x 1.1 GB.
+
+Cost: the trainer's deep dataset check has already decoded every file once; the cache decodes
+them a second time (after the run directory's lock is taken, so a refused second trainer does
+not). Each item still converts its whole utterance to float32 before cropping, as the uncached
+path does; cropping the int16 first would be cheaper and is not done.
 
 Sharing: DataLoader workers started by ``fork`` (Linux's default start method up to Python
 3.13) share the arrays copy-on-write: the memory is paid once per process that built the cache,

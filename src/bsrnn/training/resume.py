@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 from bsrnn.checkpoint import StateMismatchError
-from bsrnn.config import ARCHITECTURE_FIELDS, INVOCATION_FIELDS, Config, field_names
+from bsrnn.config import ARCHITECTURE_FIELDS, EXECUTION_FIELDS, INVOCATION_FIELDS, Config, field_names
 from bsrnn.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -103,6 +103,11 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
     ]
     for change in changed:
         log.info("  config change on resume: %s", change)
+    for key in EXECUTION_FIELDS:
+        if key in checkpoint_config and checkpoint_config[key] != merged[key]:
+            flag = "--" + key.replace("_", "-")
+            log.info("  %s: the checkpoint's run had %r, this invocation %r (%s is not taken from the "
+                     "checkpoint; pass it to keep it)", key, checkpoint_config[key], merged[key], flag)
     return Config(**merged)
 
 

@@ -63,9 +63,10 @@ class TrainResult:
 def build_networks(config: Config, device: torch.device) -> Networks:
     """Both networks (seeded), their Adam optimizers, and forward passes as ``amp``/``compile`` ask.
 
-    ``compile`` applies to the generator only: it is ~97 % of the step, and the discriminator's
-    spectral norm updates its power-iteration vectors in place on every forward, which
-    compiled autograd refuses when one loss runs the discriminator three times.
+    ``compile`` applies to the generator only: the discriminator's step is ~3 % of the
+    generator's on CPU (BENCHMARKS.md), and its spectral norm updates its power-iteration
+    vectors in place on every forward, which AOTAutograd's saved-tensor check refuses
+    ("modified by an inplace operation") in the backward.
     """
     torch.manual_seed(config.seed)
     generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer).to(device)
@@ -127,8 +128,7 @@ class Trainer:
         execution = describe_execution(device, config.amp, config.compile)
         if execution and context.is_main:
             log.info(execution)
-        train_pairs = cache_pairs(corpus.train, progress=context.is_main) if config.cache_audio else corpus.train
-        self.train_set = TrainSet(train_pairs, cut_len=config.cut_len, seed=config.seed)
+        self.train_set = TrainSet(corpus.train, cut_len=config.cut_len, seed=config.seed)
         self.val_set = FixedCrops(corpus.test, cut_len=config.cut_len, seed=config.seed)
         if len(self.train_set) < config.batch_size * context.world_size:
             raise UserError(
@@ -164,6 +164,8 @@ class Trainer:
             ("progress", self.progress),
         ):
             self.manager.register(name, obj)
+        if config.cache_audio:  # after the lock: a refused second trainer must not decode everything
+            self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
         self.files = RunFiles(self.run_dir, enabled=context.is_main)
         self.superseded = False
         if loaded is not None:
