@@ -5,9 +5,8 @@ crop. With the cache, the whole training split is decoded before the first step 
 is a slice of an array in memory.
 
 Exactness: 16-bit PCM files, the usual corpus format, are kept as their int16 samples (half
-the memory of float32) and turned
-into float32 on use by the same scaling libsndfile applies (x / 32768, exact in float32), so
-a cached run is bit-identical to an uncached one (tested). Files of any other encoding are kept
+the memory of float32) and turned into float32 on use by the same scaling libsndfile applies
+(x / 32768, exact in float32), so a cached run is bit-identical to an uncached one (tested). Files of any other encoding are kept
 as the float32 samples ``read_wav`` returns. VoiceBank+DEMAND's training split (11,572 pairs,
 ~9.4 h per side) takes about 2 x 1.1 GB.
 
