@@ -26,6 +26,7 @@ import os
 import random
 import signal
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -232,21 +233,27 @@ def run_variant(rng: random.Random, outcome: Outcome) -> tuple[list[str], int]:
     return flags, lag
 
 
-def kill_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
-    """``trials`` SIGKILLs at random instants, each followed by ``--resume``."""
-    outcome = Outcome("kill", trials, seed)
+def interruption_campaign(name: str, workspace: Workspace, trials: int, seed: int, first_kind: str,
+                          interrupt: Callable[[Outcome, int, random.Random, Child, Path, int], None]) -> Outcome:
+    """``trials`` interruptions at random instants, each followed by ``--resume``, run after run.
+
+    Each run draws its flags (``run_variant``) and a budget of interruptions; every cycle starts
+    the same command line, waits for a planned instant (the first of the campaign of kind
+    ``first_kind``) and calls ``interrupt``; a cycle without a plan, or whose process ended
+    first, lets the run finish and compares it with the reference.
+    """
+    outcome = Outcome(name, trials, seed)
     rng = random.Random(seed)
     timing = measure_timing(workspace)
-    kills = 0
-    while kills < trials:
-        run_dir = workspace.fresh_dir("kill")
-        budget = min(trials - kills, rng.randint(3, MAX_INTERRUPTIONS_PER_RUN))
+    done = 0
+    while done < trials:
+        run_dir = workspace.fresh_dir(name)
+        budget = min(trials - done, rng.randint(3, MAX_INTERRUPTIONS_PER_RUN))
         flags, lag = run_variant(rng, outcome)
         for cycle in range(budget + 1):
             log = workspace.root / "logs" / f"{run_dir.name}-{cycle}.log"
-            # The first kill always lands in a save, so that even 3 trials cover the worst case.
-            first_kind = "save" if kills == 0 else None
-            plan = choose_plan(rng, run_dir, timing, first_kind) if cycle < budget else None
+            kind = first_kind if done == 0 else None
+            plan = choose_plan(rng, run_dir, timing, kind) if cycle < budget else None
             offset = _metrics_size(run_dir)
             with Child(bsrnn_command(*workspace.train_args(run_dir, "--resume", *flags)), log) as child:
                 if plan is None or not wait_for_plan(child, run_dir, plan, offset):
@@ -254,14 +261,25 @@ def kill_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
                         outcome.count(f"ended_before_{plan.kind}_plan")
                     finish_run(outcome, f"{run_dir.name}/end", workspace, run_dir, child)
                     break
-                os.kill(child.pid, signal.SIGKILL)
-                # Only this process's temporaries: an earlier killed one's stay until start-up.
-                saving = any(f".{child.pid}." in name for name in partial_files(run_dir))
-                child.wait(30)
-                kills += 1
-                outcome.count(phase_of(child.output(), saving))
-                after_interruption(outcome, kills, run_dir, child, lag)
+                done += 1
+                interrupt(outcome, done, rng, child, run_dir, lag)
     return outcome
+
+
+def kill_cycle(outcome: Outcome, trial: int, rng: random.Random, child: Child, run_dir: Path, lag: int) -> None:
+    """SIGKILL the trainer now; then what a kill may never break."""
+    os.kill(child.pid, signal.SIGKILL)
+    # Only this process's temporaries: an earlier killed one's stay until start-up.
+    saving = any(f".{child.pid}." in name for name in partial_files(run_dir))
+    child.wait(30)
+    outcome.count(phase_of(child.output(), saving))
+    after_interruption(outcome, trial, run_dir, child, lag)
+
+
+def kill_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
+    """``trials`` SIGKILLs at random instants; the first always lands while a save is in flight,
+    so that even 3 trials cover the worst case."""
+    return interruption_campaign("kill", workspace, trials, seed, "save", kill_cycle)
 
 
 def _send(pid: int, signum: int, to_group: bool) -> None:
@@ -333,27 +351,6 @@ def signal_cycle(outcome: Outcome, trial: int, rng: random.Random, child: Child,
 
 
 def signals_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
-    """``trials`` preemption signals (SIGTERM/SIGUSR1/SIGINT) at random instants."""
-    outcome = Outcome("signals", trials, seed)
-    rng = random.Random(seed)
-    timing = measure_timing(workspace)
-    sent = 0
-    while sent < trials:
-        run_dir = workspace.fresh_dir("signals")
-        budget = min(trials - sent, rng.randint(3, MAX_INTERRUPTIONS_PER_RUN))
-        flags, lag = run_variant(rng, outcome)
-        for cycle in range(budget + 1):
-            log = workspace.root / "logs" / f"{run_dir.name}-{cycle}.log"
-            # The first signal always comes mid-training, so that even 3 trials see a preemption save.
-            first_kind = "step" if sent == 0 else None
-            plan = choose_plan(rng, run_dir, timing, first_kind) if cycle < budget else None
-            offset = _metrics_size(run_dir)
-            with Child(bsrnn_command(*workspace.train_args(run_dir, "--resume", *flags)), log) as child:
-                if plan is None or not wait_for_plan(child, run_dir, plan, offset):
-                    if plan is not None:
-                        outcome.count(f"ended_before_{plan.kind}_plan")
-                    finish_run(outcome, f"{run_dir.name}/end", workspace, run_dir, child)
-                    break
-                sent += 1
-                signal_cycle(outcome, sent, rng, child, run_dir, lag)
-    return outcome
+    """``trials`` preemption signals (SIGTERM/SIGUSR1/SIGINT) at random instants; the first always
+    comes mid-training, so that even 3 trials see a preemption save."""
+    return interruption_campaign("signals", workspace, trials, seed, "step", signal_cycle)
