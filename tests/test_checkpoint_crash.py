@@ -67,7 +67,11 @@ def test_sigkill_at_random_instants_never_loses_a_committed_checkpoint(
         assert last_epoch in (newest_reported, newest_reported + 1), (kill, last_epoch, newest_reported)
         best_epoch = _committed_epoch(tmp_path, "checkpoint_best.pt")
         assert best_reported is not None
-        assert best_epoch >= best_reported[1], (kill, best_epoch, best_reported, newest_reported)
+        # At least as good as every reported best; a kill between a commit and its report may
+        # leave a better, unreported one (the same allowance as for last above).
+        best_loss = 1.0 / (1 + best_epoch) + (0.5 if best_epoch % 3 else 0.0)
+        assert best_loss <= best_reported[0], (kill, best_epoch, best_reported, newest_reported)
+        assert best_epoch <= last_epoch
         assert load_checkpoint(tmp_path, "auto").payload["epoch"] == last_epoch
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     assert len(leftovers) <= 1  # at most the temporary of the last kill; the next run removes it

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from bsrnn.checkpoint import (
-    SUPERSEDED_NAME,
     CheckpointManager,
     RunDirectoryBusyError,
     load_checkpoint,
+    superseded_path,
+    superseded_paths,
 )
 from bsrnn.checkpoint.atomic import temporary_path
 
@@ -78,18 +79,44 @@ def test_best_and_last_are_independent_copies(tmp_path: Path) -> None:
 def test_resuming_from_best_keeps_a_newer_last_as_superseded(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     model = torch.nn.Linear(2, 2)
     with _manager(tmp_path, model) as manager:
-        manager.save(metric=0.3, values={"epoch": 0})
-        manager.save(metric=0.5, values={"epoch": 1})
+        manager.save(metric=0.3, values={"epoch": 0, "global_step": 10})
+        manager.save(metric=0.5, values={"epoch": 1, "global_step": 20})
     newer_last = (tmp_path / "checkpoint_last.pt").read_bytes()
     with _manager(tmp_path, model) as manager:
         with caplog.at_level(logging.WARNING):
-            manager.restore(manager.find("best"))
-        assert (tmp_path / SUPERSEDED_NAME).read_bytes() == newer_last
+            result = manager.restore(manager.find("best"))
+        assert result.superseded == tmp_path / "checkpoint_last.superseded-step20.pt"
+        assert result.superseded.read_bytes() == newer_last
         assert any("superseded" in record.getMessage() for record in caplog.records)
-        manager.save(metric=0.6, values={"epoch": 1})
-    assert load_checkpoint(tmp_path / SUPERSEDED_NAME).payload["epoch"] == 1
+        manager.save(metric=0.6, values={"epoch": 1, "global_step": 20})
+    assert load_checkpoint(result.superseded).payload["epoch"] == 1
     lineage = load_checkpoint(tmp_path, "last").payload["lineage"]
     assert lineage[-1]["kind"] == "best" and lineage[-1]["epoch"] == 0
+
+
+def test_resuming_from_best_twice_never_overwrites_the_furthest_state(tmp_path: Path) -> None:
+    model = torch.nn.Linear(2, 2)
+    with _manager(tmp_path, model) as manager:
+        manager.save(metric=0.3, values={"epoch": 0, "global_step": 10})
+        manager.save(metric=0.5, values={"epoch": 3, "global_step": 40})
+    furthest = (tmp_path / "checkpoint_last.pt").read_bytes()
+    with _manager(tmp_path, model) as manager:  # first resume from best: keeps step 40
+        manager.restore(manager.find("best"))
+        manager.save(metric=0.6, values={"epoch": 1, "global_step": 20})
+    second_branch = (tmp_path / "checkpoint_last.pt").read_bytes()
+    with _manager(tmp_path, model) as manager:  # second resume from best: must not destroy step 40
+        again = manager.restore(manager.find("best"))
+        assert manager.restore(manager.find("best")).superseded == again.superseded  # no duplicate copy
+    kept = superseded_paths(tmp_path)
+    assert [path.name for path in kept] == ["checkpoint_last.superseded-step20.pt",
+                                            "checkpoint_last.superseded-step40.pt"]
+    assert kept[1].read_bytes() == furthest and kept[0].read_bytes() == second_branch
+
+
+def test_a_superseded_name_already_taken_gets_a_new_name(tmp_path: Path) -> None:
+    (tmp_path / "checkpoint_last.superseded-step7.pt").write_bytes(b"other")
+    assert superseded_path(tmp_path, 7).name == "checkpoint_last.superseded-step7-2.pt"
+    assert superseded_path(tmp_path, 8).name == "checkpoint_last.superseded-step8.pt"
 
 
 def test_resuming_from_best_when_last_is_the_same_state_keeps_nothing_extra(tmp_path: Path) -> None:
@@ -97,8 +124,8 @@ def test_resuming_from_best_when_last_is_the_same_state_keeps_nothing_extra(tmp_
     with _manager(tmp_path, model) as manager:
         manager.save(metric=0.3, values={"epoch": 0})
     with _manager(tmp_path, model) as manager:
-        manager.restore(manager.find("best"))
-    assert not (tmp_path / SUPERSEDED_NAME).exists()
+        assert manager.restore(manager.find("best")).superseded is None
+    assert not superseded_paths(tmp_path)
 
 
 def test_stale_temporaries_are_removed_at_start_up_and_never_match_the_pt_glob(tmp_path: Path) -> None:

@@ -68,3 +68,52 @@ def test_export_writes_the_generator_weights_as_safetensors(run_dir: Path, tmp_p
     assert main(["ckpt", "export", str(run_dir), "--out", str(out)]) == 0
     weights = load_file(str(out))
     assert set(weights) == {"weight", "bias"}
+
+
+def test_verify_says_ok_once_and_lists_superseded_files_that_inspect_also_lists(
+    run_dir: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import shutil
+
+    kept = run_dir / "checkpoint_last.superseded-step40.pt"
+    shutil.copy(run_dir / "checkpoint_last.pt", kept)
+    assert main(["ckpt", "verify", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert f"OK   {kept}: sha256 " in out and "OK sha256" not in out
+    assert main(["ckpt", "inspect", str(run_dir)]) == 0
+    assert f"superseded (kept, never overwritten): {kept}" in capsys.readouterr().out
+
+
+def test_an_exported_model_is_readable_like_a_checkpoint(run_dir: Path, tmp_path: Path) -> None:
+    import os
+    import stat
+
+    out = tmp_path / "g.safetensors"
+    assert main(["ckpt", "export", str(run_dir), "--out", str(out)]) == 0
+    mode = stat.S_IMODE(os.stat(out).st_mode)
+    assert mode == stat.S_IMODE(os.stat(run_dir / "checkpoint_last.pt").st_mode) == 0o644 & ~_umask()
+
+
+def test_migrate_into_a_directory_in_use_is_refused_before_anything_is_checked(tmp_path: Path) -> None:
+    from bsrnn.checkpoint import RunDirectoryBusyError, RunDirectoryLock
+    from bsrnn.migrate import migrate_legacy_run
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    from bsrnn.models import BSRNN
+
+    torch.save(BSRNN(num_channel=4, num_layer=1).state_dict(), legacy / "gene_epoch_0_0.5")
+    out = tmp_path / "out"
+    with RunDirectoryLock(out):
+        with pytest.raises(RunDirectoryBusyError):
+            migrate_legacy_run(legacy, out)
+    migrate_legacy_run(legacy, out)
+    assert (out / "checkpoint_last.pt").exists()
+
+
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -143,7 +143,7 @@ def test_the_preemption_guard_stays_installed_until_the_last_save_has_committed(
     fake = SimpleNamespace(
         config=SimpleNamespace(epochs=1), progress=SimpleNamespace(current_epoch=1, global_step=6),
         close=lambda: handlers.append(signal.getsignal(signal.SIGTERM)),
-        _result=lambda code, how: (code, how),
+        _result=lambda code, how: (code, how), manager=SimpleNamespace(wait_until_finished=lambda: None),
     )
     before = signal.getsignal(signal.SIGTERM)
     assert Trainer.run(fake, None) == (0, "completed")  # type: ignore[arg-type]

@@ -106,3 +106,30 @@ def test_a_train_log_that_cannot_be_written_warns_once_and_never_raises(
     err = capsys.readouterr().err
     assert err.count("could not write") == 1 and "No space left on device" in err
     assert "Traceback" not in err and "Logging error" not in err
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.log"])
+def test_a_symlinked_run_file_is_refused_and_its_target_untouched(tmp_path: Path, name: str) -> None:
+    from bsrnn.errors import UserError
+
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / name).symlink_to(victim)
+    with pytest.raises(UserError, match="symbolic link"):
+        RunFiles(run_dir)
+    assert victim.read_text() == "precious\n"
+
+
+def test_config_toml_as_a_symlink_is_replaced_not_written_through(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.toml"
+    victim.write_text("precious\n")
+    (tmp_path / "config.toml").symlink_to(victim)
+    files = RunFiles(tmp_path)
+    try:
+        files.write_config(Config())
+    finally:
+        files.close()
+    assert victim.read_text() == "precious\n"
+    assert not (tmp_path / "config.toml").is_symlink() and "epochs" in (tmp_path / "config.toml").read_text()

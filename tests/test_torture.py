@@ -96,6 +96,12 @@ def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_a_stale_lock_is
     assert _passed(run_campaign("concurrency", workspace, 1, SEED))
 
 
+def test_two_identical_trainers_at_random_offsets_never_move_the_committed_step_backwards(
+    workspace: Workspace,
+) -> None:
+    assert _passed(run_campaign("race", workspace, 4, SEED))
+
+
 def test_a_sigkilled_ddp_rank_ends_both_ranks_quickly_and_the_resume_is_bit_identical(
     ddp_campaign: Background,
 ) -> None:

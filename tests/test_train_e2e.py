@@ -136,8 +136,13 @@ def test_resuming_from_best_keeps_the_newer_last_as_superseded(tmp_path: Path, r
         pytest.skip("in this seed the last epoch was also the best; nothing to supersede")
     result = bsrnn("train", "--run-dir", str(run_dir), "--resume", "--load", "best", "--epochs", "3", "--max-steps", "1")
     assert result.returncode == 0, result.stderr
-    assert (run_dir / "checkpoint_last.superseded.pt").read_bytes() == newer_last
-    assert "checkpoint_last.superseded.pt" in result.stderr
+    superseded = run_dir / f"checkpoint_last.superseded-step{2 * STEPS_PER_EPOCH}.pt"
+    assert superseded.read_bytes() == newer_last
+    assert superseded.name in result.stderr
+    again = bsrnn("train", "--run-dir", str(run_dir), "--resume", "--load", "best", "--epochs", "3", "--max-steps", "1")
+    assert again.returncode == 0, again.stderr
+    assert superseded.read_bytes() == newer_last  # the furthest state survives a second resume from best
+    assert len(list(run_dir.glob("checkpoint_last.superseded*.pt"))) == 2
 
 
 def test_resume_auto_on_an_empty_directory_starts_fresh_and_again_resumes(tmp_path: Path) -> None:

@@ -77,8 +77,6 @@ def migrate_legacy_run(legacy_dir: Path | str, out_dir: Path | str, epoch: int |
         epoch = with_generator[-1]
     elif epoch not in with_generator:
         raise UserError(f"No gene_epoch_{epoch}_* file in {legacy_dir}; epochs present: {with_generator}")
-    if (out_dir / LAST_NAME).exists() or (out_dir / BEST_NAME).exists():
-        raise UserError(f"{out_dir} already holds checkpoints; migrate into a new directory")
     try:
         generator = generator_from_state_dict(_load_state_dict(epochs[epoch]["generator"]))
     except ValueError as error:
@@ -95,7 +93,10 @@ def migrate_legacy_run(legacy_dir: Path | str, out_dir: Path | str, epoch: int |
     ndf = discriminator.config()["ndf"] if discriminator is not None else None
     config = Config(num_channel=arch["num_channel"], num_layer=arch["num_layer"], ndf=ndf or 16,
                     save_model_dir=str(out_dir), epochs=max(epoch + 1, Config().epochs))
+    # The lock first, then the check: a trainer starting in out_dir meanwhile cannot be overwritten.
     with CheckpointManager(out_dir, async_save=False) as manager:
+        if (out_dir / LAST_NAME).exists() or (out_dir / BEST_NAME).exists():
+            raise UserError(f"{out_dir} already holds checkpoints; migrate into a new directory")
         manager.register("model_state_dict", generator)
         if discriminator is not None:
             manager.register("discriminator_state_dict", discriminator)

@@ -26,6 +26,7 @@ CAMPAIGNS: dict[str, tuple[str, str, str]] = {
     "baddata": ("baddata", "baddata_campaign", "broken datasets: exit 2 naming the file, before any step"),
     "nan": ("nan", "nan_campaign", "non-finite losses skipped, counted, stopped at the limit"),
     "concurrency": ("concurrency", "concurrency_campaign", "a second trainer on a run directory is refused"),
+    "race": ("race", "race_campaign", "two identical trainers at random offsets: progress never goes back"),
     "ddp": ("ddp", "ddp_campaign", "a SIGKILLed rank: bounded exit, bit-identical resume"),
 }
 

@@ -25,11 +25,20 @@ from bsrnn.checkpoint.loading import (
     WHICH_CHOICES,
     LoadedCheckpoint,
     VerifyResult,
+    candidates,
     load_checkpoint,
+    superseded_path,
+    superseded_paths,
     verify,
 )
-from bsrnn.checkpoint.lock import RunDirectoryBusyError
-from bsrnn.checkpoint.manager import CheckpointManager, SaveResult, Stateful
+from bsrnn.checkpoint.lock import RunDirectoryBusyError, RunDirectoryLock
+from bsrnn.checkpoint.manager import (
+    CheckpointManager,
+    NonFiniteStateError,
+    RestoreResult,
+    SaveResult,
+    Stateful,
+)
 from bsrnn.checkpoint.rng import RNGStreams
 from bsrnn.checkpoint.signals import PreemptionGuard, deferred_signals
 
@@ -47,6 +56,9 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "LoadedCheckpoint",
+    "NonFiniteStateError",
+    "RestoreResult",
+    "RunDirectoryLock",
     "PreemptionGuard",
     "RNGStreams",
     "RunDirectoryBusyError",
@@ -56,7 +68,10 @@ __all__ = [
     "UnsafeStateError",
     "VerifyResult",
     "deferred_signals",
+    "candidates",
     "load_checkpoint",
+    "superseded_path",
+    "superseded_paths",
     "load_verified",
     "verify",
     "write_checkpoint",

@@ -61,3 +61,7 @@ class UnsafeStateError(CheckpointError, TypeError):
 
 class StateMismatchError(CheckpointError):
     """The checkpoint does not fit the objects it is being restored into."""
+
+
+class UnsafeTorchError(CheckpointError):
+    """The installed torch's weights-only loader has known holes: nothing is unpickled with it."""

@@ -8,9 +8,10 @@ digest has matched, so callers can apply state without further checks.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import re
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 from bsrnn.checkpoint.errors import (
     CheckpointCorruptError,
@@ -24,9 +25,32 @@ log = logging.getLogger(__name__)
 
 LAST_NAME = "checkpoint_last.pt"
 BEST_NAME = "checkpoint_best.pt"
+# The one superseded file of runs before each superseded state kept a file of its own; still
+# listed by ``superseded_paths`` and verified, never written any more.
 SUPERSEDED_NAME = "checkpoint_last.superseded.pt"
-Which = Literal["auto", "last", "best"]
+SUPERSEDED_PATTERN = re.compile(r"^checkpoint_last\.superseded(?:-step(\d+)(?:-(\d+))?)?\.pt$")
 WHICH_CHOICES: tuple[str, ...] = ("auto", "last", "best")
+
+
+def superseded_path(run_dir: Path, global_step: int) -> Path:
+    """A new name for a superseded ``checkpoint_last.pt`` at ``global_step``: never an existing one."""
+    base = f"checkpoint_last.superseded-step{global_step}"
+    path = run_dir / f"{base}.pt"
+    copy = 2
+    while path.exists() or path.is_symlink():
+        path = run_dir / f"{base}-{copy}.pt"
+        copy += 1
+    return path
+
+
+def superseded_paths(run_dir: Path) -> list[Path]:
+    """Every superseded checkpoint in ``run_dir``, by step (the old single name first)."""
+    found = []
+    for path in run_dir.glob("checkpoint_last.superseded*.pt"):
+        match = SUPERSEDED_PATTERN.match(path.name)
+        if match:
+            found.append((int(match.group(1) or -1), int(match.group(2) or 1), path))
+    return [path for *_, path in sorted(found)]
 
 
 @dataclass
@@ -38,7 +62,6 @@ class LoadedCheckpoint:
     payload: dict[str, Any]
     digest: str
     fell_back: bool = False
-    missing: list[str] = field(default_factory=list)
 
     def get(self, key: str, default: Any = None) -> Any:
         return self.payload.get(key, default)
@@ -63,7 +86,7 @@ def load_checkpoint(location: Path | str, which: str = "auto", map_location: Any
     ``best`` with a warning.
     """
     location = Path(location)
-    if location.is_file() or (location.suffix == ".pt" and not location.is_dir()):
+    if (location.exists() and not location.is_dir()) or (location.suffix == ".pt" and not location.is_dir()):
         payload, digest = load_verified(location, map_location)
         return LoadedCheckpoint(location, kind_of(location), payload, digest)
     if not location.is_dir():
@@ -118,5 +141,5 @@ def verify(location: Path | str) -> list[VerifyResult]:
             results.append(VerifyResult(path, False, str(error)))
         else:
             where = ", ".join(f"{key} {payload[key]}" for key in ("epoch", "global_step") if key in payload)
-            results.append(VerifyResult(path, True, f"OK sha256 {digest[:16]}... {where}".rstrip()))
+            results.append(VerifyResult(path, True, f"sha256 {digest[:16]}... {where}".rstrip()))
     return results

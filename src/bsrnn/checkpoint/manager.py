@@ -26,7 +26,7 @@ import atexit
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -48,12 +48,14 @@ from bsrnn.checkpoint.fileformat import (
 from bsrnn.checkpoint.loading import (
     BEST_NAME,
     LAST_NAME,
-    SUPERSEDED_NAME,
     LoadedCheckpoint,
     load_checkpoint,
+    superseded_path,
+    superseded_paths,
 )
 from bsrnn.checkpoint.lock import RunDirectoryLock
-from bsrnn.checkpoint.plain import is_finite_number, to_weights_only_safe
+from bsrnn.checkpoint.plain import is_finite_number, nonfinite_tensor_keys, to_weights_only_safe
+from bsrnn.checkpoint.reading import VerifiedBytes, unpickle
 from bsrnn.checkpoint.signals import block_in_this_thread, deferred_signals
 from bsrnn.checkpoint.snapshot import StagingBuffers
 from bsrnn.checkpoint.versions import library_versions, now_iso
@@ -62,7 +64,7 @@ log = logging.getLogger(__name__)
 
 # Keys the manager writes itself; registered names and caller values may not use them.
 ENGINE_KEYS = frozenset(
-    {"format", "format_version", "monitor", "save_sequence", "created", "versions", "lineage"}
+    {"format", "format_version", "monitor", "save_sequence", "created", "versions", "lineage", "registered"}
 )
 
 
@@ -70,6 +72,22 @@ class Stateful(Protocol):
     def state_dict(self) -> Mapping[str, Any]: ...
 
     def load_state_dict(self, state: Mapping[str, Any], /) -> Any: ...
+
+
+@dataclass(frozen=True)
+class RestoreResult:
+    """What ``restore`` did besides loading state.
+
+    ``missing``: registered names the checkpoint lacks (only with ``strict=False``).
+    ``superseded``: where a newer ``checkpoint_last.pt`` was kept before resuming from best.
+    """
+
+    missing: list[str]
+    superseded: Path | None
+
+
+class NonFiniteStateError(CheckpointError):
+    """A save was refused because state that must be finite holds NaN or inf."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +123,12 @@ class CheckpointManager:
             cleanup, and ``save`` refuses.
         verify_writes: read each piece back as it is written and compare it byte for byte; the
             digest is computed over the read-back bytes (see ``fileformat``), before any rename.
+        lock: a ``RunDirectoryLock`` on ``run_dir`` that the caller already holds (a trainer takes
+            it before it decides what to load); the caller releases it. Without one, a writer
+            takes the lock itself here and releases it in ``close``.
+        require_finite: registered names whose floating-point tensors must all be finite: a save
+            that would commit NaN or inf there raises ``NonFiniteStateError`` and writes nothing,
+            so the last good checkpoint is never replaced by a diverged one.
     """
 
     def __init__(
@@ -115,6 +139,8 @@ class CheckpointManager:
         async_save: bool = False,
         writer: bool = True,
         verify_writes: bool = True,
+        lock: RunDirectoryLock | None = None,
+        require_finite: Collection[str] = (),
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -124,6 +150,7 @@ class CheckpointManager:
         self.async_save = async_save
         self.writer = writer
         self.verify_writes = verify_writes
+        self.require_finite = tuple(require_finite)
         self.best_value: float | None = None
         self.sequence = 0
         self._objects: dict[str, Stateful] = {}
@@ -131,13 +158,16 @@ class CheckpointManager:
         self._staging = StagingBuffers()
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
-        self._lock = RunDirectoryLock(self.run_dir)
+        self._owns_lock = lock is None
+        self._lock = lock if lock is not None else RunDirectoryLock(self.run_dir)
         self.last_path = self.run_dir / LAST_NAME
         self.best_path = self.run_dir / BEST_NAME
         if writer:
             self._check_writable_layout()
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            self._lock.acquire()
+            if self._owns_lock:
+                self._lock.acquire()
+            elif not self._lock.held or self._lock.run_dir.resolve() != self.run_dir.resolve():
+                raise ValueError(f"lock must be a held RunDirectoryLock on {self.run_dir}")
             atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
             atexit.register(self._close_at_exit)
 
@@ -146,7 +176,7 @@ class CheckpointManager:
         not a file: the first commit (an epoch of training later) would fail on it."""
         if self.run_dir.exists() and not self.run_dir.is_dir():
             raise CheckpointError(f"The run directory {self.run_dir} is a file, not a directory")
-        for path in (self.last_path, self.best_path, self.run_dir / SUPERSEDED_NAME):
+        for path in (self.last_path, self.best_path):
             if path.exists() and not path.is_file():
                 kind = "a directory" if path.is_dir() else "not a regular file"
                 raise CheckpointError(
@@ -172,12 +202,14 @@ class CheckpointManager:
                 return None
             raise
 
-    def restore(self, loaded: LoadedCheckpoint, strict: bool = True) -> list[str]:
+    def restore(self, loaded: LoadedCheckpoint, strict: bool = True) -> RestoreResult:
         """Apply a verified checkpoint to every registered object; adopt its bookkeeping.
 
-        Returns the registered names the checkpoint lacks (with ``strict`` they raise instead).
-        Resuming from ``best`` while a newer ``last`` exists first keeps that ``last`` as
-        ``checkpoint_last.superseded.pt`` (SPEC 5.4), before any save can overwrite it.
+        Reports the registered names the checkpoint lacks (with ``strict`` they raise instead).
+        Resuming from ``best`` while a different ``last`` exists first keeps that ``last`` as
+        ``checkpoint_last.superseded-stepN.pt`` (``superseded_path``), before any save can
+        overwrite it; each superseded state keeps a file of its own, so resuming from best
+        twice never destroys the furthest state.
         """
         # A registered name stored as None (e.g. a migrated file without optimizer state) is
         # as missing as an absent one.
@@ -203,22 +235,29 @@ class CheckpointManager:
         self.sequence = max(self.sequence, int(loaded.payload.get("save_sequence", 0)))
         self._lineage = list(loaded.payload.get("lineage", [])) + [_lineage_record(loaded)]
         same_directory = loaded.path.parent.resolve() == self.run_dir.resolve()
+        superseded = None
         if self.writer and loaded.kind == "best" and same_directory:
-            self._keep_superseded_last(loaded)
-        loaded.missing = missing
-        return missing
+            superseded = self._keep_superseded_last(loaded)
+        return RestoreResult(missing, superseded)
 
-    def _keep_superseded_last(self, loaded: LoadedCheckpoint) -> None:
+    def _keep_superseded_last(self, loaded: LoadedCheckpoint) -> Path | None:
         if not self.last_path.exists():
-            return
+            return None
         try:
             last = read_verified_bytes(self.last_path)
         except CheckpointError as error:
             log.warning("WARNING: not keeping %s as superseded: %s", self.last_path, error)
-            return
+            return None
         if last.digest == loaded.digest:
-            return
-        target = self.run_dir / SUPERSEDED_NAME
+            return None
+        for existing in superseded_paths(self.run_dir):
+            try:
+                if read_verified_bytes(existing).digest == last.digest:
+                    return existing  # already kept (resumed from best before, without saving since)
+            except CheckpointError:
+                continue
+        step = _global_step_of(last)
+        target = superseded_path(self.run_dir, step)
         temporary = atomic.temporary_path(target)
         try:
             with deferred_signals():
@@ -233,6 +272,7 @@ class CheckpointManager:
         log.warning(
             "Resuming from best while %s is newer: kept it as %s", self.last_path.name, target.name
         )
+        return target
 
     # ------------------------------------------------------------------------------- saving
     def is_improvement(self, metric: Any) -> bool:
@@ -257,6 +297,7 @@ class CheckpointManager:
         if not self.writer:
             raise CheckpointError("this CheckpointManager was opened read-only (writer=False)")
         self.wait_until_finished()
+        self._check_finite()
         metric = float(metric) if metric is not None else None
         is_best = self.is_improvement(metric)
         previous_best = self.best_value
@@ -281,6 +322,20 @@ class CheckpointManager:
         self._thread.start()
         return result
 
+    def _check_finite(self) -> None:
+        """Refuse to save NaN/inf in ``require_finite`` state, naming the first bad tensors."""
+        bad = []
+        for name in self.require_finite:
+            obj = self._objects.get(name)
+            if obj is not None:
+                bad += [f"{name}[{key!r}]" for key in nonfinite_tensor_keys(obj.state_dict())]
+        if bad:
+            shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+            raise NonFiniteStateError(
+                f"Refusing to save: {shown} hold NaN or inf values. The committed checkpoints in "
+                f"{self.run_dir} are unchanged. Resume from them with a lower learning rate, or check the data."
+            )
+
     def _payload(self, metric: float | None, values: Mapping[str, Any]) -> dict[str, Any]:
         clashes = sorted((set(values) & set(self._objects)) | (set(values) & ENGINE_KEYS))
         if clashes:
@@ -295,6 +350,7 @@ class CheckpointManager:
         payload["created"] = now_iso()
         payload["versions"] = library_versions()
         payload["lineage"] = list(self._lineage)
+        payload["registered"] = list(self._objects)
         return payload
 
     def _write_in_background(self, snapshot: dict[str, Any], is_best: bool, previous_best: float | None,
@@ -355,7 +411,8 @@ class CheckpointManager:
         try:
             self.wait_until_finished()
         finally:
-            self._lock.release()
+            if self._owns_lock:
+                self._lock.release()
             atexit.unregister(self._close_at_exit)
 
     def _close_at_exit(self) -> None:
@@ -384,3 +441,12 @@ def _lineage_record(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "resumed_at": now_iso(),
         "versions": library_versions(),
     }
+
+
+def _global_step_of(verified: VerifiedBytes) -> int:
+    """The ``global_step`` a verified file records (0 when it has none), for its superseded name."""
+    try:
+        step = unpickle(verified.path, verified.data).get("global_step", 0)
+    except CheckpointError:
+        return 0
+    return step if isinstance(step, int) and not isinstance(step, bool) else 0

@@ -10,6 +10,7 @@ path, instead of writing a file that fails on load days later.
 from __future__ import annotations
 
 import math
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -63,3 +64,18 @@ def is_finite_number(value: Any) -> bool:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         return False
     return math.isfinite(value)
+
+
+def nonfinite_tensor_keys(state: Any, prefix: str = "") -> list[str]:
+    """Key paths of floating-point tensors in ``state`` that hold NaN or inf."""
+    if isinstance(state, torch.Tensor):
+        if state.is_floating_point() or state.is_complex():
+            return [] if bool(torch.isfinite(state).all()) else [prefix or "value"]
+        return []
+    if isinstance(state, Mapping):
+        return [key for name, value in state.items()
+                for key in nonfinite_tensor_keys(value, f"{prefix}.{name}" if prefix else str(name))]
+    if isinstance(state, (list, tuple)):
+        return [key for index, value in enumerate(state)
+                for key in nonfinite_tensor_keys(value, f"{prefix}[{index}]")]
+    return []

@@ -13,6 +13,7 @@ import io
 import mmap
 import os
 import pickle
+import stat
 import struct
 import zipfile
 from dataclasses import dataclass
@@ -21,7 +22,13 @@ from typing import Any
 
 import torch
 
-from bsrnn.checkpoint.errors import CheckpointCorruptError, CheckpointForeignError, CheckpointNotFoundError
+from bsrnn.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointForeignError,
+    CheckpointNotFoundError,
+    UnsafeTorchError,
+)
+from bsrnn.checkpoint.structure import check_structure
 from bsrnn.checkpoint.hashing import _PIECE, _BackgroundHasher
 from bsrnn.checkpoint.layout import (
     _COMMENT_LENGTH,
@@ -57,6 +64,23 @@ def read_verified_bytes(path: Path | str) -> VerifiedBytes:
     return VerifiedBytes(path, data, _check_digest(path, data, digest))
 
 
+def _open_regular_file(path: Path) -> io.FileIO:
+    """Open ``path`` for reading only if it is a regular file (checked on the open descriptor).
+
+    A FIFO would block the reader forever and a link to ``/dev/zero`` would read until memory
+    runs out; ``O_NONBLOCK`` makes opening a FIFO return at once so its type can be refused.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(fd)
+        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
+        raise CheckpointForeignError(path, f"it is {kind}, not a regular file")
+    os.set_blocking(fd, True)
+    return io.FileIO(fd, "rb", closefd=True)
+
+
 def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
     """The file's bytes and the SHA-256 of all but its last ``_COMMENT_LENGTH + 2`` bytes.
 
@@ -65,7 +89,7 @@ def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
     apply (a file shorter than the trailer) or when the file changed size while being read;
     ``_check_digest`` then computes it over the bytes returned.
     """
-    with open(path, "rb", buffering=0) as handle:
+    with _open_regular_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         if size < TRAILER_SIZE:
             return handle.readall(), None
@@ -159,7 +183,28 @@ def _damaged_or_foreign(path: Path, data: Buffer, damage: str) -> Exception:
 def load_verified(path: Path | str, map_location: Any = "cpu") -> tuple[dict[str, Any], str]:
     """Verify and unpickle a checkpoint (``weights_only=True``); return (payload, digest)."""
     verified = read_verified_bytes(path)
-    return unpickle(verified.path, verified.data, map_location), verified.digest
+    payload = unpickle(verified.path, verified.data, map_location)
+    check_structure(verified.path, payload)
+    return payload, verified.digest
+
+
+SAFE_LOADER_TORCH = (2, 10)
+"""The first torch whose ``weights_only`` loader is safe to point at an untrusted file: before 2.6 it
+can be bypassed (CVE-2025-32434), before 2.10 it has a memory-safety bug (CVE-2026-24747)."""
+
+
+def check_torch_loader(version: str = torch.__version__) -> None:
+    """Refuse to unpickle anything on a torch whose weights-only loader is unsafe."""
+    try:
+        found = tuple(int(part) for part in version.split("+")[0].split(".")[:2])
+    except ValueError:
+        return  # a development build: it knows what it is
+    if found < SAFE_LOADER_TORCH:
+        raise UnsafeTorchError(
+            f"torch {version} is installed, but loading checkpoints needs torch >= "
+            f"{'.'.join(map(str, SAFE_LOADER_TORCH))}: older weights-only loaders can be made to run code "
+            "(CVE-2025-32434) or corrupt memory (CVE-2026-24747). Upgrade torch (pip install -U torch)."
+        )
 
 
 def unpickle(path: Path, data: Buffer, map_location: Any = "cpu") -> dict[str, Any]:
@@ -171,6 +216,7 @@ def unpickle(path: Path, data: Buffer, map_location: Any = "cpu") -> dict[str, A
     ``torch.load`` offers it only as ``mmap=True`` on a path, and one surviving tensor would
     then keep the whole file's memory alive: the optimizer state aliases what it loads.)
     """
+    check_torch_loader()
     try:
         with _BufferReader(data) as stream:
             payload = torch.load(stream, map_location=map_location, weights_only=True)

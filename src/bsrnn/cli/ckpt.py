@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -12,24 +13,35 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="ckpt_command", metavar="ACTION", required=True)
-    inspect = sub.add_parser("inspect", help="show what a checkpoint holds (verifies it first)")
+    inspect = sub.add_parser("inspect", help="show what a checkpoint holds (verifies it first)",
+                             description="Verify a checkpoint, then show its progress, monitored metric, "
+                             "learning rates, contents, lineage of resumes and config. On a run directory, "
+                             "also list the superseded checkpoints kept there.")
     inspect.add_argument("path", type=Path, help="a checkpoint file or a run directory")
     inspect.add_argument("--load", choices=["auto", "last", "best"], default="auto",
                          help="which checkpoint of a run directory (default: auto)")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(_action=_inspect)
 
-    verify = sub.add_parser("verify", help="exit 0 only if every checkpoint verifies")
+    verify = sub.add_parser("verify", help="exit 0 only if every checkpoint verifies",
+                            description="Check the digest and the structure of one checkpoint, or of every "
+                            "*.pt file of a run directory (superseded ones included). Exit 0 only if all "
+                            "verify; 1 if any is damaged, incomplete or foreign.")
     verify.add_argument("path", type=Path, help="a run directory or a checkpoint file")
     verify.set_defaults(_action=_verify)
 
-    export = sub.add_parser("export", help="write the generator weights as a .safetensors file")
+    export = sub.add_parser("export", help="write the generator weights as a .safetensors file",
+                            description="Write the generator's weights (no optimizer state) as a "
+                            ".safetensors file whose metadata names the source checkpoint and architecture.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
     export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
     export.add_argument("--load", choices=["auto", "last", "best"], default="auto")
     export.set_defaults(_action=_export)
 
-    migrate = sub.add_parser("migrate", help="convert old gene_epoch_*/disc_epoch_* files into a run directory")
+    migrate = sub.add_parser("migrate", help="convert old gene_epoch_*/disc_epoch_* files into a run directory",
+                             description="Convert the old per-epoch gene_epoch_N_*/disc_epoch_N files into a "
+                             "checkpoint_last.pt that `bsrnn train --resume` continues. The legacy folder is "
+                             "never changed; --out must hold no checkpoint.")
     migrate.add_argument("legacy_dir", type=Path, help="folder with gene_epoch_N_* and disc_epoch_N files")
     migrate.add_argument("--out", type=Path, required=True, help="run directory to create")
     migrate.add_argument("--epoch", type=int, default=None, help="epoch to migrate (default: newest)")
@@ -41,14 +53,18 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from bsrnn.checkpoint import load_checkpoint
+    from bsrnn.checkpoint import load_checkpoint, superseded_paths
     from bsrnn.checkpoint.summary import format_summary, summarize
 
     summary = summarize(load_checkpoint(args.path, args.load))
+    if args.path.is_dir():  # states kept when a run resumed from best: they hold more progress
+        summary["superseded"] = [str(path) for path in superseded_paths(args.path)]
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
+        for path in summary.get("superseded", []):
+            print(f"  superseded (kept, never overwritten): {path}")
     return 0
 
 
@@ -84,6 +100,7 @@ def _export(args: argparse.Namespace) -> int:
             metadata[key] = str(config[key])
     args.out.parent.mkdir(parents=True, exist_ok=True)
     save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(args.out), metadata=metadata)
+    os.chmod(args.out, 0o644 & ~_umask())  # safetensors writes 0600; a shared model file is readable like a checkpoint
     print(f"Wrote {len(weights)} generator tensors to {args.out}")
     return 0
 
@@ -94,3 +111,9 @@ def _migrate(args: argparse.Namespace) -> int:
     result = migrate_legacy_run(args.legacy_dir, args.out, epoch=args.epoch)
     print(result)
     return 0
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -1,27 +1,53 @@
-"""``train(config)``: the old guide's workflow as one call (and the engine of ``bsrnn train``).
+"""``train(config)``: the whole workflow as one call (and the engine of ``bsrnn train``).
 
     from bsrnn import Config, train
-    train(Config(epochs=200, save_model_dir="runs/ab5", data_dir="/data/vbd",
-                 resume_from_checkpoint="runs/ab5", load_checkpoint_type="best"))
 
-Resume sources: ``resume_from_checkpoint`` None starts fresh (and refuses a run directory
-that already holds checkpoints, rather than overwrite them); ``"auto"`` resumes from
-``save_model_dir`` when it holds a checkpoint and starts fresh otherwise (requeue-safe);
-a directory resumes from that directory's checkpoint (``load_checkpoint_type``).
+    if __name__ == "__main__":
+        train(Config(epochs=200, save_model_dir="runs/ab5", data_dir="/data/vbd",
+                     resume_from_checkpoint="runs/ab5", load_checkpoint_type="best"))
+
+Resume sources, and what each does when the run directory holds no checkpoint:
+
+- ``resume_from_checkpoint=None``: a fresh run. A run directory that already holds checkpoints
+  is refused rather than overwritten.
+- ``"auto"`` with ``load_checkpoint_type="auto"``: resume from ``save_model_dir`` if it holds a
+  checkpoint, else start fresh and say so. This is the requeue form: one command line for
+  every restart of a cluster job.
+- ``"auto"`` with ``load_checkpoint_type`` ``best`` or ``last``, or a directory or file: that
+  checkpoint, or ``Checkpoint not found`` with the paths tried. A mistyped run directory must
+  never quietly start a new run.
+
+The order matters (ARCHITECTURE.md, "life of a resume"): the run directory's lock is taken
+first, and only then is anything read, so a second trainer on the same directory (a requeued
+job overlapping its predecessor) is refused at once and can never commit an older state over
+a newer one. Under DDP, rank 0 holds the lock and decides; the other ranks load what it chose.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable
+import sys
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from bsrnn.checkpoint import BEST_NAME, LAST_NAME, LoadedCheckpoint, load_checkpoint
+from bsrnn.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    CheckpointError,
+    CheckpointNotFoundError,
+    LoadedCheckpoint,
+    RunDirectoryLock,
+    candidates,
+    load_checkpoint,
+)
 from bsrnn.config import Config
 from bsrnn.errors import UserError
-from bsrnn.training.distributed import init_distributed, shutdown_distributed
+from bsrnn.training.distributed import DistributedContext, broadcast_decision, init_distributed, shutdown_distributed
+from bsrnn.training.run_files import RunFiles
 from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
 from bsrnn.training.trainer import TrainingDivergedError, TrainResult, Trainer
 
@@ -31,10 +57,40 @@ log = logging.getLogger("bsrnn.train")
 
 
 def _holds_checkpoint(run_dir: Path) -> bool:
-    return (run_dir / LAST_NAME).exists() or (run_dir / BEST_NAME).exists()
+    return any(path.exists() or path.is_symlink() for path in (run_dir / LAST_NAME, run_dir / BEST_NAME))
+
+
+def _run_dir_of(config: Config, explicit: set[str]) -> Config:
+    """``--resume DIR`` alone continues the run in DIR: the run directory is DIR."""
+    source = config.resume_from_checkpoint
+    if source in (None, "auto") or "save_model_dir" in explicit:
+        return config
+    source_path = Path(source)
+    run_dir = source_path.parent if source_path.suffix == ".pt" or source_path.is_file() else source_path
+    return config.replace(save_model_dir=str(run_dir))
+
+
+def _must_exist(config: Config) -> None:
+    """Refuse, before anything is created, a resume that names a place holding no checkpoint."""
+    source = config.resume_from_checkpoint
+    run_dir = Path(config.save_model_dir)
+    if source == "auto" and config.load_checkpoint_type != "auto" and not run_dir.is_dir():
+        raise CheckpointNotFoundError(
+            [run_dir / (LAST_NAME if config.load_checkpoint_type == "last" else BEST_NAME)],
+            hint=f"The run directory {run_dir} does not exist. Check --run-dir; only --resume with "
+                 "--load auto starts a fresh run when there is nothing to resume.",
+        )
+    if source not in (None, "auto") and not Path(source).exists():
+        source_path = Path(source)
+        tried = [source_path] if source_path.suffix == ".pt" else candidates(source_path, config.load_checkpoint_type)
+        raise CheckpointNotFoundError(tried, hint=f"{source} does not exist. Check the path given to --resume.")
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"The run directory {run_dir} is a file, not a directory. Choose another --run-dir, "
+                        "or move the file away.")
 
 
 def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
+    """What to resume from, decided while the run directory's lock is held."""
     run_dir = Path(config.save_model_dir)
     source = config.resume_from_checkpoint
     if source is None:
@@ -45,8 +101,8 @@ def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
             )
         return None
     if source == "auto":
-        if not _holds_checkpoint(run_dir):
-            log.info("No checkpoint in %s: starting a fresh run", run_dir)
+        if config.load_checkpoint_type == "auto" and not _holds_checkpoint(run_dir):
+            log.info("No checkpoint in %s: starting a fresh run (--resume auto)", run_dir)
             return None
         return load_checkpoint(run_dir, config.load_checkpoint_type)
     source_path = Path(source)
@@ -57,6 +113,32 @@ def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
             "Choose an empty --run-dir for the new run, or resume the run in place."
         )
     return load_checkpoint(source_path, config.load_checkpoint_type)
+
+
+@dataclass(frozen=True)
+class _Decision:
+    """Rank 0's choice, as plain data every rank can receive: a path to load, or an error."""
+
+    path: str | None
+    error: str | None = None
+
+
+def _decide(config: Config, context: DistributedContext) -> LoadedCheckpoint | None:
+    """Rank 0 finds the checkpoint (under the lock); the other ranks load exactly that file."""
+    if not context.enabled:
+        return _find_resume_checkpoint(config)
+    if context.is_main:
+        try:
+            loaded = _find_resume_checkpoint(config)
+        except Exception as error:
+            broadcast_decision(_Decision(None, str(error)), context)
+            raise
+        broadcast_decision(_Decision(str(loaded.path) if loaded else None), context)
+        return loaded
+    decision = broadcast_decision(None, context)
+    if decision.error is not None:
+        raise UserError(f"rank 0 stopped: {decision.error}")
+    return load_checkpoint(decision.path) if decision.path is not None else None
 
 
 def _device(name: str) -> torch.device:
@@ -79,30 +161,86 @@ def _corpus(config: Config):  # -> Corpus
     return check_data_dir(config.data_dir, deep=True)
 
 
+@contextlib.contextmanager
+def console_logging() -> Iterator[None]:
+    """Log to the console like ``bsrnn train`` does, unless the caller configured logging.
+
+    A script calling ``train()`` with logging untouched would otherwise see nothing (Python's
+    default level is WARNING) and ``train.log`` would miss every INFO line. A caller that set up
+    handlers or levels keeps exactly what they chose.
+    """
+    package = logging.getLogger("bsrnn")
+    if logging.getLogger().handlers or package.handlers or package.level != logging.NOTSET:
+        yield
+        return
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    package.addHandler(handler)
+    package.setLevel(logging.INFO)
+    package.propagate = False
+    try:
+        yield
+    finally:
+        package.removeHandler(handler)
+        package.setLevel(logging.NOTSET)
+        package.propagate = True
+
+
 def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
     """Train (or resume) a run described by ``config``; see the module docstring.
 
     ``explicit`` names the fields the user set (the command line knows); by default, fields that
     differ from their defaults count as set. Unset architecture fields come from the checkpoint.
     """
-    explicit = set(explicit) if explicit is not None else explicit_fields_of(config)
-    source = config.resume_from_checkpoint
-    if source not in (None, "auto") and "save_model_dir" not in explicit:
-        # `--resume DIR` alone continues the run in DIR (SPEC: DIR is the run directory).
-        source_path = Path(source)
-        run_dir = source_path.parent if source_path.is_file() else source_path
-        config = config.replace(save_model_dir=str(run_dir))
-    run_dir = Path(config.save_model_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise UserError(f"The run directory {run_dir} is a file, not a directory. Choose another --run-dir, "
-                        "or move the file away.")
-    loaded = _find_resume_checkpoint(config)
-    if loaded is not None:
+    with console_logging():
+        explicit = set(explicit) if explicit is not None else explicit_fields_of(config)
+        config = _run_dir_of(config, explicit)
+        _must_exist(config)
+        device = _device(config.device)
+        context = init_distributed(device.type)
+        if device.type == "cuda":
+            device = torch.device("cuda", context.local_rank)
+            torch.cuda.set_device(device)
+        lock = RunDirectoryLock(config.save_model_dir) if context.is_main else None
+        try:
+            if lock is not None:
+                try:
+                    lock.acquire()  # before anything is read: see the module docstring
+                except CheckpointError as error:
+                    if context.enabled:
+                        broadcast_decision(_Decision(None, str(error)), context)
+                    raise
+            return _train_locked(config, explicit, device, context, lock)
+        finally:
+            if lock is not None:
+                lock.release()
+            shutdown_distributed(context)
+
+
+def _train_locked(config: Config, explicit: set[str], device: torch.device, context: DistributedContext,
+                  lock: RunDirectoryLock | None) -> TrainResult:
+    # train.log and metrics.jsonl open first, so they hold everything said under the lock.
+    files = RunFiles(Path(config.save_model_dir), enabled=context.is_main)
+    try:
+        return _train_with_files(config, explicit, device, context, lock, files)
+    finally:
+        files.close()
+
+
+def _train_with_files(config: Config, explicit: set[str], device: torch.device, context: DistributedContext,
+                      lock: RunDirectoryLock | None, files: RunFiles) -> TrainResult:
+    loaded = _decide(config, context)
+    if loaded is None:
+        config = config.with_gan_start_fixed()
+        if "gan_start_epoch" not in explicit:
+            log.info("GAN term from epoch %d (half of --epochs %d; fixed for the life of this run)",
+                     config.gan_start_epoch, config.epochs)
+    else:
         log.info("=" * 70)
         log.info("RESUMING FROM CHECKPOINT")
         log.info("Loading checkpoint from: %s", loaded.path)
         check_resumable(str(loaded.path), loaded.payload)
-        config = reconcile(config, explicit, loaded.get("config"), str(loaded.path))
+        config = reconcile(config, explicit, loaded.get("config"), str(loaded.path)).with_gan_start_fixed()
         completed = int(loaded.get("epoch", -1)) + 1
         if completed >= config.epochs and not loaded.get("step_in_epoch"):
             log.info(
@@ -112,21 +250,13 @@ def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
             )
             return TrainResult(0, Path(config.save_model_dir), completed - 1, int(loaded.get("global_step", 0)),
                                "already_done")
-    device = _device(config.device)
-    context = init_distributed(device.type)
-    if device.type == "cuda":
-        device = torch.device("cuda", context.local_rank)
-        torch.cuda.set_device(device)
-    try:
-        corpus = _corpus(config)
-        log.info("Data: %s", corpus.describe())
-        trainer = Trainer(config, corpus, device, context, loaded,
-                          lr_override=loaded is not None and "init_lr" in explicit)
-        if loaded is not None:
-            log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
-            for line in summary_lines(loaded.kind, str(loaded.path), loaded.payload, config,
-                                      trainer.learning_rates(), trainer.superseded):
-                log.info("%s", line)
-        return trainer.run(config.max_steps)
-    finally:
-        shutdown_distributed(context)
+    corpus = _corpus(config)
+    log.info("Data: %s", corpus.describe())
+    trainer = Trainer(config, corpus, device, context, loaded, lock, files,
+                      lr_override=loaded is not None and "init_lr" in explicit)
+    if loaded is not None:
+        log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
+        for line in summary_lines(loaded.kind, str(loaded.path), loaded.payload, config,
+                                  trainer.learning_rates(), trainer.superseded):
+            log.info("%s", line)
+    return trainer.run(config.max_steps)

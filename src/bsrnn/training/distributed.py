@@ -14,6 +14,7 @@ import logging
 import os
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import torch
 import torch.distributed as dist
@@ -53,6 +54,21 @@ def init_distributed(device_kind: str, timeout_s: float = 600.0) -> DistributedC
 def shutdown_distributed(context: DistributedContext) -> None:
     if context.enabled and dist.is_initialized():
         dist.destroy_process_group()
+
+
+Decision = TypeVar("Decision")
+
+
+def broadcast_decision(decision: Decision | None, context: DistributedContext) -> Decision:
+    """Rank 0's ``decision`` (plain picklable data) on every rank; the others pass None.
+
+    How the ranks agree on what to resume from: only rank 0 holds the run directory's lock, so
+    only rank 0 may decide, and a rank that decided for itself could load another file (one that
+    rank 0 is about to supersede, or a fallback after a damaged one).
+    """
+    holder = [decision if context.is_main else None]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]  # type: ignore[return-value]
 
 
 def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping
+from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import StateMismatchError
@@ -93,6 +94,10 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
         )
     known = set(field_names())
     merged = {key: value for key, value in checkpoint_config.items() if key in known}
+    if merged.get("gan_start_epoch") is None and isinstance(merged.get("epochs"), int):
+        # A run from before the GAN start was recorded: it used half of ITS epochs target.
+        merged["gan_start_epoch"] = (merged["epochs"] + 1) // 2
+        checkpoint_config = {**checkpoint_config, "gan_start_epoch": merged["gan_start_epoch"]}
     for key in known:
         if key in explicit or key in INVOCATION_FIELDS or key not in merged:
             merged[key] = current[key]
@@ -112,12 +117,13 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 
 
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
-                  learning_rates: Mapping[str, float], superseded: bool) -> list[str]:
+                  learning_rates: Mapping[str, float], superseded: Path | None) -> list[str]:
     """The old guide's RESUME SUMMARY block, with our additions (step, monitor, LRs)."""
     epoch = int(payload.get("epoch", -1))
     step_in_epoch = int(payload.get("step_in_epoch", 0))
     resuming_epoch = epoch + 1
-    completed = f"0-{epoch} ({epoch + 1} epochs)" if epoch >= 0 else "none"
+    completed = ("none" if epoch < 0 else "1 (epoch 0)" if epoch == 0
+                 else f"{epoch + 1} (epochs 0-{epoch})")
     monitor = payload.get("monitor") or {}
     lines = [
         "=" * 70,
@@ -129,6 +135,7 @@ def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Conf
         f"(global step {payload.get('global_step', 0)})",
         f"  Target epochs: {config.epochs}",
         f"  Remaining epochs: {max(config.epochs - resuming_epoch, 0)}",
+        f"  GAN term from epoch: {config.gan_epoch}",
         f"  Best validation loss: {_fmt(payload.get('best_val_loss'))}",
         f"  Last validation loss: {_fmt(payload.get('val_loss'))}",
         f"  Monitored: {monitor.get('name', config.monitor)} ({monitor.get('mode', config.monitor_mode)}), "
@@ -136,8 +143,8 @@ def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Conf
     ]
     for name, rate in learning_rates.items():
         lines.append(f"  Current learning rate ({name}): {rate:.6g}")
-    if superseded:
-        lines.append("  Newer checkpoint_last.pt kept as checkpoint_last.superseded.pt")
+    if superseded is not None:
+        lines.append(f"  Newer checkpoint_last.pt kept as {superseded.name}")
     lines.append("=" * 70)
     return lines
 

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.config import Config, to_toml
-from bsrnn.errors import RunFailedError
+from bsrnn.errors import RunFailedError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,23 @@ class RunFilesError(RunFailedError):
         )
 
 
+def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
+    """``os.open`` for the run directory's own files: never through a symbolic link.
+
+    A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
+    the trainer append to whatever it points at. Refused with a message saying what to do.
+    """
+    try:
+        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UserError(
+                f"{path} is a symbolic link; the run directory's files are never written through links. "
+                "Remove the link (or choose another --run-dir) and run again."
+            ) from error
+        raise
+
+
 class _TrainLogHandler(logging.FileHandler):
     """A ``FileHandler`` that reports its first write failure in one line, then stays quiet.
 
@@ -62,6 +79,10 @@ class _TrainLogHandler(logging.FileHandler):
     """
 
     failed = False
+
+    def _open(self):  # noqa: ANN202 - logging's name and signature
+        fd = open_in_run_dir(Path(self.baseFilename), os.O_WRONLY | os.O_APPEND | os.O_CREAT)
+        return open(fd, "a", encoding=self.encoding, errors=self.errors)
 
     def emit(self, record: logging.LogRecord) -> None:
         if not self.failed:
@@ -96,12 +117,15 @@ class RunFiles:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 self._remove_config_temporaries()
-                self._metrics_fd = os.open(metrics, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+                self._metrics_fd = open_in_run_dir(metrics, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 _drop_torn_last_line(self._metrics_fd, metrics)
                 self._log_handler = _TrainLogHandler(run_dir / LOG_NAME, encoding="utf-8")
             except OSError as error:
                 self.close()
                 raise RunFilesError(Path(error.filename or metrics), error, "Nothing was trained.") from error
+            except UserError:
+                self.close()
+                raise
             self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
             self._log_handler.setLevel(logging.INFO)
             logging.getLogger("bsrnn").addHandler(self._log_handler)
@@ -119,13 +143,15 @@ class RunFiles:
         path = self.run_dir / CONFIG_NAME
         temporary = path.with_name(f".{CONFIG_NAME}.{os.getpid()}.tmp")
         try:
-            temporary.write_text(to_toml(config), encoding="utf-8")
-            os.replace(temporary, path)
+            fd = open_in_run_dir(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL)
+            with open(fd, "w", encoding="utf-8") as handle:
+                handle.write(to_toml(config))
+            os.replace(temporary, path)  # replaces a link named config.toml itself, never its target
         except OSError as error:
             temporary.unlink(missing_ok=True)
             raise RunFilesError(path, error, "Nothing was trained.") from error
 
-    def event(self, kind: str, **fields: Any) -> None:
+    def event(self, kind: str, /, **fields: Any) -> None:
         """Append one event as one whole line, or stop the run with ``RunFilesError``."""
         if self._metrics_fd is None:
             return

@@ -22,8 +22,10 @@ from tqdm import tqdm
 from bsrnn.checkpoint import (
     CheckpointManager,
     LoadedCheckpoint,
+    NonFiniteStateError,
     PreemptionGuard,
     RNGStreams,
+    RunDirectoryLock,
     SaveResult,
     StateMismatchError,
     deferred_signals,
@@ -38,7 +40,7 @@ from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
 from bsrnn.training.execution import describe_execution, forward_of
-from bsrnn.training.progress import TrainingProgress
+from bsrnn.training.progress import StepRate, TrainingProgress
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.steps import Networks, finish_validation, train_step, validate
 
@@ -116,15 +118,18 @@ class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
 
     def __init__(self, config: Config, corpus: Corpus, device: torch.device, context: DistributedContext,
-                 loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
+                 loaded: LoadedCheckpoint | None, lock: RunDirectoryLock | None, files: RunFiles,
+                 lr_override: bool) -> None:
         self.config = config
         self.device = device
         self.context = context
         self.run_dir = Path(config.save_model_dir)
+        self.files = files
         self.nets = build_networks(config, device)
         self.scheduler_g = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_g, config.decay_epoch, config.lr_decay)
         self.scheduler_d = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_d, config.decay_epoch, config.lr_decay)
         self.progress = TrainingProgress()
+        self.rate = StepRate()
         execution = describe_execution(device, config.amp, config.compile)
         if execution and context.is_main:
             log.info(execution)
@@ -137,7 +142,8 @@ class Trainer:
             )
         self.manager = CheckpointManager(
             self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
-            async_save=config.async_save, writer=context.is_main,
+            async_save=config.async_save, writer=context.is_main, lock=lock,
+            require_finite=("model_state_dict", "discriminator_state_dict"),
         )
         try:
             self._set_up(loaded, lr_override)
@@ -146,8 +152,6 @@ class Trainer:
             # from Python, the next train() in the same process would be turned away as
             # "in use by another bsrnn process" (its own PID).
             self.manager.close()
-            if hasattr(self, "files"):
-                self.files.close()
             raise
 
     def _set_up(self, loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
@@ -166,21 +170,25 @@ class Trainer:
             self.manager.register(name, obj)
         if config.cache_audio:  # after the lock: a refused second trainer must not decode everything
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
-        self.files = RunFiles(self.run_dir, enabled=context.is_main)
-        self.superseded = False
+        self.superseded: Path | None = None
         if loaded is not None:
             self._restore(loaded, lr_override)
+            self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.epoch,
+                             kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
+                             monitor=config.monitor)
+        else:
+            self.files.event("start", global_step=0, gan_start_epoch=config.gan_epoch, monitor=config.monitor)
         self.files.write_config(config)
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
     def _restore(self, loaded: LoadedCheckpoint, lr_override: bool) -> None:
-        superseded_before = (self.run_dir / "checkpoint_last.superseded.pt").exists()
-        missing = self.manager.restore(loaded, strict=False)
+        restored = self.manager.restore(loaded, strict=False)
+        missing = restored.missing
         for name, optimizer in (("optimizer_state_dict", self.nets.optimizer_g),
                                 ("optimizer_disc_state_dict", self.nets.optimizer_d)):
             check_adam_state_shapes(optimizer, name, loaded.path)
-        self.superseded = (self.run_dir / "checkpoint_last.superseded.pt").exists() and not superseded_before
+        self.superseded = restored.superseded
         if "progress" in missing:  # a migrated checkpoint: only weights and the epoch
             self.progress.epoch = int(loaded.get("epoch", -1))
             self.progress.global_step = int(loaded.get("global_step", 0))
@@ -228,7 +236,10 @@ class Trainer:
             if result.is_best:
                 log.info("NEW BEST! Saved checkpoint_best.pt (%s: %.4f)", monitor, metric)
 
-        self.manager.save(metric=metric, values=values, on_commit=report)
+        try:
+            self.manager.save(metric=metric, values=values, on_commit=report)
+        except NonFiniteStateError as error:
+            raise TrainingDivergedError(f"Training stopped: {error}") from error
 
     # -------------------------------------------------------------------------------- loop
     def run(self, max_steps: int | None) -> TrainResult:
@@ -250,6 +261,7 @@ class Trainer:
                     generator=torch.Generator(), pin_memory=self.device.type == "cuda",
                 )
                 use_gan = epoch >= config.gan_epoch
+                stop_at_epoch_end = False
                 bar = tqdm(loader, total=batches.remaining, desc=f"epoch {epoch}", leave=False,
                            disable=None if self.context.is_main else True, dynamic_ncols=True)
                 for clean, noisy in bar:
@@ -268,17 +280,21 @@ class Trainer:
                         return self._preempted(signum)
                     save_due = bool(config.save_every_steps) and progress.global_step % config.save_every_steps == 0
                     stop = max_steps is not None and steps_this_run >= max_steps
+                    if stop and progress.step_in_epoch == len(batches):
+                        stop_at_epoch_end = True  # validate and save the epoch, as a longer run would
+                        break
                     if save_due or stop:
                         self._save(metric=None)
                     if stop:
-                        log.info("Stopped after --max-steps %d (global step %d); resume to continue",
-                                 max_steps, progress.global_step)
-                        return self._result(0, "max_steps")
+                        return self._stopped_by_max_steps(max_steps)
                 bar.close()
                 self._end_epoch(epoch, use_gan)
+                if stop_at_epoch_end:
+                    return self._stopped_by_max_steps(max_steps)
                 signum = agree_on_stop(guard.requested, self.context, self.device)
                 if signum is not None:  # arrived during validation: the epoch is saved already
                     return self._preempted(signum)
+            self.manager.wait_until_finished()  # "complete" only once the last save is durable
             log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
             return self._result(0, "completed")
         finally:
@@ -289,6 +305,12 @@ class Trainer:
                 self.close()  # waits for the last async save: still under the guard, so a
             finally:          # signal now cannot kill the process before that save commits
                 guard.uninstall()
+
+    def _stopped_by_max_steps(self, max_steps: int | None) -> TrainResult:
+        self.manager.wait_until_finished()
+        log.info("Stopped after --max-steps %d (global step %d); resume to continue",
+                 max_steps, self.progress.global_step)
+        return self._result(0, "max_steps")
 
     def _account(self, result: Any, epoch: int) -> None:
         config, progress = self.config, self.progress
@@ -311,12 +333,22 @@ class Trainer:
             return
         progress.nonfinite_in_a_row = 0
         progress.add_step({k: v for k, v in result.values.items() if math.isfinite(v)})
-        if progress.step_in_epoch % config.log_interval == 0:
+        rate = self.rate.step()
+        if progress.step_in_epoch % config.log_interval == 0 or self.rate.log_due(config.log_seconds):
             values = result.values
-            log.info("Epoch %d, Step %d, loss: %.4f, disc_loss: %.4f, PESQ: %.2f",
-                     epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"])
+            log.info("Epoch %d, Step %d, loss: %.4f, disc_loss: %.4f, PESQ: %.2f, %.2f steps/s, ETA %s",
+                     epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"], rate,
+                     self.rate.eta(self._steps_left()))
             self.files.event("step", epoch=epoch, step=progress.step_in_epoch, global_step=progress.global_step,
-                             **values, lr=self.learning_rates())
+                             **values, lr=self.learning_rates(), steps_per_s=rate)
+            self.rate.logged()
+
+    def _steps_left(self) -> int:
+        """Training steps from here to the target epochs (validation time not included)."""
+        per_epoch = len(EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, 0,
+                                     rank=self.context.rank, world_size=self.context.world_size))
+        epochs_after = self.config.epochs - self.progress.current_epoch - 1
+        return max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch
 
     def _end_epoch(self, epoch: int, use_gan: bool) -> None:
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
@@ -335,7 +367,7 @@ class Trainer:
         log.info("TEST - Generator loss: %.4f, Discriminator loss: %.4f, PESQ: %.2f",
                  val["val_loss"], val["val_disc_loss"], val["val_pesq"])
         lrs = self.learning_rates()
-        self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step,
+        self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
         self.scheduler_g.step()
         self.scheduler_d.step()
@@ -363,4 +395,3 @@ class Trainer:
             self.manager.close()
         finally:
             self.pesq_pool.close()
-            self.files.close()
