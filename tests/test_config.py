@@ -71,3 +71,142 @@ def test_invocation_fields_never_come_from_the_checkpoint() -> None:
 
 def test_the_python_api_treats_non_default_fields_as_set() -> None:
     assert explicit_fields_of(Config(epochs=200, data_dir="/d")) == {"epochs", "data_dir"}
+
+
+# ----------------------------------------------------------------------------- ranges and types
+@pytest.mark.parametrize("changes", [
+    {"init_lr": float("inf")}, {"init_lr": float("nan")}, {"init_lr": 0.0},
+    {"lr_decay": 0.0}, {"lr_decay": 1.5}, {"lr_decay": float("nan")},
+    {"grad_clip": float("inf")}, {"grad_clip": 0},
+    {"loss_weights": [0.5, float("inf"), 1.0]}, {"loss_weights": [0.5, float("nan"), 1.0]},
+    {"loss_weights": [0.5, -0.1, 1.0]}, {"loss_weights": [True, 0.5, 1.0]},
+])
+def test_non_finite_and_out_of_range_numbers_are_refused_by_name(changes: dict) -> None:
+    (name,) = changes
+    with pytest.raises(ConfigError, match=f"{name}: expected"):
+        Config(**changes)
+
+
+def test_the_edges_of_the_ranges_are_accepted() -> None:
+    config = Config(lr_decay=1.0, init_lr=1, loss_weights=[0, 0, 1], grad_clip=1e-6)
+    assert config.lr_decay == 1.0
+
+
+def test_every_field_is_type_checked() -> None:
+    """A value of no sensible type must be refused for every field, by name (no traceback later)."""
+    from dataclasses import fields
+
+    for spec in fields(Config):
+        with pytest.raises(ConfigError, match=f"{spec.name}: expected"):
+            Config(**{spec.name: object()})
+
+
+def test_wrong_types_in_a_toml_file_are_reported_together(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('data_dir = 5\nsave_model_dir = 1\ndevice = 3\nmonitor = ["pesq"]\nepochs = true\n'
+                    'resume_from_checkpoint = 2.5\nseed = 1.0\ninit_lr = inf\n')
+    with pytest.raises(ConfigError) as raised:
+        config_from_dict(read_toml(path), str(path))
+    message = str(raised.value)
+    for expected in ("data_dir: expected a dataset folder path (a non-empty string) or unset, found 5",
+                     "save_model_dir: expected a run directory path", "device: expected", "monitor: expected",
+                     "epochs: expected a positive integer, found True", "resume_from_checkpoint: expected",
+                     "seed: expected an integer >= 0, found 1.0", "init_lr: expected a finite number > 0"):
+        assert expected in message
+
+
+def test_cut_len_below_the_minimum_is_refused() -> None:
+    from bsrnn.config import MIN_CUT_LEN
+
+    with pytest.raises(ConfigError, match=f"cut_len: expected an integer >= {MIN_CUT_LEN}"):
+        Config(cut_len=MIN_CUT_LEN - 1)
+
+
+def test_the_minimum_cut_len_trains_one_step_and_one_sample_less_cannot() -> None:
+    """The documented minimum is what really trains: the discriminator's four stride-2 convolutions."""
+    import numpy as np
+    import torch
+
+    from bsrnn.config import MIN_CUT_LEN
+    from bsrnn.metrics.pesq_pool import PesqPool
+    from bsrnn.training.distributed import DistributedContext
+    from bsrnn.training.steps import train_step, validate
+    from bsrnn.training.trainer import build_networks
+
+    nets = build_networks(Config(num_channel=4, num_layer=1, ndf=4, cut_len=MIN_CUT_LEN), torch.device("cpu"))
+    rng = np.random.default_rng(0)
+
+    def crops(length: int) -> tuple[torch.Tensor, torch.Tensor]:
+        clean = (0.3 * rng.standard_normal((2, length))).astype(np.float32)
+        noise = (0.05 * rng.standard_normal((2, length))).astype(np.float32)
+        return torch.from_numpy(clean), torch.from_numpy(clean + noise)
+
+    with PesqPool(workers=0) as pool:
+        clean, noisy = crops(MIN_CUT_LEN)
+        result = train_step(nets, clean, noisy, use_gan=True, loss_weights=[0.5, 0.5, 1.0], grad_clip=5.0,
+                            pesq_pool=pool, context=DistributedContext())
+        assert not result.nonfinite and np.isfinite(result.values["loss"])
+        sums = validate(nets, [crops(MIN_CUT_LEN)], use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
+                        device=torch.device("cpu"))
+        assert np.isfinite(sums["loss"])
+        with pytest.raises(RuntimeError, match="Kernel size can't be greater"):
+            train_step(nets, *crops(MIN_CUT_LEN - 1), use_gan=True, loss_weights=[0.5, 0.5, 1.0], grad_clip=5.0,
+                       pesq_pool=pool, context=DistributedContext())
+
+
+# ----------------------------------------------------------------------------- keys and files
+def test_unknown_keys_get_did_you_mean_suggestions(tmp_path: Path) -> None:
+    path = tmp_path / "c.toml"
+    path.write_text('num_chanel = 8\nrun_dir = "runs/x"\ninit-lr = 0.1\nbatchsize = 4\n[train]\nepochs = 3\n')
+    with pytest.raises(ConfigError) as raised:
+        read_toml(path)
+    message = str(raised.value)
+    assert "unknown config key(s) batchsize, init-lr, num_chanel, run_dir, train." in message
+    for hint in ("num_chanel -> num_channel", "run_dir -> save_model_dir", "init-lr -> init_lr",
+                 "batchsize -> batch_size", "[train] is a table: write its keys at the top level"):
+        assert hint in message
+    assert "\n" not in message
+
+
+def test_a_config_path_that_is_a_folder_or_binary_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="expected a TOML file, found a folder"):
+        read_toml(tmp_path)
+    binary = tmp_path / "checkpoint_last.pt"
+    binary.write_bytes(b"PK\x03\x04\x14\x00\x00\x00\x08\x00\x9c\xff\xfe")
+    with pytest.raises(ConfigError, match=r"expected a TOML text file \(UTF-8\), found binary data"):
+        read_toml(binary)
+    with pytest.raises(ConfigError, match="found nothing at that path"):
+        read_toml(tmp_path / "missing.toml")
+    with_bom = tmp_path / "bom.toml"
+    with_bom.write_bytes("\ufeffepochs = 3\n".encode())
+    assert read_toml(with_bom) == {"epochs": 3}
+
+
+def test_a_config_is_a_frozen_value() -> None:
+    import dataclasses
+
+    config = Config()
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        config.epochs = 3  # type: ignore[misc]
+    assert config.replace(epochs=3).epochs == 3 and config.epochs == 120
+
+
+def test_an_old_runs_config_toml_with_a_retired_key_still_reads(tmp_path: Path) -> None:
+    path = tmp_path / "config.toml"
+    path.write_text("epochs = 3\ninject_nonfinite_steps = []\n")
+    assert config_from_dict(read_toml(path)).epochs == 3
+    assert "inject" not in to_toml(Config())
+
+
+def test_every_config_field_is_a_train_flag_whose_help_shows_its_default(capsys: pytest.CaptureFixture) -> None:
+    from bsrnn.config import field_names
+
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["train", "--help"])
+    help_text = capsys.readouterr().out
+    for name in field_names():
+        flag = {"save_model_dir": "--run-dir", "resume_from_checkpoint": "--resume",
+                "load_checkpoint_type": "--load", "async_save": "--sync-save"}.get(name, "--" + name.replace("_", "-"))
+        assert flag in help_text, name
+    for shown in ("(default: 0.98)", "(default: 5.0)", "(default: 0.5 0.5 1.0)", "(default: 10)"):
+        assert shown in help_text

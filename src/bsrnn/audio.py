@@ -16,7 +16,9 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import os
 from pathlib import Path
+from typing import NamedTuple
 
 import numpy as np
 import soundfile
@@ -119,6 +121,48 @@ def read_wav(path: str | Path) -> tuple[np.ndarray, int]:
         ) from error
     channels_first = np.ascontiguousarray(samples.T)
     return (channels_first[0] if channels_first.shape[0] == 1 else channels_first), int(rate)
+
+
+class Truncation(NamedTuple):
+    """How many sample frames a WAV header promises and how many the file holds."""
+
+    claimed_frames: int
+    present_frames: int
+
+
+_UNKNOWN_DATA_SIZES = (0, 0xFFFFFFFF)
+"""Data-chunk sizes that streaming writers leave when they cannot seek back: no promise."""
+
+
+def wav_truncation(path: str | Path) -> Truncation | None:
+    """The shortfall of a little-endian RIFF WAV cut short (an interrupted copy), else None.
+
+    libsndfile reads whatever samples are there without a word, so a truncated copy would pass
+    as a shorter clip (or, cut inside the header, as one with no samples). Only the chunk
+    headers are read. Files that are not RIFF WAV, and data sizes a streaming writer leaves
+    (0 or 0xFFFFFFFF), give None; so does a header too damaged to walk, which decoding reports.
+    """
+    with open(path, "rb") as handle:
+        size = os.fstat(handle.fileno()).st_size
+        head = handle.read(12)
+        if head[:4] != b"RIFF" or head[8:12] != b"WAVE":
+            return None
+        block_align = 0
+        position = 12
+        while position + 8 <= size:
+            handle.seek(position)
+            chunk = handle.read(8)
+            name, length = chunk[:4], int.from_bytes(chunk[4:8], "little")
+            if name == b"fmt ":
+                fmt = handle.read(14)
+                block_align = int.from_bytes(fmt[12:14], "little") if len(fmt) == 14 else 0
+            elif name == b"data":
+                present = size - (position + 8)
+                if length in _UNKNOWN_DATA_SIZES or length <= present or block_align <= 0:
+                    return None
+                return Truncation(length // block_align, present // block_align)
+            position += 8 + length + (length & 1)
+    return None
 
 
 def write_wav(path: str | Path, audio: np.ndarray | torch.Tensor, rate: int, subtype: str = "PCM_16") -> None:

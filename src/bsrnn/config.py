@@ -1,15 +1,19 @@
 """The run configuration: one dataclass tree, read from TOML, overridden by flags, saved in
 every checkpoint as a plain dict and in ``RUN_DIR/config.toml``.
 
-Defaults follow the reference recipe (SPEC section 4). Every field has a docstring-like ``help``
-that the command line shows. Validation reports every invalid field at once, by name.
+Defaults follow the reference recipe. Every field has a docstring-like ``help`` that the
+command line shows (``bsrnn train --help`` and the README's table are generated from it).
+Validation reports every invalid field at once, by name.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
+import math
+import re
 import tomllib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,26 +37,76 @@ EXECUTION_FIELDS = ("amp", "compile", "cache_audio")
 AMP_CHOICES = ("off", "bf16")
 
 
+MIN_CUT_LEN = 1920
+"""The shortest training crop that trains: 1920 samples give 16 STFT frames (hop 128), and the
+discriminator's four stride-2 4x4 convolutions need 16 to keep 2 frames for the last one
+(16 -> 8 -> 4 -> 2). One 512-sample frame, the bound once documented, crashes the first step."""
+
+
+def _is_integer(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+# Field annotation (as written, without "| None") -> what a value must be, and the test.
+_TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
+    "int": ("an integer", _is_integer),
+    "float": ("a finite number", _is_number),
+    "bool": ("true or false", lambda value: isinstance(value, bool)),
+    "str": ("a string", lambda value: isinstance(value, str)),
+    "list[float]": ("a list of finite numbers", lambda value: isinstance(value, list) and all(map(_is_number, value))),
+    "list[int]": ("a list of integers", lambda value: isinstance(value, list) and all(map(_is_integer, value))),
+}
+
+
+def _type_problem(annotation: str, value: Any) -> str | None:
+    """What ``value`` should have been for a field annotated ``annotation``, or None if it fits.
+
+    An annotation missing from ``_TYPE_CHECKS`` is not checked here (a test requires every
+    field's annotation to be listed, so a new kind of field cannot slip through unnoticed).
+    """
+    base = annotation.removesuffix(" | None")
+    if (base != annotation and value is None) or base not in _TYPE_CHECKS:
+        return None
+    expected, fits = _TYPE_CHECKS[base]
+    return None if fits(value) else expected + (" or unset" if base != annotation else "")
+
+
+# Flag names whose config key differs; a TOML file using the flag name gets the key suggested.
+_FLAG_KEYS = {"run_dir": "save_model_dir", "resume": "resume_from_checkpoint", "load": "load_checkpoint_type"}
+
+
 def _field(default: Any, help: str, **kwargs: Any) -> Any:
     if isinstance(default, list):
         return field(default_factory=lambda: list(default), metadata={"help": help}, **kwargs)
     return field(default=default, metadata={"help": help}, **kwargs)
 
 
-@dataclass(kw_only=True)
+@dataclass(kw_only=True, frozen=True)
 class Config:
-    """Everything that defines a training run. Field names are the TOML keys and flags."""
+    """Everything that defines a training run. Field names are the TOML keys and flags.
+
+    Frozen: a config is a value. ``replace`` makes a changed copy, so no code can change a
+    run's config behind the checkpoint that records it.
+    """
 
     epochs: int = _field(120, "total number of epochs to reach (a target, not a count to add)")
     batch_size: int = _field(6, "training batch size (per process under DDP)")
     log_interval: int = _field(500, "print and log training losses every N steps")
+    log_seconds: float = _field(
+        60.0, "also print and log training losses, steps/s and ETA at least every N seconds (0: by steps only)"
+    )
     decay_epoch: int = _field(10, "StepLR step size in epochs, for both optimizers")
     lr_decay: float = _field(0.98, "StepLR gamma, for both optimizers")
     init_lr: float = _field(1e-3, "initial learning rate of the generator and the discriminator")
-    cut_len: int = _field(2 * SAMPLE_RATE, "training crop length in samples (16 kHz)")
+    cut_len: int = _field(2 * SAMPLE_RATE, f"training crop length in samples at 16 kHz (at least {MIN_CUT_LEN})")
     loss_weights: list[float] = _field([0.5, 0.5, 1.0], "weights of [complex L1, magnitude L1, GAN] losses")
     gan_start_epoch: int | None = _field(
-        None, "epoch from which the generator loss includes the GAN term (default: half of epochs)"
+        None, "epoch (0-based) from which the generator loss includes the GAN term (default: half of "
+        "epochs, fixed when the run starts: raising epochs later never moves it)"
     )
     grad_clip: float = _field(5.0, "gradient norm clipping of the generator")
     data_dir: str | None = _field(None, "dataset root (DATA/train|test/clean|noisy or VoiceBank+DEMAND names)")
@@ -86,9 +140,6 @@ class Config:
         False, "decode the training set once and keep it in memory (16-bit files as int16: about 2.2 GB, "
         "clean and noisy, for VoiceBank+DEMAND's 11,572 pairs, per process); data-loading workers share it"
     )
-    inject_nonfinite_steps: list[int] = _field(
-        [], "testing aid: make the generator loss NaN at these global steps (0-based)"
-    )
 
     def __post_init__(self) -> None:
         problems = self.problems()
@@ -96,40 +147,50 @@ class Config:
             raise ConfigError("Invalid config:\n" + "\n".join(f"  {problem}" for problem in problems))
 
     def problems(self) -> list[str]:
-        """Every invalid field, as 'field: expected ..., found ...'."""
-        problems = []
+        """Every invalid field, as 'field: expected ..., found ...'.
 
-        def check(name: str, ok: bool, expected: str) -> None:
-            if not ok:
-                problems.append(f"{name}: expected {expected}, found {getattr(self, name)!r}")
-
-        for name in ("epochs", "batch_size", "log_interval", "decay_epoch", "num_channel", "num_layer", "ndf"):
-            value = getattr(self, name)
-            check(name, isinstance(value, int) and not isinstance(value, bool) and value > 0, "a positive integer")
+        Every field's type is checked against its annotation, so that a TOML value of the wrong
+        type (``data_dir = 5``, ``epochs = true``, ``init_lr = inf``) is reported here by name
+        instead of failing later with a traceback; ranges and choices are then checked on values
+        of the right type. A message states the whole expectation, range included.
+        """
+        rules: dict[str, tuple[Callable[[Any], bool], str]] = {
+            "cut_len": (lambda value: value >= MIN_CUT_LEN,
+                        f"an integer >= {MIN_CUT_LEN} (0.12 s: 16 STFT frames, the fewest the discriminator's "
+                        f"four stride-2 convolutions take; 32000 is 2 s)"),
+            "init_lr": (lambda value: value > 0, "a finite number > 0 (e.g. 1e-3)"),
+            "grad_clip": (lambda value: value > 0, "a finite number > 0 (e.g. 5.0)"),
+            "lr_decay": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.98; 1: no decay)"),
+            "log_seconds": (lambda value: value >= 0, "a finite number >= 0 (0: log by steps only)"),
+            "loss_weights": (lambda value: len(value) == 3 and all(weight >= 0 for weight in value),
+                             "three finite numbers >= 0 for complex L1, magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"),
+            "amp": (lambda value: value in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES)),
+            "monitor": (lambda value: value in ("val_loss", "pesq"), "'val_loss' or 'pesq'"),
+            "load_checkpoint_type": (lambda value: value in ("auto", "last", "best"), "'auto', 'last' or 'best'"),
+            "device": (lambda value: value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) is not None,
+                       "'cpu', 'cuda', 'cuda:N' or 'auto'"),
+            "save_model_dir": (lambda value: value.strip() != "", "a run directory path (a non-empty string)"),
+            "data_dir": (lambda value: value.strip() != "", "a dataset folder path (a non-empty string) or unset"),
+            "resume_from_checkpoint": (lambda value: value.strip() != "",
+                                       "'auto' or a run directory or checkpoint path (a non-empty string), or unset"),
+        }
+        for name in ("epochs", "batch_size", "log_interval", "decay_epoch", "num_channel", "num_layer", "ndf",
+                     "max_nonfinite_steps"):
+            rules[name] = (lambda value: value > 0, "a positive integer")
+        rules["max_steps"] = (lambda value: value > 0, "a positive integer or unset")
         for name in ("save_every_steps", "workers", "pesq_workers", "seed"):
-            value = getattr(self, name)
-            check(name, isinstance(value, int) and not isinstance(value, bool) and value >= 0, "an integer >= 0")
-        check("cut_len", isinstance(self.cut_len, int) and self.cut_len >= 512, "an integer >= 512 (one STFT frame)")
-        check("max_nonfinite_steps", isinstance(self.max_nonfinite_steps, int) and self.max_nonfinite_steps > 0,
-              "a positive integer")
-        for name in ("init_lr", "lr_decay", "grad_clip"):
-            value = getattr(self, name)
-            check(name, isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0,
-                  "a positive number")
-        weights = self.loss_weights
-        check("loss_weights", isinstance(weights, list) and len(weights) == 3
-              and all(isinstance(w, (int, float)) and w >= 0 for w in weights), "three non-negative numbers")
-        check("amp", self.amp in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES))
-        for name in ("compile", "cache_audio", "async_save", "demo"):
-            check(name, isinstance(getattr(self, name), bool), "true or false")
-        check("monitor", self.monitor in ("val_loss", "pesq"), "'val_loss' or 'pesq'")
-        check("load_checkpoint_type", self.load_checkpoint_type in ("auto", "last", "best"), "'auto', 'last' or 'best'")
-        check("device", self.device in ("auto", "cpu", "cuda") or str(self.device).startswith("cuda:"),
-              "'cpu', 'cuda', 'cuda:N' or 'auto'")
-        check("max_steps", self.max_steps is None or (isinstance(self.max_steps, int) and self.max_steps > 0),
-              "a positive integer or unset")
-        check("gan_start_epoch", self.gan_start_epoch is None or
-              (isinstance(self.gan_start_epoch, int) and self.gan_start_epoch >= 0), "an integer >= 0 or unset")
+            rules[name] = (lambda value: value >= 0, "an integer >= 0")
+        rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")
+
+        problems = []
+        for spec in dataclasses.fields(self):
+            value = getattr(self, spec.name)
+            ok, expected = rules.get(spec.name, (None, None))
+            type_expected = _type_problem(str(spec.type), value)
+            if type_expected is not None:
+                problems.append(f"{spec.name}: expected {expected or type_expected}, found {value!r}")
+            elif ok is not None and value is not None and not ok(value):
+                problems.append(f"{spec.name}: expected {expected}, found {value!r}")
         return problems
 
     @property
@@ -140,6 +201,14 @@ class Config:
     def gan_epoch(self) -> int:
         """First epoch whose generator loss has the GAN term (reference: epoch >= epochs / 2)."""
         return self.gan_start_epoch if self.gan_start_epoch is not None else (self.epochs + 1) // 2
+
+    def with_gan_start_fixed(self) -> Config:
+        """This config with the GAN start as an absolute epoch, as a run records it when it starts.
+
+        Left unset, the start would follow ``epochs``, and training more (a larger ``epochs`` on
+        resume) would switch the GAN term off again for epochs that already had it.
+        """
+        return self if self.gan_start_epoch is not None else self.replace(gan_start_epoch=self.gan_epoch)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (safe for ``torch.load(weights_only=True)`` and TOML)."""
@@ -157,16 +226,46 @@ def field_help() -> dict[str, str]:
     return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Config)}
 
 
+RETIRED_KEYS = {
+    "inject_nonfinite_steps": "a testing aid, now injected from outside the trainer (tools/nonfinite_bsrnn.py)",
+}
+"""Keys that config files written by earlier versions may hold; read and ignored, never written."""
+
+
+def without_retired_keys(values: Mapping[str, Any]) -> dict[str, Any]:
+    """``values`` less the retired keys, so that an old run's config.toml still reads."""
+    return {key: value for key, value in values.items() if key not in RETIRED_KEYS}
+
+
 def check_keys(values: Mapping[str, Any], source: str) -> None:
-    unknown = sorted(set(values) - set(field_names()))
-    if unknown:
-        raise ConfigError(
-            f"{source}: unknown config key(s) {', '.join(unknown)}. Known keys: {', '.join(field_names())}"
-        )
+    """Refuse keys that are not config fields, suggesting the field each one probably meant.
+
+    A misspelt key must fail rather than be ignored: the run would silently use the default.
+    """
+    known = field_names()
+    unknown = sorted(set(values) - set(known), key=str)
+    if not unknown:
+        return
+    hints = []
+    for key in unknown:
+        spelled = str(key).replace("-", "_").lower()
+        guess = spelled if spelled in known else _FLAG_KEYS.get(spelled)
+        if guess is None:
+            close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.6)
+            guess = close[0] if close else None
+        if guess is not None:
+            hints.append(f"{key} -> {guess}")
+        elif isinstance(values[key], Mapping):
+            hints.append(f"[{key}] is a table: write its keys at the top level, without the [{key}] line")
+    message = f"{source}: unknown config key(s) {', '.join(map(str, unknown))}."
+    if hints:
+        message += f" Did you mean: {'; '.join(hints)}?"
+    raise ConfigError(f"{message} Fix: rename or remove them. Known keys: {', '.join(known)}")
 
 
 def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Config:
     """A Config from plain values; unknown keys and invalid values fail together, by name."""
+    values = without_retired_keys(values)
     check_keys(values, source)
     try:
         return Config(**values)
@@ -175,14 +274,37 @@ def config_from_dict(values: Mapping[str, Any], source: str = "config") -> Confi
 
 
 def read_toml(path: Path | str) -> dict[str, Any]:
+    """The keys of a TOML config file, checked against the fields; ConfigError if it cannot be used.
+
+    The file is decoded here rather than by ``tomllib.load`` so that a folder, an unreadable
+    file or a binary file (a checkpoint passed by mistake) is named as such, not a traceback.
+    A UTF-8 byte-order mark (Windows editors write one) is accepted.
+    """
     path = Path(path)
+    fix = "Fix: pass --config the path of a TOML text file of config keys (e.g. a run's config.toml)"
+    if path.is_dir():
+        raise ConfigError(f"Config file {path}: expected a TOML file, found a folder. {fix}")
     try:
-        with open(path, "rb") as handle:
-            values = tomllib.load(handle)
+        data = path.read_bytes()
     except FileNotFoundError:
-        raise ConfigError(f"Config file {path} not found") from None
+        raise ConfigError(f"Config file {path}: expected a TOML file, found nothing at that path. {fix}") from None
+    except OSError as error:
+        raise ConfigError(
+            f"Config file {path}: expected a readable TOML file, found one that cannot be read "
+            f"({error.strerror or error}). Fix: check its permissions, or pass another file"
+        ) from None
+    try:
+        text = data.decode("utf-8").removeprefix("\ufeff")
+    except UnicodeDecodeError as error:
+        raise ConfigError(
+            f"Config file {path}: expected a TOML text file (UTF-8), found binary data (byte {error.start} "
+            f"is not UTF-8 text). {fix}"
+        ) from None
+    try:
+        values = tomllib.loads(text)
     except tomllib.TOMLDecodeError as error:
-        raise ConfigError(f"Config file {path} is not valid TOML: {error}") from None
+        raise ConfigError(f"Config file {path} is not valid TOML: {error}. {fix}") from None
+    values = without_retired_keys(values)
     check_keys(values, str(path))
     return values
 

@@ -42,16 +42,29 @@ measured: no GPU was available).
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import soundfile
 import torch
 
-from bsrnn.audio import HOP_LENGTH, SAMPLE_RATE, istft, resample, stft
-from bsrnn.checkpoint import load_checkpoint
-from bsrnn.errors import UserError
+from bsrnn import keys
+from bsrnn.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, istft, resample, stft, wav_truncation
+from bsrnn.checkpoint import (
+    BEST_NAME,
+    LAST_NAME,
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointForeignError,
+    CheckpointNotFoundError,
+    LoadedCheckpoint,
+    load_checkpoint,
+)
+from bsrnn.errors import DataError, UserError
 from bsrnn.models import BSRNN
 
 log = logging.getLogger(__name__)
@@ -62,28 +75,171 @@ DEFAULT_BATCH_SECONDS = {"cpu": DEFAULT_CHUNK_SECONDS, "cuda": 300.0}
 """Audio per forward pass (rounded down to whole chunks) by device type; others use the CPU's."""
 
 
+def trained_for(epoch: int, step_in_epoch: int = 0) -> str:
+    """How far training got, as users count: ``epoch`` is the 0-based index of the last completed
+    epoch (-1: none), so -1 reads "after 0 completed epochs", never "epoch -1"."""
+    text = f"after {max(epoch + 1, 0)} completed epoch(s)"
+    return text + (f" and {step_in_epoch} step(s) of the next" if step_in_epoch > 0 else "")
+
+
+def _as_int(value: Any, default: int) -> int:
+    return value if isinstance(value, int) and not isinstance(value, bool) else default
+
+
 @dataclass(frozen=True)
 class LoadedGenerator:
     model: BSRNN
     path: Path
     epoch: int
+    """0-based index of the last completed epoch, -1 if none (see ``trained_for``)."""
     config: dict[str, Any]
+    reason: str = ""
+    """Why this file was chosen, e.g. "auto: checkpoint_best.pt verifies"."""
+    step_in_epoch: int = 0
+
+    def describe(self) -> str:
+        """One line for the user: which file, why, and how far its training got."""
+        why = f" ({self.reason})" if self.reason else ""
+        return f"Using {self.path}{why}, {trained_for(self.epoch, self.step_in_epoch)}"
+
+
+def _why_unusable(error: CheckpointError) -> str:
+    if isinstance(error, CheckpointCorruptError) and getattr(error, "damage", ""):
+        return f"it is damaged: {error.damage}"
+    if isinstance(error, CheckpointForeignError) and getattr(error, "reason", ""):
+        return f"it is not a bsrnn checkpoint: {error.reason}"
+    return str(error)
+
+
+def _best_metric(loaded: LoadedCheckpoint) -> str:
+    record = loaded.get("monitor")
+    if isinstance(record, Mapping) and isinstance(record.get("value"), (int, float)) and math.isfinite(record["value"]):
+        return f"; best {record.get('name', 'metric')} {record['value']:.4f}"
+    return ""
+
+
+def choose_checkpoint(location: Path | str, which: str = "auto") -> tuple[LoadedCheckpoint, str]:
+    """The verified checkpoint to enhance or evaluate with, and why it was chosen.
+
+    For a run directory, ``auto`` takes ``checkpoint_best.pt`` if it verifies, else
+    ``checkpoint_last.pt``: these commands want the weights that validated best, while
+    training's own ``auto`` prefers the last file so that no progress is lost. A run stopped
+    before its first validation has only the last file, and is usable. ``best`` and ``last``
+    take exactly that file or fail; a file path is used as given.
+    """
+    location = Path(location)
+    if which != "auto" or not location.is_dir():
+        loaded = load_checkpoint(location, which)
+        return loaded, ("the file given" if loaded.path == location else f"--load {which}")
+    best_error: CheckpointError | None = None
+    try:
+        loaded = load_checkpoint(location, "best")
+        return loaded, f"auto: {BEST_NAME} verifies{_best_metric(loaded)}"
+    except CheckpointNotFoundError:
+        why_not_best = f"no {BEST_NAME} in the run yet"
+    except (CheckpointCorruptError, CheckpointForeignError) as error:
+        best_error = error
+        why_not_best = f"{BEST_NAME} is unusable, {_why_unusable(error)}"
+        log.warning("WARNING: %s", error)
+    try:
+        loaded = load_checkpoint(location, "last")
+    except CheckpointNotFoundError:
+        if best_error is not None:
+            raise best_error from None
+        raise CheckpointNotFoundError(
+            [location / BEST_NAME, location / LAST_NAME],
+            hint=f"{location} holds no checkpoint. Fix: train first (`bsrnn train --run-dir {location}`), "
+            "or pass a checkpoint file.",
+        ) from None
+    except (CheckpointCorruptError, CheckpointForeignError) as error:
+        if best_error is None:
+            raise
+        raise UserError(
+            f"{location}: expected a usable checkpoint_best.pt or checkpoint_last.pt, found neither: "
+            f"{BEST_NAME}: {_why_unusable(best_error)}; {LAST_NAME}: {_why_unusable(error)}. Fix: copy an "
+            "intact checkpoint into the run, or pass another checkpoint file."
+        ) from error
+    return loaded, f"auto: {why_not_best}, so the last"
 
 
 def load_generator(location: Path | str, which: str = "auto", device: str | torch.device = "cpu") -> LoadedGenerator:
-    """The generator of a checkpoint file or run directory, verified, in eval mode."""
-    loaded = load_checkpoint(location, which)
-    weights = loaded.get("model_state_dict")
-    if not weights:
-        raise UserError(f"{loaded.path} holds no generator weights (model_state_dict)")
-    config = loaded.get("config") or {}
-    model = BSRNN(num_channel=int(config.get("num_channel", 64)), num_layer=int(config.get("num_layer", 5)))
+    """The generator of a checkpoint file or run directory, verified, in eval mode.
+
+    ``which`` chooses within a run directory (see ``choose_checkpoint``: ``auto`` prefers best).
+    """
+    loaded, reason = choose_checkpoint(location, which)
+    weights = loaded.get(keys.GENERATOR)
+    if not isinstance(weights, Mapping) or not weights:
+        raise UserError(
+            f"{loaded.path}: expected generator weights (model_state_dict), found none. Fix: pass a "
+            "checkpoint written by `bsrnn train` or `bsrnn ckpt migrate`."
+        )
+    config = loaded.get("config")
+    config = dict(config) if isinstance(config, Mapping) else {}
+    num_channel, num_layer = _as_int(config.get("num_channel"), 64), _as_int(config.get("num_layer"), 5)
     try:
+        model = BSRNN(num_channel=num_channel, num_layer=num_layer)
         model.load_state_dict(weights)
-    except RuntimeError as error:
-        raise UserError(f"{loaded.path}: generator weights do not fit BSRNN{model.config()}: {error}") from error
+    except (RuntimeError, ValueError) as error:
+        raise UserError(
+            f"{loaded.path}: generator weights do not fit BSRNN(num_channel={num_channel}, "
+            f"num_layer={num_layer}) from its config: {error}"
+        ) from error
     model.to(device).eval()
-    return LoadedGenerator(model, loaded.path, int(loaded.get("epoch", -1)), dict(config))
+    return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
+                           max(_as_int(loaded.get("step_in_epoch"), 0), 0))
+
+
+def check_length(frames: int, rate: int, where: str | Path) -> None:
+    """Refuse audio shorter than one STFT frame at 16 kHz (512 samples, 32 ms): DataError naming it.
+
+    Below one analysis frame there is nothing to enhance: up to 128 samples the STFT's reflect
+    padding fails outright, and up to 511 the frames are mostly padding. The limit is a
+    duration, so it holds at every rate.
+    """
+    if frames * SAMPLE_RATE < N_FFT * rate:
+        raise DataError(
+            f"{where}: expected at least {N_FFT / SAMPLE_RATE * 1000:.0f} ms of audio ({N_FFT} samples at "
+            f"16 kHz, one STFT frame), found {frames} samples at {rate} Hz ({frames / rate * 1000:.1f} ms). "
+            "Fix: leave it out, or pad it with silence"
+        )
+
+
+def check_input_file(path: Path) -> None:
+    """Refuse, from its header alone, a file that cannot be enhanced: DataError naming it.
+
+    Cheap (no samples are decoded), so every input is checked before the model is loaded.
+    NaN/inf samples only show when decoding: ``check_input_audio``.
+    """
+    try:
+        info = soundfile.info(str(path))
+        truncated = wav_truncation(path)
+    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
+        raise DataError(
+            f"{path}: expected an audio file (e.g. WAV) that can be read, found one that cannot ({error}). "
+            "Fix: export it again, e.g. `sox IN -b 16 OUT.wav`, or leave it out"
+        ) from error
+    if truncated is not None:
+        raise DataError(
+            f"{path}: expected a complete WAV file, found a truncated one: its header promises "
+            f"{truncated.claimed_frames} samples, the file holds {truncated.present_frames}. "
+            "Fix: copy or export it again from the original"
+        )
+    if info.frames == 0:
+        raise DataError(f"{path}: expected audio samples, found a header with no samples. "
+                        "Fix: export it again, or leave it out")
+    check_length(int(info.frames), int(info.samplerate), path)
+
+
+def check_input_audio(audio: np.ndarray, rate: int, where: str | Path) -> None:
+    """Refuse NaN/inf samples (the output would be noise at full scale) and too-short audio."""
+    bad = int(audio.size - np.count_nonzero(np.isfinite(audio)))
+    if bad:
+        raise DataError(
+            f"{where}: expected finite samples, found {bad} NaN/inf sample(s). Fix: export the file again "
+            "from its source, or leave it out (nothing was written for it)"
+        )
+    check_length(int(audio.shape[-1]), rate, where)
 
 
 @torch.no_grad()
@@ -198,8 +354,15 @@ def enhance_waveform(model: BSRNN, audio: np.ndarray, device: torch.device | str
     return output
 
 
-def enhance_audio(model: BSRNN, audio: np.ndarray, rate: int, device: torch.device | str = "cpu") -> np.ndarray:
-    """Any rate, mono [samples] or multi-channel [channels, samples]: same shape and rate out."""
+def enhance_audio(model: BSRNN, audio: np.ndarray, rate: int, device: torch.device | str = "cpu",
+                  where: str | Path = "the input audio") -> np.ndarray:
+    """Any rate, mono [samples] or multi-channel [channels, samples]: same shape and rate out.
+
+    Input that cannot give a meaningful output (NaN/inf samples, shorter than 32 ms) raises
+    DataError naming ``where``, and an output with NaN/inf samples raises UserError: whatever
+    this returns is fit to be written.
+    """
+    check_input_audio(audio, rate, where)
     channels = audio[None] if audio.ndim == 1 else audio
     enhanced = []
     for channel in channels:
@@ -209,9 +372,17 @@ def enhance_audio(model: BSRNN, audio: np.ndarray, rate: int, device: torch.devi
             result = resample(result, SAMPLE_RATE, rate)
             result = _fit_length(result, channel.shape[-1])
         enhanced.append(result)
-    if audio.ndim == 1:
-        return enhanced[0]  # no stacking copy: for an hour of mono audio that is 230 MB more
-    return np.stack(enhanced)
+    result = enhanced[0] if audio.ndim == 1 else np.stack(enhanced)  # mono: no stacking copy (230 MB an hour)
+    bad = int(result.size - np.count_nonzero(np.isfinite(result)))
+    if bad:
+        peak = float(np.max(np.abs(audio)))
+        fix = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3 else
+               "check the checkpoint (`bsrnn ckpt verify RUN_DIR`) or try the other one (--load best|last)")
+        raise UserError(
+            f"{where}: expected a finite enhanced signal, found {bad} NaN/inf sample(s) in the network's output; "
+            f"nothing was written for it. Fix: {fix}"
+        )
+    return result
 
 
 def _fit_length(audio: np.ndarray, length: int) -> np.ndarray:

@@ -2,12 +2,21 @@
 
 Files of any length (processed in chunks), any sample rate (resampled to 16 kHz and back),
 mono or multi-channel (each channel enhanced); outputs are same-named wavs in ``--out``.
+
+An input that cannot be enhanced (unreadable, truncated, no samples, shorter than 32 ms,
+NaN/inf samples) is never turned into an output. Given alone, it stops the command with its
+reason; among several inputs it is skipped, the others are enhanced, and the command ends
+by naming every skipped file and exits 2. Every input's header is checked before the model is
+loaded, so most such problems show in a second.
 """
 
 from __future__ import annotations
 
 import argparse
+import logging
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -15,48 +24,105 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="wav files or folders of wavs")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (default: auto, as for training)")
+                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
+                             "verifies, else checkpoint_last.pt)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
 def collect_wavs(inputs: list[Path]) -> list[Path]:
+    """Input files: files as given, and each folder's ``*.wav`` (any case of the suffix).
+
+    Names that differ only in case (``a.wav``, ``A.WAV``) are refused with the output-name
+    clash: on a case-insensitive file system (macOS, Windows) their outputs would be one file.
+    """
     from bsrnn.errors import UserError
 
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(item.glob("*.wav"))
+            found = sorted(path for path in item.iterdir() if path.suffix.lower() == ".wav"
+                           and not path.name.startswith(".") and path.is_file())
             if not found:
-                raise UserError(f"{item} holds no .wav files")
+                raise UserError(f"Input folder {item}: expected .wav files in it, found none. "
+                                "Fix: pass the folder that holds the wavs, or the files themselves")
             files.extend(found)
         elif item.is_file():
             files.append(item)
         else:
-            raise UserError(f"Input {item} does not exist")
-    names = [f.name for f in files]
-    duplicates = sorted({name for name in names if names.count(name) > 1})
-    if duplicates:
-        raise UserError(f"Several inputs share the output name(s) {', '.join(duplicates[:5])}; enhance them separately")
+            raise UserError(f"Input {item}: expected a wav file or a folder of wavs, found nothing there. "
+                            "Fix: check the path")
+    by_name: dict[str, list[Path]] = {}
+    for path in files:
+        by_name.setdefault(path.name.lower(), []).append(path)
+    clashes = [paths for paths in by_name.values() if len(paths) > 1]
+    if clashes:
+        shown = "; ".join(" and ".join(str(path) for path in paths) for paths in clashes[:5])
+        raise UserError(f"Inputs must have distinct output names in --out, but these share one (ignoring "
+                        f"case): {shown}. Fix: enhance them separately, into different --out folders")
     return files
+
+
+def check_out_dir(out_dir: Path, files: list[Path]) -> None:
+    """Refuse an --out that is a file or an input folder, before any work is done."""
+    from bsrnn.errors import UserError
+
+    if out_dir.exists() and not out_dir.is_dir():
+        raise UserError(f"--out {out_dir}: expected a folder (created if missing), found a file. "
+                        f"Fix: pass a folder path, e.g. --out {out_dir.with_name(out_dir.name + '_enhanced')}")
+    if any(path.parent.resolve() == out_dir.resolve() for path in files):
+        raise UserError(f"--out {out_dir} is an input folder: outputs would overwrite the inputs. "
+                        "Fix: pass another --out folder")
 
 
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bsrnn.audio import read_wav, write_wav
-    from bsrnn.enhancement import enhance_audio, load_generator
+    from bsrnn.enhancement import check_input_file, enhance_audio, load_generator
     from bsrnn.errors import UserError
 
     files = collect_wavs(args.inputs)
     out_dir: Path = args.out
-    if any(f.parent.resolve() == out_dir.resolve() for f in files):
-        raise UserError(f"--out {out_dir} is an input folder: outputs would overwrite the inputs")
-    generator = load_generator(args.checkpoint, args.load, args.device)
-    print(f"Enhancing {len(files)} file(s) with {generator.path} (epoch {generator.epoch})")
-    out_dir.mkdir(parents=True, exist_ok=True)
-    for path in tqdm(files, desc="enhance", disable=None):
-        audio, rate = read_wav(path)
-        enhanced = enhance_audio(generator.model, audio, rate, args.device)
+    check_out_dir(out_dir, files)
+    skipped: list[Path] = []
+
+    def skip(path: Path, error: UserError) -> None:
+        if len(files) == 1:
+            raise error
+        log.warning("skipped: %s", error)
+        skipped.append(path)
+
+    usable = []
+    for path in files:
+        try:
+            check_input_file(path)
+            usable.append(path)
+        except UserError as error:
+            skip(path, error)
+    if usable:
+        generator = load_generator(args.checkpoint, args.load, args.device)
+        print(generator.describe())
+        print(f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
+              f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
+        try:
+            out_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"--out {out_dir}: expected a folder that can be created, found that it cannot "
+                            f"({error.strerror or error}). Fix: choose a writable place") from error
+    written = 0
+    for path in tqdm(usable, desc="enhance", disable=None):
+        try:
+            audio, rate = read_wav(path)
+            enhanced = enhance_audio(generator.model, audio, rate, args.device, where=path)
+        except UserError as error:
+            skip(path, error)
+            continue
         write_wav(out_dir / path.name, enhanced, rate)
-    print(f"Wrote {len(files)} file(s) to {out_dir}")
+        written += 1
+    if usable:
+        print(f"Wrote {written} file(s) to {out_dir}")
+    if skipped:
+        names = ", ".join(str(path) for path in skipped)
+        raise UserError(f"skipped {len(skipped)} of {len(files)} input file(s), nothing written for them "
+                        f"(reasons above): {names}. Fix: repair or remove them, then enhance just those")
     return 0

@@ -16,30 +16,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, help="dataset root; its test split is used")
     source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="best",
-                        help="which checkpoint of a run directory (default: best)")
+    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
+                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
+                             "verifies, else checkpoint_last.pt)")
     parser.add_argument("--csv", type=Path, help="write one row per file here")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
 def run(args: argparse.Namespace) -> int:
+    """Check every output and input first (the CSV's folder, the checkpoint, every test file,
+    decoded), so that nothing fails after minutes of enhancing and scoring."""
     from tqdm import tqdm
 
     from bsrnn.data import check_data_dir, demo_corpus, load_pair
+    from bsrnn.data.validate import check_finite_samples
     from bsrnn.enhancement import enhance_waveform, load_generator
+    from bsrnn.errors import UserError
     from bsrnn.metrics import format_table, score_files, write_csv
+    from bsrnn.metrics.scoring import check_csv_path
 
+    if args.csv is not None:
+        check_csv_path(args.csv)
     generator = load_generator(args.checkpoint, args.load, args.device)
-    pairs = demo_corpus(seed=0).test if args.demo else check_data_dir(args.data_dir, splits=("test",)).test
-    print(f"Evaluating {generator.path} (epoch {generator.epoch}) on {len(pairs)} test utterances")
+    print(generator.describe())
+    corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
+    if not args.demo:
+        check_finite_samples(corpus, splits=("test",))
+    pairs = corpus.test
+    print(f"Evaluating on {len(pairs)} test utterances")
     jobs = []
     for pair in tqdm(pairs, desc="enhance", disable=None):
         clean, noisy = load_pair(pair)
         jobs.append((pair.name, clean, enhance_waveform(generator.model, noisy, args.device)))
     scores = score_files(jobs, workers=max(1, args.workers))
     print(format_table(scores))
-    if args.csv:
-        write_csv(scores, args.csv)
+    if args.csv is not None:
+        try:
+            write_csv(scores, args.csv)
+        except OSError as error:
+            raise UserError(f"--csv {args.csv}: cannot write it ({error}). Fix: choose a writable path; "
+                            "the table above has the means") from error
         print(f"Wrote {args.csv}")
     return 0

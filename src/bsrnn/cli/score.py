@@ -98,15 +98,14 @@ def check_wavs(clean_dir: Path, enhanced_dir: Path, names: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bsrnn.metrics.scoring import format_table, score_files, write_csv
+    from bsrnn.metrics.scoring import check_csv_path, format_table, score_files, write_csv
 
     workers = _available_cpus() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers: expected 1 or more processes, got {workers}. "
                         f"Fix: pass --workers 1 to score in this process")
-    if args.csv is not None and args.csv.is_dir():
-        raise UserError(f"--csv {args.csv}: expected a file name, found a folder. "
-                        f"Fix: pass e.g. --csv {args.csv / 'scores.csv'}")
+    if args.csv is not None:
+        check_csv_path(args.csv)
     names = common_wav_names(args.clean_dir, args.enhanced_dir)
     check_wavs(args.clean_dir, args.enhanced_dir, names)
     workers = min(workers, len(names))

@@ -81,13 +81,18 @@ def natural_key(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _wav_files(folder: Path) -> dict[str, Path]:
-    files = {}
-    for entry in folder.iterdir():
+def _wav_files(folder: Path) -> tuple[dict[str, Path], list[list[Path]]]:
+    """The folder's wavs by name (file name without the suffix), and groups of names that
+    differ only in case (``p0.wav``/``p0.WAV``): one of those would silently shadow the other,
+    and a case-insensitive file system (macOS, Windows) cannot even hold both."""
+    files: dict[str, Path] = {}
+    by_folded_name: dict[str, list[Path]] = {}
+    for entry in sorted(folder.iterdir()):
         if entry.name.startswith(".") or entry.suffix.lower() != ".wav" or not entry.is_file():
             continue
         files[entry.stem] = entry
-    return files
+        by_folded_name.setdefault(entry.name.casefold(), []).append(entry)
+    return files, [group for group in by_folded_name.values() if len(group) > 1]
 
 
 def _layouts_looked_for(data_dir: Path, splits: Iterable[str]) -> str:
@@ -111,7 +116,9 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     """The corpus under ``data_dir`` and the structural problems found on the way.
 
     Structural problems are missing folders, folders without wavs and names present on one
-    side only; unpaired files are left out of the corpus. Files are not opened here.
+    side only; unpaired files are left out of the corpus. Files are not opened here. Wav names
+    that differ only in case in one folder raise a DataError naming each group (with the
+    other problems found): which of them a pair should use cannot be guessed.
     """
     root = Path(data_dir)
     wanted = tuple(splits)
@@ -124,6 +131,7 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     layout = _choose_layout(root, wanted)
     corpus = Corpus(root=root, layout=layout.name)
     report = ProblemReport()
+    case_clashes: list[list[Path]] = []
     for split in wanted:
         folders = {side: root / layout.folders[(split, side)] for side in SIDES}
         missing = [folder for folder in folders.values() if not folder.is_dir()]
@@ -131,7 +139,10 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
             report.add(DataProblem.of("missing_folder", str(folder), f"no such folder ({layout.name} layout)"))
         if missing:
             continue
-        files = {side: _wav_files(folder) for side, folder in folders.items()}
+        files: dict[str, dict[str, Path]] = {}
+        for side, folder in folders.items():
+            files[side], clashes = _wav_files(folder)
+            case_clashes.extend(clashes)
         for side, folder in folders.items():
             if not files[side]:
                 report.add(DataProblem.of("no_wavs", str(folder), "no .wav files"))
@@ -146,6 +157,16 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
         )
     if report.kinds().get("missing_folder"):
         report.notes.append(_layouts_looked_for(root, wanted))
+    if case_clashes:
+        shown = "; ".join(" and ".join(str(path) for path in group) for group in case_clashes[:5])
+        more = f" (and {len(case_clashes) - 5} more)" if len(case_clashes) > 5 else ""
+        message = (
+            f"Data directory {root}: expected one file per name, found {len(case_clashes)} name(s) that differ "
+            f"only in case: {shown}{more}. Fix: keep one file of each (rename or remove the others)."
+        )
+        if len(report):
+            message += "\n" + report.message(f"Data directory {root}")
+        raise DataError(message)
     return corpus, report
 
 

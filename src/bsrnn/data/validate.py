@@ -99,6 +99,28 @@ def validate_corpus(corpus: Corpus, splits: Iterable[str] = SPLITS, deep: bool =
     return report
 
 
+def check_finite_samples(corpus: Corpus, splits: Iterable[str] = SPLITS) -> None:
+    """Decode every clip of ``splits``; one DataError names each with NaN/inf samples.
+
+    Unlike ``deep=True`` this does not refuse all-silent clips: scoring reports those per file
+    (NaN metrics with the reason), while a NaN/inf sample would make the whole file garbage.
+    Run it before enhancing a test set, so a bad file fails the command before any work.
+    """
+    report = ProblemReport()
+    for split in splits:
+        for pair in corpus.split(split):
+            for source in (pair.clean, pair.noisy):
+                try:
+                    samples, _ = source.load()
+                except DataProblem as problem:
+                    report.add(problem)
+                    continue
+                for problem in sample_problems(samples, source.describe()):
+                    if problem.kind == "non_finite":
+                        report.add(problem)
+    report.raise_if_any(f"Dataset {corpus.describe()}")
+
+
 def check_corpus(corpus: Corpus, splits: Iterable[str] = SPLITS, deep: bool = False) -> None:
     """Raise one DataError naming every bad file of ``corpus``, if there is any."""
     validate_corpus(corpus, splits, deep=deep).raise_if_any(f"Dataset {corpus.describe()}")

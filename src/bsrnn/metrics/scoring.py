@@ -411,6 +411,30 @@ def _csv_value(value: object) -> str:
     return str(value)
 
 
+def check_csv_path(path: Path, flag: str = "--csv") -> None:
+    """Refuse a CSV path that cannot be written, before any scoring work is done.
+
+    Finding out after an hour of scoring would waste the hour. Missing folders are fine
+    (``write_csv`` creates them), as long as the nearest existing one is a folder this user
+    can write in; nothing is created here.
+    """
+    from bsrnn.errors import UserError
+
+    if path.is_dir():
+        raise UserError(f"{flag} {path}: expected a file name, found a folder. "
+                        f"Fix: pass e.g. {flag} {path / 'scores.csv'}")
+    existing = path.parent
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UserError(f"{flag} {path}: expected a folder to write it in, found that {existing} is a file. "
+                        "Fix: choose a path inside a folder")
+    target = path if path.exists() else existing
+    if not os.access(target, os.W_OK) or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: expected a place this user can write, found {target} is not "
+                        "writable. Fix: choose another path")
+
+
 def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str]) -> None:
     """One row per file: file, pesq, csig, cbak, covl, ssnr, stoi, duration_s, error."""
     assert tuple(field.name for field in fields(FileScore)) == CSV_COLUMNS
