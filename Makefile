@@ -1,7 +1,7 @@
-# Two entry points (SPEC section 1): `make demo` and `make test`. Each creates .venv and installs
+# Two entry points: `make demo` and `make test`. Each creates .venv and installs
 # everything it needs on a fresh machine. TORCH is installed first so that the package's own
-# range (torch>=2.4) is already satisfied and pip does not pull a multi-GB CUDA build; set
-# TORCH to your own build elsewhere, e.g. `make test TORCH="torch==2.5.1"`.
+# range (torch>=2.10) is already satisfied and pip does not pull a multi-GB CUDA build; set
+# TORCH to your own build elsewhere, e.g. `make test TORCH="torch==2.10.0"`.
 PYTHON ?= python3
 TORCH ?= torch==2.13.0
 VENV ?= .venv
@@ -25,7 +25,7 @@ test: $(VENV)/.installed
 	$(BIN)/python -m pytest
 
 demo: $(VENV)/.installed
-	$(BIN)/python -m bsrnn.demo --run-dir $(DEMO_DIR)
+	$(BIN)/python -m bsrnn.demo --run-dir "$(DEMO_DIR)"
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

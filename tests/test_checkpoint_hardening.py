@@ -176,3 +176,23 @@ def test_checkpoints_are_never_unpickled_by_a_torch_with_an_unsafe_loader(versio
             check_torch_loader(version)
     else:
         check_torch_loader(version)
+
+
+@pytest.mark.parametrize("where", ["/sys/bsrnn-run", "FILE/run", "LOCKDIR"])
+def test_an_unwritable_run_directory_is_refused_before_the_data_is_read(
+    tmp_path: Path, where: str, capsys: pytest.CaptureFixture
+) -> None:
+    from bsrnn.cli.main import main
+
+    if where == "FILE/run":
+        (tmp_path / "FILE").write_text("x")
+        run_dir = tmp_path / "FILE" / "run"
+    elif where == "LOCKDIR":
+        run_dir = tmp_path / "run"
+        (run_dir / ".lock").mkdir(parents=True)
+    else:
+        run_dir = Path(where)
+    missing_data = tmp_path / "no-such-data"
+    assert main(["train", "--data-dir", str(missing_data), "--run-dir", str(run_dir), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert str(run_dir) in err and str(missing_data) not in err and "Traceback" not in err

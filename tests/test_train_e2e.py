@@ -1,10 +1,12 @@
-"""The old guide's scenarios through the real CLI: exact resume, crashes, preemption, train
+"""The users' scenarios through the real CLI: exact resume, crashes, preemption, train
 more, fine-tune, already done, architecture mismatch, superseded last, requeue, NaN guard."""
 
 from __future__ import annotations
 
 import shutil
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -16,6 +18,7 @@ from e2e import (
     assert_same_training_state,
     bsrnn,
     checkpoint,
+    env,
     losses_by_step,
     start,
     wait_for_step,
@@ -162,13 +165,13 @@ def test_a_fresh_run_refuses_a_directory_with_checkpoints(reference_run: Path) -
 
 
 def test_nonfinite_losses_are_skipped_counted_and_stop_training_after_the_limit(tmp_path: Path) -> None:
-    from bsrnn.config import Config, to_toml
-
-    config_file = tmp_path / "nan.toml"
-    config_file.write_text(to_toml(Config(inject_nonfinite_steps=[1, 3, 4, 5], max_nonfinite_steps=3)))
+    injector = Path(__file__).resolve().parents[1] / "tools" / "nonfinite_bsrnn.py"
     run_dir = tmp_path / "run"
-    result = bsrnn("train", *TINY, "--config", str(config_file), "--epochs", "1", "--run-dir", str(run_dir),
-                   "--save-every-steps", "1")
+    result = subprocess.run(
+        [sys.executable, str(injector), "1,3,4,5", "train", *TINY, "--max-nonfinite-steps", "3", "--epochs", "1",
+         "--run-dir", str(run_dir), "--save-every-steps", "1"],
+        capture_output=True, text=True, timeout=300, env=env(), check=False,
+    )
     assert result.returncode == 1, result.stderr
     assert "3 consecutive steps had a NaN/inf loss" in result.stderr and "Traceback" not in result.stderr
     saved = checkpoint(run_dir)  # the last save before the limit: after 0-based steps 0..4

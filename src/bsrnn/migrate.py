@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 
+from bsrnn import keys
 from bsrnn.checkpoint import BEST_NAME, LAST_NAME, CheckpointManager
 from bsrnn.config import Config
 from bsrnn.errors import UserError
@@ -58,7 +59,7 @@ def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any load failure is reported the same way
         raise UserError(f"Cannot read legacy file {path}: {str(error).splitlines()[0]}") from error
-    if isinstance(state, dict) and "model_state_dict" in state:
+    if isinstance(state, dict) and keys.GENERATOR in state:
         raise UserError(f"{path} is a full checkpoint, not a bare per-epoch state dict; no migration needed")
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
         raise UserError(f"{path} is not a bare state dict of tensors")
@@ -97,20 +98,20 @@ def migrate_legacy_run(legacy_dir: Path | str, out_dir: Path | str, epoch: int |
     with CheckpointManager(out_dir, async_save=False) as manager:
         if (out_dir / LAST_NAME).exists() or (out_dir / BEST_NAME).exists():
             raise UserError(f"{out_dir} already holds checkpoints; migrate into a new directory")
-        manager.register("model_state_dict", generator)
+        manager.register(keys.GENERATOR, generator)
         if discriminator is not None:
-            manager.register("discriminator_state_dict", discriminator)
+            manager.register(keys.DISCRIMINATOR, discriminator)
         manager.save(metric=None, values={
             "epoch": epoch,
             "global_step": 0,
             "step_in_epoch": 0,
             "val_loss": None,
             "best_val_loss": None,
-            "config": config.to_dict(),
-            "optimizer_state_dict": None,
-            "optimizer_disc_state_dict": None,
-            "scheduler_G_state_dict": None,
-            "scheduler_D_state_dict": None,
+            keys.CONFIG: config.to_dict(),
+            keys.GENERATOR_OPTIMIZER: None,
+            keys.DISCRIMINATOR_OPTIMIZER: None,
+            keys.GENERATOR_SCHEDULER: None,
+            keys.DISCRIMINATOR_SCHEDULER: None,
             "migrated_from": str(legacy_dir.resolve()),
             "notes": [
                 f"migrated from {epochs[epoch]['generator'].name}"

@@ -33,6 +33,7 @@ from typing import Any
 
 import torch
 
+from bsrnn import keys
 from bsrnn.checkpoint import CheckpointError, load_checkpoint, verify
 
 STEPS_PER_EPOCH = 3
@@ -426,8 +427,8 @@ def _tensor_differences(prefix: str, a: Any, b: Any) -> list[str]:
     return [] if a == b or (a != a and b != b) else [f"{prefix} ({a!r} != {b!r})"]
 
 
-COMPARED_KEYS = ("model_state_dict", "discriminator_state_dict", "optimizer_state_dict", "optimizer_disc_state_dict",
-                 "scheduler_G_state_dict", "scheduler_D_state_dict", "epoch", "global_step", "step_in_epoch",
+COMPARED_KEYS = (keys.GENERATOR, keys.DISCRIMINATOR, keys.GENERATOR_OPTIMIZER, keys.DISCRIMINATOR_OPTIMIZER,
+                 keys.GENERATOR_SCHEDULER, keys.DISCRIMINATOR_SCHEDULER, "epoch", "global_step", "step_in_epoch",
                  "val_loss", "best_val_loss", "val_pesq")
 
 

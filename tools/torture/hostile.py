@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from bsrnn import keys
 from bsrnn.checkpoint import fileformat, load_checkpoint
 from bsrnn.checkpoint.lock import RunDirectoryBusyError, RunDirectoryLock
 from torture.common import Completed, Outcome, Workspace, bsrnn_command, call_main, digests, run_child
@@ -91,7 +92,7 @@ def hostile_cases(workspace: Workspace, root: Path, rng: random.Random, marker: 
     data = str(workspace.data_dir)
     real = _real_payload(reference)
     evil_state = {"format": fileformat.FORMAT_NAME, "format_version": fileformat.FORMAT_VERSION,
-                  "model_state_dict": {"weight": _Payload(marker)}, "epoch": 0}
+                  keys.GENERATOR: {"weight": _Payload(marker)}, "epoch": 0}
     evil_files = {
         "raw-pickle": lambda p: p.write_bytes(pickle.dumps({"epoch": _Payload(marker)})),
         "torch-pickle": lambda p: torch.save({"epoch": _Payload(marker)}, p),
@@ -144,7 +145,7 @@ def hostile_cases(workspace: Workspace, root: Path, rng: random.Random, marker: 
     run_dir = run_dir_with("forged-zip", forged_zip)
     cases.append(Case("a zip with a forged valid trailer", [(train(run_dir, "--resume"), 2, "checkpoint_last.pt")],
                       [run_dir]))
-    other_tool = {"model": real["model_state_dict"], "epoch": 3, "optimizer": real["optimizer_state_dict"]}
+    other_tool = {"model": real[keys.GENERATOR], "epoch": 3, "optimizer": real[keys.GENERATOR_OPTIMIZER]}
     run_dir = run_dir_with("other-tool", lambda p: torch.save(other_tool, p))
     cases.append(Case("another tool's torch.save dict", [(train(run_dir, "--resume"), 2, refused)], [run_dir]))
     run_dir = run_dir_with("other-tool-hashed", lambda p: hashed(other_tool, p))
@@ -157,13 +158,12 @@ def hostile_cases(workspace: Workspace, root: Path, rng: random.Random, marker: 
     cases.append(Case("a checkpoint of another num_channel, flags conflicting",
                       [(train(run_dir, "--resume", "--num-channel", "8"), 2, "num_channel: checkpoint 4, config 8")],
                       []))
-    for section in ("model_state_dict", "discriminator_state_dict", "optimizer_state_dict",
-                    "optimizer_disc_state_dict"):
+    for section in (*keys.NETWORKS, *keys.OPTIMIZERS):
         payload, where = _reshaped(real, rng, section)
         run_dir = run_dir_with(f"reshaped-{section}", lambda p, payload=payload: hashed(payload, p))
         cases.append(Case(f"re-hashed checkpoint with {where} reshaped",
                           [(train(run_dir, "--resume", "--epochs", "3"), 2, "checkpoint_last.pt")], []))
-    missing = {**real, "discriminator_state_dict": dict(list(real["discriminator_state_dict"].items())[1:])}
+    missing = {**real, keys.DISCRIMINATOR: dict(list(real[keys.DISCRIMINATOR].items())[1:])}
     run_dir = run_dir_with("missing-tensor", lambda p: hashed(missing, p))
     cases.append(Case("re-hashed checkpoint with a tensor missing",
                       [(train(run_dir, "--resume", "--epochs", "3"), 2, "checkpoint_last.pt")], []))

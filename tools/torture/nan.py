@@ -1,6 +1,6 @@
 """``nan``: non-finite losses are skipped, counted, and stop the run at the limit.
 
-Non-finite losses injected at random steps (``inject_nonfinite_steps`` in a ``--config`` file).
+Non-finite losses injected at random steps (by ``tools/nonfinite_bsrnn.py``, from outside the trainer).
 Predicted exactly from the rule (skip and count; stop after ``max_nonfinite_steps`` in a row,
 exit 1), also across a ``--max-steps`` interruption and resume; no saved tensor and no best
 value is ever non-finite.
@@ -10,20 +10,29 @@ from __future__ import annotations
 
 import math
 import random
+import sys
+from collections.abc import Callable
+from pathlib import Path
 
 import torch
 
+from bsrnn import keys
 from bsrnn.checkpoint import load_checkpoint
-from bsrnn.config import Config, to_toml
 from torture.common import (
     TOTAL_STEPS,
     Outcome,
     Workspace,
-    bsrnn_command,
     damaged_checkpoints,
     read_events,
     run_child,
 )
+
+
+def nonfinite_command(injected: set[int]) -> Callable[..., list[str]]:
+    """``bsrnn`` through the fault injector, NaN at the ``injected`` global steps."""
+    script = str(Path(__file__).resolve().parents[1] / "nonfinite_bsrnn.py")
+    steps = ",".join(str(step) for step in sorted(injected))
+    return lambda *args: [sys.executable, script, steps, *args]
 
 
 def predict(injected: set[int], limit: int) -> tuple[int | None, int, int]:
@@ -42,9 +51,9 @@ def predict(injected: set[int], limit: int) -> tuple[int | None, int, int]:
 
 def _all_finite(payload: dict) -> list[str]:
     bad = []
-    for section in ("model_state_dict", "discriminator_state_dict"):
+    for section in keys.NETWORKS:
         bad += [f"{section}.{n}" for n, t in payload[section].items() if not torch.isfinite(t).all()]
-    for section in ("optimizer_state_dict", "optimizer_disc_state_dict"):
+    for section in keys.OPTIMIZERS:
         for index, state in payload[section]["state"].items():
             bad += [f"{section}[{index}].{n}" for n, t in state.items()
                     if isinstance(t, torch.Tensor) and not torch.isfinite(t).all()]
@@ -61,19 +70,18 @@ def nan_campaign(workspace: Workspace, trials: int, seed: int) -> Outcome:
         stop, expected_step, expected_skipped = predict(injected, limit)
         case = workspace.fresh_dir("nan")
         case.mkdir()
-        config = case / "nan.toml"
-        config.write_text(to_toml(Config(inject_nonfinite_steps=sorted(injected), max_nonfinite_steps=limit)))
         run_dir = case / "run"
-        args = workspace.train_args(run_dir, "--config", str(config), "--resume")
+        args = workspace.train_args(run_dir, "--max-nonfinite-steps", str(limit), "--resume")
+        command = nonfinite_command(injected)
         label = f"{trial} (steps {sorted(injected)}, limit {limit})"
         if rng.random() < 0.5:
-            first = run_child(bsrnn_command(*args, "--max-steps", str(rng.randint(1, TOTAL_STEPS - 1))),
+            first = run_child(command(*args, "--max-steps", str(rng.randint(1, TOTAL_STEPS - 1))),
                               workspace.root / "logs" / f"{case.name}-a.log")
             outcome.count("interrupted")
             if first.returncode not in (0, 1):  # 1: it hit the limit already; the resume must again
                 outcome.fail(label, f"the first part exited {first.returncode}")
                 continue
-        result = run_child(bsrnn_command(*args), workspace.root / "logs" / f"{case.name}-b.log")
+        result = run_child(command(*args), workspace.root / "logs" / f"{case.name}-b.log")
         expected_code = 0 if stop is None else 1
         last = (result.output.strip().splitlines() or [""])[-1]
         if result.returncode != expected_code:

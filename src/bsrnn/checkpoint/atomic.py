@@ -7,9 +7,9 @@ rename, the previous file under the final name is untouched; after it, the new o
 Writers hand each stretch they have written to disk writeback at once (``start_writeback``),
 so that the fsync finds little left to do; only the fsync makes anything durable.
 
-Temporary names start with a dot and end in ``.partial`` so that no ``*.pt`` glob matches them
-(SPEC section 3). They carry the writer's PID, which lets a later run tell a crash's leftover
-(the PID is gone) from a live writer's file.
+Temporary names start with a dot and end in ``.partial`` so that no ``*.pt`` glob matches them.
+They carry the writer's PID, which lets a later run tell a crash's leftover (the PID is gone)
+from a live writer's file.
 """
 
 from __future__ import annotations
@@ -83,7 +83,7 @@ def copy_durably(source: Path, destination: Path) -> None:
     """Copy ``source`` into ``destination`` (a new temporary file) as an independent file, fsynced.
 
     A real copy, never a hard link or symlink: the two checkpoints are each other's fallback,
-    so damage to one must not reach the other (SPEC section 3). For the same reason not
+    so damage to one must not reach the other. For the same reason not
     ``copy_file_range``, which may share extents (reflink) on btrfs or XFS. ``sendfile`` copies
     inside the kernel (one copy instead of two through a user buffer) and always duplicates
     the data; where it is missing or refused, a buffered copy is made instead.

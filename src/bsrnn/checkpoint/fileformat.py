@@ -1,7 +1,7 @@
 """The checkpoint file: a plain ``torch.save`` zip whose archive comment holds a SHA-256 digest.
 
 Why the zip comment: a checkpoint must open with plain ``torch.load(path, weights_only=True)``
-(SPEC section 4), so the digest cannot wrap the file; and it must cover every byte, because
+(users' analysis scripts do), so the digest cannot wrap the file; and it must cover every byte, because
 torch does not check the zip CRCs on load and a flipped byte anywhere (tensor data, pickle,
 zip headers) must be detected. The zip format ends with an end-of-central-directory record
 (EOCD) whose last field is a comment of any length, which torch and ``zipfile`` accept. So:

@@ -3,7 +3,7 @@
 The training loop registers named stateful objects (anything with ``state_dict`` and
 ``load_state_dict``) and calls ``save(metric=..., values=...)``; the manager writes
 ``checkpoint_last.pt`` every time and ``checkpoint_best.pt`` when the monitored metric strictly
-improves. Both are complete, independent, verified files (SPEC sections 3 and 4)::
+improves. Both are complete, independent, verified files (README, "The checkpoint engine")::
 
     manager = CheckpointManager("runs/ab5", monitor="val_loss", mode="min")
     manager.register("model_state_dict", model)

@@ -5,7 +5,7 @@ Two tools:
 - ``PreemptionGuard`` turns SIGTERM, SIGUSR1 and SIGINT into a request that the training loop
   polls between steps (``guard.requested``): the loop finishes its step, saves, and exits with
   128+signal. Later signals only repeat the request, so a second SIGTERM during the save does
-  not interrupt it (SPEC 5.3).
+  not interrupt it.
 - ``deferred_signals()`` blocks those signals around a commit when no guard is installed, so the
   default action (terminate) waits until the rename has happened; the pending signal is then
   delivered as usual. The commit protocol already makes an interrupted save harmless; this

@@ -82,6 +82,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    from bsrnn import keys
     from bsrnn.checkpoint import load_checkpoint
     from bsrnn.errors import UserError
 
@@ -90,9 +91,9 @@ def _export(args: argparse.Namespace) -> int:
     from safetensors.torch import save_file
 
     loaded = load_checkpoint(args.checkpoint, args.load)
-    weights = loaded.payload.get("model_state_dict")
+    weights = loaded.payload.get(keys.GENERATOR)
     if not weights:
-        raise UserError(f"{loaded.path} holds no model_state_dict to export")
+        raise UserError(f"{loaded.path} holds no {keys.GENERATOR} to export")
     metadata = {"source": str(loaded.path), "sha256": loaded.digest}
     config = loaded.payload.get("config") or {}
     for key in ("num_channel", "num_layer"):

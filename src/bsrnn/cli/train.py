@@ -1,45 +1,113 @@
-"""``bsrnn train``: train or resume a run (SPEC sections 2 and 5).
+"""``bsrnn train``: train or resume a run.
 
 Precedence: defaults < the checkpoint's config (on resume) < ``--config FILE`` < flags. Every
 flag defaults to "not given", so the command knows exactly which fields the user set.
+
+Every config field is a flag, generated from the ``Config`` dataclass (its type and its help,
+with the default), so ``--help`` cannot drift from the config: a new field is a new flag.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import types
+import typing
 from typing import Any
 
 # flag -> config field, for flags whose names differ from the field.
 _RENAMED = {"run_dir": "save_model_dir", "resume": "resume_from_checkpoint", "load": "load_checkpoint_type"}
+_FIELD_FLAG = {field: flag for flag, field in _RENAMED.items()}
+# Fields with a hand-written flag below (choices, a const, a negative form).
+_SPECIAL = {"data_dir", "demo", "resume_from_checkpoint", "load_checkpoint_type", "monitor", "amp", "async_save",
+            "device"}
+_METAVARS = {"epochs": "N", "batch_size": "N", "init_lr": "LR", "cut_len": "SAMPLES", "num_layer": "L",
+             "seed": "S", "gan_start_epoch": "EPOCH", "save_model_dir": "DIR", "loss_weights": "W"}
+
+DESCRIPTION = """\
+Train a BSRNN generator against a MetricGAN discriminator, or resume a run.
+
+Which checkpoint a resume takes, and what happens when there is none:
+  (no --resume)          a fresh run; refused if --run-dir already holds checkpoints
+  --resume / --resume auto
+                         continue --run-dir if it holds a checkpoint, else start fresh and say
+                         so: the same command line for every requeue of a cluster job
+  --resume --load best|last, --resume DIR
+                         exactly that checkpoint, or "Checkpoint not found" (exit 2) listing
+                         the paths tried: a mistyped run directory never starts a fresh run
+"""
+
+
+def _base_type(annotation: Any) -> Any:
+    """``int`` for ``int | None``, the annotation itself otherwise."""
+    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
+        return next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    return annotation
+
+
+def _with_default(help_text: str, default: Any) -> str:
+    if default is None or "default" in help_text:
+        return help_text
+    shown = " ".join(str(value) for value in default) if isinstance(default, list) else default
+    return f"{help_text} (default: {shown})"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from bsrnn.config import field_help
+    from bsrnn.config import Config
 
-    helps = field_help()
+    parser.description = DESCRIPTION
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    defaults = Config().to_dict()
+    hints = typing.get_type_hints(Config)
+    helps = {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Config)}
     add = parser.add_argument
     add("--config", metavar="FILE", help="TOML file with config fields (flags override it)")
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--data-dir", metavar="DIR", help=helps["data_dir"])
     source.add_argument("--demo", action="store_true", default=None, help=helps["demo"])
-    add("--run-dir", metavar="DIR", help=helps["save_model_dir"] + " (config: save_model_dir)")
-    for name, kind, metavar in (
-        ("epochs", int, "N"), ("batch_size", int, "N"), ("init_lr", float, "LR"), ("decay_epoch", int, "N"),
-        ("cut_len", int, "SAMPLES"), ("num_channel", int, "N"), ("num_layer", int, "L"), ("ndf", int, "N"),
-        ("seed", int, "S"), ("save_every_steps", int, "N"), ("max_steps", int, "N"), ("workers", int, "N"),
-        ("log_interval", int, "N"), ("pesq_workers", int, "N"), ("gan_start_epoch", int, "EPOCH"),
-    ):
-        add(f"--{name.replace('_', '-')}", type=kind, metavar=metavar, help=helps[name])
-    add("--monitor", choices=["val_loss", "pesq"], help=helps["monitor"])
-    add("--device", help=helps["device"] + " (default auto)")
     add("--resume", nargs="?", const="auto", metavar="DIR|auto",
-        help="resume from DIR's checkpoint; alone or 'auto': from --run-dir if it holds one, else start fresh")
-    add("--load", choices=["auto", "best", "last"], help=helps["load_checkpoint_type"] + " (default auto)")
-    add("--amp", choices=["off", "bf16"], help=helps["amp"] + " (default off)")
-    add("--compile", action=argparse.BooleanOptionalAction, default=None, help=helps["compile"])
-    add("--cache-audio", action=argparse.BooleanOptionalAction, default=None, help=helps["cache_audio"])
+        help="resume from DIR's checkpoint; alone or 'auto': from --run-dir if it holds one, else start fresh "
+             "(see above)")
+    add("--load", choices=["auto", "best", "last"], help=_with_default(helps["load_checkpoint_type"], "auto"))
+    add("--monitor", choices=["val_loss", "pesq"], help=_with_default(helps["monitor"], defaults["monitor"]))
+    add("--device", help=_with_default(helps["device"], defaults["device"]))
+    add("--amp", choices=["off", "bf16"], help=_with_default(helps["amp"], defaults["amp"]))
     add("--sync-save", dest="async_save", action="store_false", default=None,
         help="write checkpoints in the training thread (default: in a background thread)")
+    for field in dataclasses.fields(Config):
+        if field.name in _SPECIAL or not field.metadata.get("help"):
+            continue
+        flag = "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-")
+        kind = _base_type(hints[field.name])
+        help_text = _with_default(helps[field.name], defaults[field.name])
+        if kind is bool:
+            add(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
+        elif typing.get_origin(kind) is list:
+            (item,) = typing.get_args(kind)
+            add(flag, type=item, nargs=len(defaults[field.name]) or "+", metavar=_METAVARS.get(field.name, "X"),
+                help=help_text)
+        else:
+            add(flag, type=kind, metavar=_METAVARS.get(field.name, "N" if kind is int else "X"), help=help_text)
+
+
+def config_table() -> str:
+    """The README's table of config fields (TOML key, flag, default, meaning), from the dataclass.
+
+    ``tests/test_docs.py`` checks that README.md holds exactly this table; ``make docs`` rewrites it.
+    """
+    from bsrnn.config import Config
+
+    defaults = Config().to_dict()
+    rows = ["| TOML key | flag | default | meaning |", "| --- | --- | --- | --- |"]
+    for field in dataclasses.fields(Config):
+        if not field.metadata.get("help"):
+            continue
+        flag = "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-")
+        default = defaults[field.name]
+        shown = "unset" if default is None else f"`{default}`"
+        meaning = field.metadata["help"].replace("|", "/")
+        rows.append(f"| `{field.name}` | `{flag}` | {shown} | {meaning} |")
+    return "\n".join(rows) + "\n"
 
 
 def explicit_values(args: argparse.Namespace) -> dict[str, Any]:

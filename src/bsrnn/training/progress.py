@@ -1,6 +1,6 @@
 """The trainer's own counters, as stateful objects the checkpoint engine saves and restores.
 
-``epoch`` follows the old guide: the index of the last *completed* epoch, -1 before the first.
+``epoch`` is the index of the last *completed* epoch, -1 before the first.
 A mid-epoch checkpoint says how many batches of the next epoch are done (``step_in_epoch``);
 the resumed run skips exactly those, by arithmetic (``EpochBatches(start_batch=...)``).
 The running sums of the epoch in progress are saved too, so the epoch's summary line after a

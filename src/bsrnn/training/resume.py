@@ -1,6 +1,6 @@
 """Reconciling the user's config with the checkpoint being resumed, and the resume summary.
 
-Rules (SPEC sections 2 and 5.6, STYLE habit 4):
+Rules (ARCHITECTURE.md, "life of a resume"):
 - The checkpoint's config is the base; the ``--config`` file's values and then the flags
   override it. Only fields the user set explicitly count as overrides.
 - Architecture fields (``num_channel``, ``num_layer``, ``ndf``) come from the checkpoint when
@@ -18,6 +18,7 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from bsrnn import keys
 from bsrnn.checkpoint import StateMismatchError
 from bsrnn.config import ARCHITECTURE_FIELDS, EXECUTION_FIELDS, INVOCATION_FIELDS, Config, field_names
 from bsrnn.errors import ConfigError
@@ -32,9 +33,7 @@ def explicit_fields_of(config: Config) -> set[str]:
 
 
 # Top-level entries that the resume code reads as tables or as integers.
-_TABLES = ("config", "model_state_dict", "discriminator_state_dict", "optimizer_state_dict",
-           "optimizer_disc_state_dict", "scheduler_G_state_dict", "scheduler_D_state_dict", "rng", "progress",
-           "monitor")
+_TABLES = (keys.CONFIG, *keys.REGISTERED, "monitor")
 _INTEGERS = ("epoch", "global_step", "step_in_epoch", "save_sequence")
 _PROGRESS_INTEGERS = ("epoch", "global_step", "step_in_epoch", "nonfinite_in_a_row", "nonfinite_skipped",
                       "epoch_count")
@@ -118,7 +117,7 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
                   learning_rates: Mapping[str, float], superseded: Path | None) -> list[str]:
-    """The old guide's RESUME SUMMARY block, with our additions (step, monitor, LRs)."""
+    """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter."""
     epoch = int(payload.get("epoch", -1))
     step_in_epoch = int(payload.get("step_in_epoch", 0))
     resuming_epoch = epoch + 1

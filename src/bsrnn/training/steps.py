@@ -137,14 +137,13 @@ def train_step(
     grad_clip: float,
     pesq_pool: PesqPool,
     context: DistributedContext,
-    inject_nonfinite: bool = False,
 ) -> StepResult:
     forward = _forward(nets.run_generator, clean, noisy, pesq_pool)
     gen = generator_loss(
         forward.est_spec, forward.clean_spec, nets.run_discriminator if use_gan else None, loss_weights,
         est_mag=forward.est_mag, clean_mag=forward.clean_mag,
     )
-    total = gen.total * math.nan if inject_nonfinite else gen.total
+    total = gen.total
     # The GAN term also fills D's gradients; _update zeroes them before D's own backward.
     generator_applied = _update(total, nets.generator, nets.optimizer_g, grad_clip, context)
     disc, enhanced, pesq_wait = _discriminator_loss(nets.run_discriminator, forward)

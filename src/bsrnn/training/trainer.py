@@ -1,6 +1,6 @@
 """The training run: setup (fresh or resumed), the epoch loop, saves, preemption, the end.
 
-Everything with state is registered with the checkpoint engine under the SPEC section 4 names,
+Everything with state is registered with the checkpoint engine under the documented key names,
 so a checkpoint is the whole run: both networks, both optimizers and schedulers, every RNG
 stream, the progress counters (with the position inside the epoch), the config.
 """
@@ -30,6 +30,7 @@ from bsrnn.checkpoint import (
     StateMismatchError,
     deferred_signals,
 )
+from bsrnn import keys
 from bsrnn.config import Config
 from bsrnn.data.cache import cache_pairs
 from bsrnn.data.datasets import FixedCrops, TrainSet
@@ -143,7 +144,7 @@ class Trainer:
         self.manager = CheckpointManager(
             self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
             async_save=config.async_save, writer=context.is_main, lock=lock,
-            require_finite=("model_state_dict", "discriminator_state_dict"),
+            require_finite=keys.NETWORKS,
         )
         try:
             self._set_up(loaded, lr_override)
@@ -157,16 +158,10 @@ class Trainer:
     def _set_up(self, loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
         """Register the state, restore it, write config.toml, start the PESQ pool."""
         config, context = self.config, self.context
-        for name, obj in (
-            ("model_state_dict", self.nets.generator),
-            ("discriminator_state_dict", self.nets.discriminator),
-            ("optimizer_state_dict", self.nets.optimizer_g),
-            ("optimizer_disc_state_dict", self.nets.optimizer_d),
-            ("scheduler_G_state_dict", self.scheduler_g),
-            ("scheduler_D_state_dict", self.scheduler_d),
-            ("rng", RNGStreams()),
-            ("progress", self.progress),
-        ):
+        for name, obj in zip(keys.REGISTERED, (
+            self.nets.generator, self.nets.discriminator, self.nets.optimizer_g, self.nets.optimizer_d,
+            self.scheduler_g, self.scheduler_d, RNGStreams(), self.progress,
+        ), strict=True):
             self.manager.register(name, obj)
         if config.cache_audio:  # after the lock: a refused second trainer must not decode everything
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
@@ -185,11 +180,10 @@ class Trainer:
     def _restore(self, loaded: LoadedCheckpoint, lr_override: bool) -> None:
         restored = self.manager.restore(loaded, strict=False)
         missing = restored.missing
-        for name, optimizer in (("optimizer_state_dict", self.nets.optimizer_g),
-                                ("optimizer_disc_state_dict", self.nets.optimizer_d)):
+        for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
             check_adam_state_shapes(optimizer, name, loaded.path)
         self.superseded = restored.superseded
-        if "progress" in missing:  # a migrated checkpoint: only weights and the epoch
+        if keys.PROGRESS in missing:  # a migrated checkpoint: only weights and the epoch
             self.progress.epoch = int(loaded.get("epoch", -1))
             self.progress.global_step = int(loaded.get("global_step", 0))
         for name in missing:
@@ -223,7 +217,7 @@ class Trainer:
             "val_loss": progress.val_loss,
             "best_val_loss": progress.best_val_loss,
             "val_pesq": progress.val_pesq,
-            "config": self.config.to_dict(),
+            keys.CONFIG: self.config.to_dict(),
         }
         where = f"epoch {progress.epoch}" if progress.step_in_epoch == 0 else (
             f"epoch {progress.current_epoch} step {progress.step_in_epoch}")
@@ -231,7 +225,7 @@ class Trainer:
         monitor = self.config.monitor
 
         def report(result: SaveResult) -> None:
-            """The old guide's lines, printed once the files are durable (async: from the writer)."""
+            """The save lines, printed once the files are durable (async: from the writer)."""
             log.info("✓ Saved checkpoint_last.pt (%s%s)", where, val)
             if result.is_best:
                 log.info("NEW BEST! Saved checkpoint_best.pt (%s: %.4f)", monitor, metric)
@@ -269,7 +263,6 @@ class Trainer:
                         self.nets, clean.to(self.device, non_blocking=True), noisy.to(self.device, non_blocking=True),
                         use_gan=use_gan, loss_weights=config.loss_weights, grad_clip=config.grad_clip,
                         pesq_pool=self.pesq_pool, context=self.context,
-                        inject_nonfinite=progress.global_step in config.inject_nonfinite_steps,
                     )
                     pesq_wait += result.pesq_wait_s
                     self._account(result, epoch)

@@ -1,0 +1,26 @@
+"""The names under which a training run's state is stored in a checkpoint: one home for them.
+
+They are a contract with users' analysis scripts (``torch.load(path)["model_state_dict"]``), so
+they never change; everything that reads or writes a run's checkpoint (the trainer, resume,
+migration, enhancement, ``bsrnn ckpt``, the torture tools) spells them through this module.
+The checkpoint engine itself knows none of them: it stores whatever names it is given.
+"""
+
+from __future__ import annotations
+
+GENERATOR = "model_state_dict"
+DISCRIMINATOR = "discriminator_state_dict"
+GENERATOR_OPTIMIZER = "optimizer_state_dict"
+DISCRIMINATOR_OPTIMIZER = "optimizer_disc_state_dict"
+GENERATOR_SCHEDULER = "scheduler_G_state_dict"
+DISCRIMINATOR_SCHEDULER = "scheduler_D_state_dict"
+RNG = "rng"
+PROGRESS = "progress"
+CONFIG = "config"
+
+NETWORKS = (GENERATOR, DISCRIMINATOR)
+"""The weights: never saved non-finite."""
+OPTIMIZERS = (GENERATOR_OPTIMIZER, DISCRIMINATOR_OPTIMIZER)
+REGISTERED = (GENERATOR, DISCRIMINATOR, GENERATOR_OPTIMIZER, DISCRIMINATOR_OPTIMIZER, GENERATOR_SCHEDULER,
+              DISCRIMINATOR_SCHEDULER, RNG, PROGRESS)
+"""Every stateful object the trainer registers with the engine, in registration order."""
