@@ -2,32 +2,42 @@
 
 The composite measures are linear regressions of PESQ and three frame-level distortions (LLR,
 WSS, segmental SNR) onto listening-test ratings (Hu & Loizou, "Evaluation of objective quality
-measures for speech enhancement", IEEE TASLP 2008). Published speech-enhancement tables are
-computed with Loizou's ``composite.m`` or its Python port ``compute_metrics.py`` (CMGAN,
-MetricGAN, SEGAN); numbers only compare across papers when these conventions are kept, so this
-module keeps them on purpose, quirks included:
+measures for speech enhancement", IEEE TASLP 2008). Published CSIG/CBAK/COVL figures (CMGAN,
+MP-SENet, SEMamba and most recent speech-enhancement tables) come from the community Python
+port ``compute_metrics.py`` of Loizou's ``composite.m``, and numbers only compare across papers
+when its conventions are kept, so this module matches that script exactly, quirks included:
 
 - 30 ms Hann frames (MATLAB ``hanning``: no zero end points), hop of a quarter window, and the
   frame count ``(length - window) // hop`` (the last full frame is not used);
-- a machine epsilon added to both signals, so that digital silence has a defined LPC model;
-- LLR with LPC order 10 below 10 kHz and 16 above (so 16 at 16 kHz);
+- no epsilon added to the signals: ``composite.m`` adds one always, but the script adds it only
+  in the branch that trims signals of different lengths, so for the usual equal-length pair a
+  frame of digital silence has no LPC model and its LLR is NaN (see ``llr_frames``);
+- LLR with LPC order 10 below 10 kHz and 16 above (so 16 at 16 kHz), not clipped;
 - WSS over Klatt's 25 Gaussian critical bands on a 2*window FFT, band energies floored at
-  -100 dB after scaling the float signal by 1/32768 as ``compute_metrics.py`` does (it treats
-  samples as 16-bit counts; the floor therefore flattens quiet frames, which lowers WSS);
-- LLR and WSS averaged over the lowest 95% of frames, segmental SNR over all frames after
-  clipping each to [-10, 35] dB;
-- the regression outputs clipped to [1, 5].
+  -100 dB after scaling the float signal by 1/32768 as the script does (it treats samples as
+  16-bit counts; the floor therefore flattens quiet frames, which lowers WSS);
+- LLR and WSS averaged over the lowest 95% of frames after a NumPy sort (NaN last), keeping
+  Python's ``round(frames * 0.95)`` of them: round half to even, so 230 frames keep 218, not
+  the 219 of MATLAB's half-up ``round`` (see ``trimmed_mean``);
+- segmental SNR over all frames after clipping each to [-10, 35] dB;
+- wide-band PESQ in the regressions, and their outputs clamped to [1, 5] with Python's
+  ``max``/``min``, so an undefined (NaN) LLR mean clamps CSIG and COVL to 1 (see
+  ``composite_ratings``).
 
 Frames are processed as 2-D arrays, so a 3 s file takes milliseconds.
 """
 
 from __future__ import annotations
 
+import logging
+import math
 from dataclasses import dataclass
 
 import numpy as np
 
-FRAME_SECONDS = 0.030
+log = logging.getLogger(__name__)
+
+FRAME_MILLISECONDS = 30
 TRIMMED_FRACTION = 0.95
 SEGSNR_FLOOR_DB = -10.0
 SEGSNR_CEILING_DB = 35.0
@@ -61,8 +71,8 @@ class CompositeDistortions:
 
 
 def frame_length(sample_rate: int) -> tuple[int, int]:
-    """Window and hop in samples (480 and 120 at 16 kHz)."""
-    window = int(round(FRAME_SECONDS * sample_rate))
+    """Window and hop in samples (480 and 120 at 16 kHz), rounded as the script rounds them."""
+    window = int(np.round(FRAME_MILLISECONDS * sample_rate / 1000))
     return window, window // 4
 
 
@@ -77,11 +87,26 @@ def windowed_frames(signal: np.ndarray, sample_rate: int) -> np.ndarray:
     return views * hann
 
 
+def trimmed_frame_count(num_frames: int, fraction: float = TRIMMED_FRACTION) -> int:
+    """How many of the lowest frames ``trimmed_mean`` keeps: ``round(num_frames * fraction)``.
+
+    Python's ``round`` (half to even) on the float product, because that is what the community
+    ``compute_metrics.py`` does and published CSIG/CBAK/COVL figures come from it. It differs
+    from MATLAB's half-up ``round`` in ``composite.m`` whenever the product lands on an even
+    integer plus one half, i.e. for 30, 70, 110, ... (30 mod 40) frames: 230 frames keep 218.
+    """
+    return round(num_frames * fraction)
+
+
 def trimmed_mean(frame_values: np.ndarray, fraction: float = TRIMMED_FRACTION) -> float:
-    """Mean of the lowest ``fraction`` of the values: drops the worst, often silent, frames."""
+    """Mean of the lowest ``fraction`` of the values: drops the worst, often silent, frames.
+
+    NaN frames sort last (NumPy's order, as in the script), so a few are trimmed away; if more
+    than the trimmed share are NaN, the mean is NaN, as it is in the script.
+    """
     if frame_values.size == 0:
         return float("nan")
-    keep = int(np.floor(frame_values.size * fraction + 0.5))  # MATLAB round(), half up
+    keep = trimmed_frame_count(frame_values.size, fraction)
     return float(np.mean(np.sort(frame_values)[:keep]))
 
 
@@ -124,7 +149,12 @@ def lpc_order(sample_rate: int) -> int:
 
 
 def llr_frames(clean: np.ndarray, processed: np.ndarray, sample_rate: int) -> np.ndarray:
-    """Per-frame log-likelihood ratio of the processed LPC model under the clean spectrum."""
+    """Per-frame log-likelihood ratio of the processed LPC model under the clean spectrum.
+
+    A frame that is digital silence in either signal has no LPC model (Levinson-Durbin divides
+    0 by 0) and gets NaN, exactly as in ``compute_metrics.py``; ``trimmed_mean`` sorts these
+    last. Values are not clipped to [0, 2] (some other ports do; the script does not).
+    """
     order = lpc_order(sample_rate)
     clean_acf = _autocorrelation(windowed_frames(clean, sample_rate), order)
     processed_acf = _autocorrelation(windowed_frames(processed, sample_rate), order)
@@ -194,33 +224,64 @@ def wss_frames(clean: np.ndarray, processed: np.ndarray, sample_rate: int) -> np
 
 
 def composite_distortions(
-    clean: np.ndarray, processed: np.ndarray, sample_rate: int
+    clean: np.ndarray, processed: np.ndarray, sample_rate: int, *, add_epsilon: bool = False
 ) -> CompositeDistortions:
-    """LLR, WSS and segmental SNR of two equal-length signals (NaN if shorter than 2 frames)."""
+    """LLR, WSS and segmental SNR of two equal-length signals (NaN if shorter than 2 frames).
+
+    ``add_epsilon`` adds ``np.spacing(1)`` to both signals, which ``compute_metrics.py`` does
+    only when it was given signals of different lengths (the addition sits in its trimming
+    branch); a caller that trimmed such a pair itself passes True to reproduce it. Without it,
+    as for every equal-length pair in the script, digitally silent frames give NaN LLRs.
+    """
     if clean.shape != processed.shape or clean.ndim != 1:
         raise ValueError(
             f"composite measures need two 1-D signals of equal length, got {clean.shape} and "
             f"{processed.shape}; trim both to the shorter one first"
         )
-    clean = np.asarray(clean, dtype=np.float64) + _EPS
-    processed = np.asarray(processed, dtype=np.float64) + _EPS
+    clean = np.asarray(clean, dtype=np.float64)
+    processed = np.asarray(processed, dtype=np.float64)
+    if add_epsilon:
+        clean, processed = clean + _EPS, processed + _EPS
     segsnr_values = segmental_snr_frames(clean, processed, sample_rate)
+    llr_values = llr_frames(clean, processed, sample_rate)
+    llr = trimmed_mean(llr_values)
+    if math.isnan(llr) and llr_values.size:
+        log.warning(
+            "LLR undefined: %d of %d frames are digital silence in one of the signals, more "
+            "than the %d the 95%% trimmed mean drops; compute_metrics.py then reports "
+            "CSIG = COVL = 1, and so do we", int(np.isnan(llr_values).sum()), llr_values.size,
+            llr_values.size - trimmed_frame_count(llr_values.size))
     return CompositeDistortions(
-        llr=trimmed_mean(llr_frames(clean, processed, sample_rate)),
+        llr=llr,
         wss=trimmed_mean(wss_frames(clean, processed, sample_rate)),
         segsnr=float(np.mean(segsnr_values)) if segsnr_values.size else float("nan"),
     )
 
 
-def composite_ratings(pesq: float, distortions: CompositeDistortions) -> dict[str, float]:
-    """CSIG, CBAK and COVL from wide-band PESQ and the distortions, clipped to [1, 5].
+def _clamp_like_compute_metrics(value: float) -> float:
+    """``min(5, max(1, value))`` with Python's builtins, as the script clamps its ratings.
 
-    A NaN PESQ (PESQ failed) gives NaN ratings rather than a number that looks valid.
+    ``max(1, nan)`` is 1 (NaN never compares greater), so a NaN rating becomes 1.0; NumPy's
+    ``clip`` would keep NaN, and published tables contain the script's 1.0.
     """
+    low, high = RATING_RANGE
+    return float(min(high, max(low, value)))
+
+
+def composite_ratings(pesq: float, distortions: CompositeDistortions) -> dict[str, float]:
+    """CSIG, CBAK and COVL from wide-band PESQ and the distortions, clamped to [1, 5].
+
+    The clamp is the script's: an undefined LLR mean (too many digitally silent frames, see
+    ``composite_distortions``) gives CSIG = COVL = 1.0, the figure ``compute_metrics.py``
+    publishes for such a file. A NaN PESQ (PESQ failed; the script raises there and publishes
+    nothing) or a signal too short for one frame (NaN segmental SNR) gives NaN ratings rather
+    than a number that looks valid.
+    """
+    if math.isnan(pesq) or math.isnan(distortions.segsnr):
+        return {"csig": float("nan"), "cbak": float("nan"), "covl": float("nan")}
     llr, wss, segsnr = distortions.llr, distortions.wss, distortions.segsnr
     csig = 3.093 - 1.029 * llr + 0.603 * pesq - 0.009 * wss
     cbak = 1.634 + 0.478 * pesq - 0.007 * wss + 0.063 * segsnr
     covl = 1.594 + 0.805 * pesq - 0.512 * llr - 0.007 * wss
-    low, high = RATING_RANGE
-    return {name: float(np.clip(value, low, high))
+    return {name: _clamp_like_compute_metrics(value)
             for name, value in (("csig", csig), ("cbak", cbak), ("covl", covl))}
