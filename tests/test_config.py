@@ -43,10 +43,21 @@ def test_the_resolved_config_round_trips_through_toml(tmp_path: Path) -> None:
     assert config_from_dict(read_toml(path)) == config
 
 
-def test_flags_override_the_file_and_only_given_flags_count_as_set(tmp_path: Path) -> None:
+def test_only_given_flags_count_as_set() -> None:
     args = build_parser().parse_args(["train", "--demo", "--epochs", "9", "--run-dir", "runs/x", "--resume"])
     values = explicit_values(args)
     assert values == {"demo": True, "epochs": 9, "save_model_dir": "runs/x", "resume_from_checkpoint": "auto"}
+
+
+def test_flags_override_the_file_and_the_file_overrides_the_defaults(tmp_path: Path) -> None:
+    from bsrnn.cli.train import given_values
+
+    path = tmp_path / "c.toml"
+    path.write_text("epochs = 3\nbatch_size = 4\n")
+    args = build_parser().parse_args(["train", "--config", str(path), "--epochs", "9"])
+    values = given_values(args)
+    assert values == {"epochs": 9, "batch_size": 4}
+    assert config_from_dict(values).init_lr == Config().init_lr
 
 
 def test_resume_takes_the_architecture_from_the_checkpoint_unless_set() -> None:

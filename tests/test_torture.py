@@ -54,61 +54,61 @@ def ddp_campaign(tmp_path_factory: pytest.TempPathFactory) -> Background:
     return Background("ddp", tmp_path_factory.mktemp("torture-ddp"), 1)
 
 
-def _passed(outcome: Outcome) -> bool:
+def _check(outcome: Outcome) -> None:
+    """Fail with the campaign's one-line result and its failures unless it passed."""
     print(outcome.line())
     assert outcome.ok, "\n".join([outcome.line(), *outcome.failures])
-    return True
 
 
 def test_sigkill_at_random_instants_loses_no_step_beyond_the_save_order_and_ends_bit_identical(
     workspace: Workspace, ddp_campaign: Background
 ) -> None:
-    assert _passed(run_campaign("kill", workspace, 3, SEED))
+    _check(run_campaign("kill", workspace, 3, SEED))
 
 
 def test_preemption_signals_at_random_instants_exit_128_plus_signal_and_end_bit_identical(
     workspace: Workspace,
 ) -> None:
-    assert _passed(run_campaign("signals", workspace, 3, SEED))
+    _check(run_campaign("signals", workspace, 3, SEED))
 
 
 def test_every_byte_flip_and_truncation_of_either_checkpoint_is_detected_named_and_fallen_back_from(
     workspace: Workspace,
 ) -> None:
-    assert _passed(run_campaign("corrupt", workspace, 50, SEED, cli_checks=1))
+    _check(run_campaign("corrupt", workspace, 50, SEED, cli_checks=1))
 
 
 def test_hostile_files_are_refused_with_exit_2_and_their_payload_never_runs(workspace: Workspace) -> None:
-    assert _passed(run_campaign("hostile", workspace, 1, SEED, cli_checks=1))
+    _check(run_campaign("hostile", workspace, 1, SEED, cli_checks=1))
 
 
 def test_every_kind_of_broken_dataset_exits_2_naming_the_file_before_the_first_step(workspace: Workspace) -> None:
-    assert _passed(run_campaign("baddata", workspace, 1, SEED, cli_checks=1))
+    _check(run_campaign("baddata", workspace, 1, SEED, cli_checks=1))
 
 
 def test_injected_nonfinite_losses_are_skipped_counted_and_stop_the_run_at_the_limit(workspace: Workspace) -> None:
-    assert _passed(run_campaign("nan", workspace, 1, SEED))
+    _check(run_campaign("nan", workspace, 1, SEED))
 
 
 def test_a_second_trainer_on_a_busy_run_directory_is_refused_and_a_stale_lock_is_taken_over(
     workspace: Workspace,
 ) -> None:
-    assert _passed(run_campaign("concurrency", workspace, 1, SEED))
+    _check(run_campaign("concurrency", workspace, 1, SEED))
 
 
 def test_two_identical_trainers_at_random_offsets_never_move_the_committed_step_backwards(
     workspace: Workspace,
 ) -> None:
-    assert _passed(run_campaign("race", workspace, 4, SEED))
+    _check(run_campaign("race", workspace, 4, SEED))
 
 
 def test_a_sigkilled_ddp_rank_ends_both_ranks_quickly_and_the_resume_is_bit_identical(
     ddp_campaign: Background,
 ) -> None:
-    assert _passed(ddp_campaign.result(timeout=540))
+    _check(ddp_campaign.result(timeout=540))
 
 
 def test_a_save_into_a_full_disk_fails_clearly_keeps_the_files_and_resumes_bit_identical(
     workspace: Workspace,
 ) -> None:
-    assert _passed(run_campaign("diskfull", workspace, 1, SEED))
+    _check(run_campaign("diskfull", workspace, 1, SEED))

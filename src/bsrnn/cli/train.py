@@ -123,13 +123,19 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     return values
 
 
-def run(args: argparse.Namespace) -> int:
-    from bsrnn.config import config_from_dict, read_toml
-    from bsrnn.training import train
+def given_values(args: argparse.Namespace) -> dict[str, Any]:
+    """The fields the user set: the ``--config`` file's, then the flags', which win."""
+    from bsrnn.config import read_toml
 
     file_values = read_toml(args.config) if args.config else {}
-    flag_values = explicit_values(args)
-    values = {**file_values, **flag_values}
-    config = config_from_dict(values, source="command line" if not file_values else f"{args.config} + flags")
+    return {**file_values, **explicit_values(args)}
+
+
+def run(args: argparse.Namespace) -> int:
+    from bsrnn.config import config_from_dict
+    from bsrnn.training import train
+
+    values = given_values(args)
+    config = config_from_dict(values, source=f"{args.config} + flags" if args.config else "command line")
     result = train(config, explicit=set(values))
     return result.exit_code

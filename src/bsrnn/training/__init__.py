@@ -253,7 +253,7 @@ def _train_with_files(config: Config, explicit: set[str], device: torch.device, 
     corpus = _corpus(config)
     log.info("Data: %s", corpus.describe())
     trainer = Trainer(config, corpus, device, context, loaded, lock, files,
-                      lr_override=loaded is not None and "init_lr" in explicit)
+                      init_lr_given=loaded is not None and "init_lr" in explicit)
     if loaded is not None:
         log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
         for line in summary_lines(loaded.kind, str(loaded.path), loaded.payload, config,

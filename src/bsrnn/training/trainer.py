@@ -7,6 +7,7 @@ stream, the progress counters (with the position inside the epoch), the config.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import signal
@@ -19,6 +20,7 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
+from bsrnn import keys
 from bsrnn.checkpoint import (
     CheckpointManager,
     LoadedCheckpoint,
@@ -30,7 +32,6 @@ from bsrnn.checkpoint import (
     StateMismatchError,
     deferred_signals,
 )
-from bsrnn import keys
 from bsrnn.config import Config
 from bsrnn.data.cache import cache_pairs
 from bsrnn.data.datasets import FixedCrops, TrainSet
@@ -43,6 +44,7 @@ from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_su
 from bsrnn.training.execution import describe_execution, forward_of
 from bsrnn.training.progress import StepRate, TrainingProgress
 from bsrnn.training.run_files import RunFiles
+from bsrnn.training.schedule import apply_resume_rule, step_decay
 from bsrnn.training.steps import Networks, finish_validation, train_step, validate
 
 log = logging.getLogger("bsrnn.train")
@@ -115,27 +117,58 @@ def check_adam_state_shapes(optimizer: torch.optim.Optimizer, name: str, path: P
                     )
 
 
+def validation_record(corpus: Corpus, config: Config, loaded: LoadedCheckpoint | None) -> dict[str, Any]:
+    """The validation set of this run: its crop length and seed, and which utterances it holds.
+
+    Fixed for the life of a run and saved in every checkpoint, because ``checkpoint_best.pt`` is
+    chosen by comparing validation values across epochs: a resume with another ``cut_len`` (or
+    ``seed``) keeps the run's crops, and a resume whose validation utterances differ is refused
+    rather than compare losses over different sets.
+    """
+    names = sorted(pair.name for pair in corpus.test)
+    current = {"cut_len": config.cut_len, "seed": config.seed, "items": len(names),
+               "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
+    if loaded is None:
+        return current
+    recorded = loaded.get("validation")
+    if not isinstance(recorded, dict):  # a checkpoint from before the record: its config's crops
+        previous = loaded.get(keys.CONFIG) or {}
+        return {**current, "cut_len": previous.get("cut_len", config.cut_len), "seed": previous.get("seed", config.seed)}
+    if (recorded.get("items"), recorded.get("names_sha256")) != (current["items"], current["names_sha256"]):
+        raise UserError(
+            f"The validation set changed since {loaded.path} was saved: it held {recorded.get('items')} utterances, "
+            f"the data now gives {current['items']} (or other names). checkpoint_best.pt is chosen by comparing "
+            "validation values across epochs, which needs the same set. Resume with the run's data, or start a "
+            "new run in another --run-dir."
+        )
+    if (recorded["cut_len"], recorded["seed"]) != (config.cut_len, config.seed):
+        log.info("Validation keeps the run's crops (cut_len %s, seed %s); training uses cut_len %s, seed %s",
+                 recorded["cut_len"], recorded["seed"], config.cut_len, config.seed)
+    return {**current, "cut_len": recorded["cut_len"], "seed": recorded["seed"]}
+
+
 class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
 
     def __init__(self, config: Config, corpus: Corpus, device: torch.device, context: DistributedContext,
                  loaded: LoadedCheckpoint | None, lock: RunDirectoryLock | None, files: RunFiles,
-                 lr_override: bool) -> None:
+                 init_lr_given: bool) -> None:
         self.config = config
         self.device = device
         self.context = context
         self.run_dir = Path(config.save_model_dir)
         self.files = files
         self.nets = build_networks(config, device)
-        self.scheduler_g = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_g, config.decay_epoch, config.lr_decay)
-        self.scheduler_d = torch.optim.lr_scheduler.StepLR(self.nets.optimizer_d, config.decay_epoch, config.lr_decay)
+        self.scheduler_g = step_decay(self.nets.optimizer_g, config)
+        self.scheduler_d = step_decay(self.nets.optimizer_d, config)
         self.progress = TrainingProgress()
         self.rate = StepRate()
         execution = describe_execution(device, config.amp, config.compile)
         if execution and context.is_main:
             log.info(execution)
         self.train_set = TrainSet(corpus.train, cut_len=config.cut_len, seed=config.seed)
-        self.val_set = FixedCrops(corpus.test, cut_len=config.cut_len, seed=config.seed)
+        self.validation = validation_record(corpus, config, loaded)
+        self.val_set = FixedCrops(corpus.test, cut_len=self.validation["cut_len"], seed=self.validation["seed"])
         if len(self.train_set) < config.batch_size * context.world_size:
             raise UserError(
                 f"The training split has {len(self.train_set)} pairs, fewer than one batch "
@@ -147,7 +180,7 @@ class Trainer:
             require_finite=keys.NETWORKS,
         )
         try:
-            self._set_up(loaded, lr_override)
+            self._set_up(loaded, init_lr_given)
         except BaseException:
             # A refused checkpoint (wrong shapes, ...) must not keep the run directory locked:
             # from Python, the next train() in the same process would be turned away as
@@ -155,7 +188,7 @@ class Trainer:
             self.manager.close()
             raise
 
-    def _set_up(self, loaded: LoadedCheckpoint | None, lr_override: bool) -> None:
+    def _set_up(self, loaded: LoadedCheckpoint | None, init_lr_given: bool) -> None:
         """Register the state, restore it, write config.toml, start the PESQ pool."""
         config, context = self.config, self.context
         for name, obj in zip(keys.REGISTERED, (
@@ -167,7 +200,7 @@ class Trainer:
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
         self.superseded: Path | None = None
         if loaded is not None:
-            self._restore(loaded, lr_override)
+            self._restore(loaded, init_lr_given)
             self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.epoch,
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
                              monitor=config.monitor)
@@ -177,7 +210,7 @@ class Trainer:
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
-    def _restore(self, loaded: LoadedCheckpoint, lr_override: bool) -> None:
+    def _restore(self, loaded: LoadedCheckpoint, init_lr_given: bool) -> None:
         restored = self.manager.restore(loaded, strict=False)
         missing = restored.missing
         for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
@@ -188,16 +221,9 @@ class Trainer:
             self.progress.global_step = int(loaded.get("global_step", 0))
         for name in missing:
             log.warning("The checkpoint has no %s: it starts fresh", name)
-        for scheduler in (self.scheduler_g, self.scheduler_d):
-            scheduler.step_size, scheduler.gamma = self.config.decay_epoch, self.config.lr_decay
-        if lr_override:
-            for optimizer, scheduler in ((self.nets.optimizer_g, self.scheduler_g),
-                                         (self.nets.optimizer_d, self.scheduler_d)):
-                for group in optimizer.param_groups:
-                    group["lr"] = self.config.init_lr
-                    group["initial_lr"] = self.config.init_lr
-                scheduler.base_lrs = [self.config.init_lr for _ in optimizer.param_groups]
-                scheduler._last_lr = [self.config.init_lr for _ in optimizer.param_groups]
+        for optimizer, scheduler in ((self.nets.optimizer_g, self.scheduler_g),
+                                     (self.nets.optimizer_d, self.scheduler_d)):
+            apply_resume_rule(optimizer, scheduler, self.config, init_lr_given=init_lr_given)
 
     def learning_rates(self) -> dict[str, float]:
         return {
@@ -217,6 +243,7 @@ class Trainer:
             "val_loss": progress.val_loss,
             "best_val_loss": progress.best_val_loss,
             "val_pesq": progress.val_pesq,
+            "validation": self.validation,
             keys.CONFIG: self.config.to_dict(),
         }
         where = f"epoch {progress.epoch}" if progress.step_in_epoch == 0 else (
