@@ -1,14 +1,21 @@
-"""The built-in demo corpus: deterministic, fast, at the SNRs asked for, and writable."""
+"""The built-in demo corpus (deterministic, fast, at the SNRs asked for, writable) and the demo
+workflow (replaces only its own directory, leaves WAV files and commands to try)."""
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
+import soundfile
 
+from bsrnn import demo as demo_workflow
 from bsrnn.data import NOISE_KINDS, check_corpus, check_data_dir, demo_corpus, write_corpus
-from bsrnn.data.demo import demo_condition
+from bsrnn.data.demo import demo_condition, write_demo_audio
 from bsrnn.errors import UserError
 
 
@@ -109,3 +116,134 @@ def test_write_corpus_refuses_to_overwrite_and_leaves_files_alone(tmp_path) -> N
     assert target.read_bytes() == before
     write_corpus(demo_corpus(seed=1, num_train=1, num_test=1), tmp_path, overwrite=True)
     assert target.read_bytes() != before
+
+
+# ------------------------------------------------------------------ the `make demo` workflow
+# The demo replaces only a directory it made itself, and leaves WAV files to try enhance/score on.
+
+
+@pytest.fixture
+def no_subprocesses(monkeypatch):
+    """The refusal must come before any command runs (and a test must not train for minutes)."""
+    def refuse(*args, **kwargs):
+        raise AssertionError(f"the demo ran a command: {args}")
+
+    monkeypatch.setattr(demo_workflow.subprocess, "Popen", refuse)
+    monkeypatch.setattr(demo_workflow.subprocess, "run", refuse)
+
+
+def _real_run(path):
+    path.mkdir(parents=True)
+    (path / "checkpoint_best.pt").write_bytes(b"weeks of training")
+    return path
+
+
+def test_the_demo_refuses_a_directory_it_did_not_make_and_leaves_it_alone(tmp_path, capsys, no_subprocesses) -> None:
+    victim = _real_run(tmp_path / "runs" / "victim")
+    assert demo_workflow.main(["--run-dir", str(victim)]) == 2
+    assert (victim / "checkpoint_best.pt").read_bytes() == b"weeks of training"
+    assert sorted(p.name for p in victim.iterdir()) == ["checkpoint_best.pt"]
+    err = capsys.readouterr().err
+    assert err.startswith(f"error: The demo directory {victim} exists and was not made by the demo")
+    assert "DEMO_DIR=" in err and f"remove {victim} yourself" in err and err.count("\n") == 1
+
+
+def test_the_demo_never_deletes_through_a_symbolic_link(tmp_path, no_subprocesses) -> None:
+    target = tmp_path / "elsewhere"
+    demo_workflow.prepare_demo_dir(target)  # even a directory the demo made
+    (target / "keep.txt").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(target, target_is_directory=True)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        demo_workflow.prepare_demo_dir(link)
+    assert link.is_symlink() and (target / "keep.txt").read_text() == "keep"
+
+
+def test_a_marker_that_is_a_link_or_a_directory_does_not_count(tmp_path) -> None:
+    for index, make in enumerate((lambda m: m.symlink_to(tmp_path), lambda m: m.mkdir())):
+        run_dir = _real_run(tmp_path / f"run{index}")
+        make(run_dir / demo_workflow.MARKER_NAME)
+        with pytest.raises(UserError, match="not made by the demo"):
+            demo_workflow.prepare_demo_dir(run_dir)
+        assert (run_dir / "checkpoint_best.pt").exists()
+
+
+def test_a_file_is_refused(tmp_path) -> None:
+    path = tmp_path / "file"
+    path.write_text("x")
+    with pytest.raises(UserError, match="is a file"):
+        demo_workflow.prepare_demo_dir(path)
+    assert path.read_text() == "x"
+
+
+def test_a_missing_or_empty_directory_is_used_and_marked(tmp_path) -> None:
+    for path in (tmp_path / "a" / "b", tmp_path / "empty"):
+        if path.name == "empty":
+            path.mkdir()
+        demo_workflow.prepare_demo_dir(path)
+        assert [p.name for p in path.iterdir()] == [demo_workflow.MARKER_NAME]
+
+
+def test_the_demos_own_directory_is_replaced_without_following_links_inside(tmp_path) -> None:
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "precious.txt").write_text("precious")
+    run_dir = tmp_path / "demo"
+    demo_workflow.prepare_demo_dir(run_dir)
+    (run_dir / "checkpoint_last.pt").write_bytes(b"old demo")
+    (run_dir / "link").symlink_to(outside, target_is_directory=True)
+    demo_workflow.prepare_demo_dir(run_dir)
+    assert [p.name for p in run_dir.iterdir()] == [demo_workflow.MARKER_NAME]
+    assert (outside / "precious.txt").read_text() == "precious"
+
+
+def test_the_demo_writes_its_test_utterances_as_16k_wavs(tmp_path) -> None:
+    clean_dir, noisy_dir = write_demo_audio(tmp_path / "audio", count=3)
+    names = sorted(p.name for p in clean_dir.iterdir())
+    assert len(names) == 3 and names == sorted(p.name for p in noisy_dir.iterdir())
+    expected = {pair.name: pair for pair in demo_corpus(seed=0, num_train=0, num_test=3).test}
+    for name in names:
+        pair = expected[name.removesuffix(".wav")]
+        for folder, source in ((clean_dir, pair.clean), (noisy_dir, pair.noisy)):
+            written, rate = soundfile.read(folder / name, dtype="float32")
+            assert rate == 16000 and written.ndim == 1
+            assert np.max(np.abs(written - source.load()[0])) <= 1 / 32768
+
+
+def test_the_closing_hint_activates_the_venv_and_names_the_demo_audio(tmp_path, monkeypatch) -> None:
+    venv = tmp_path / ".venv"
+    (venv / "bin").mkdir(parents=True)
+    (venv / "bin" / "activate").write_text("")
+    monkeypatch.setattr(demo_workflow.sys, "prefix", str(venv))
+    monkeypatch.setattr(demo_workflow.sys, "base_prefix", "/usr")
+    monkeypatch.chdir(tmp_path)
+    assert demo_workflow.try_it_commands(Path("runs/my demo")) == [
+        ". .venv/bin/activate",
+        "bsrnn enhance 'runs/my demo' 'runs/my demo/audio/noisy' --out 'runs/my demo/audio/enhanced'",
+        "bsrnn score 'runs/my demo/audio/clean' 'runs/my demo/audio/enhanced'",
+    ]
+    (tmp_path / "elsewhere").mkdir()
+    monkeypatch.chdir(tmp_path / "elsewhere")  # not below the current directory: absolute, never ../
+    assert demo_workflow.try_it_commands(Path("r"))[0] == f". {venv / 'bin' / 'activate'}"
+    monkeypatch.chdir(venv / "bin")  # `. activate` would search PATH
+    assert demo_workflow.try_it_commands(Path("r"))[0] == ". ./activate"
+
+
+@pytest.mark.slow
+def test_the_hints_enhance_and_score_commands_work_as_printed(tmp_path, monkeypatch) -> None:
+    from e2e import TINY, bsrnn, env
+
+    monkeypatch.chdir(tmp_path)
+    run_dir = Path("runs") / "demo"
+    demo_workflow.prepare_demo_dir(run_dir)
+    write_demo_audio(run_dir / demo_workflow.AUDIO_DIR_NAME)
+    trained = bsrnn("train", *TINY, "--epochs", "1", "--max-steps", "2", "--run-dir", str(run_dir))
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    commands = [line for line in demo_workflow.try_it_commands(run_dir) if line.startswith("bsrnn ")]
+    assert len(commands) == 2
+    for command in commands:  # `bsrnn` as installed in the venv the hint activates
+        argv = [sys.executable, "-m", "bsrnn", *shlex.split(command)[1:]]
+        result = subprocess.run(argv, capture_output=True, text=True, timeout=300, env=env(), check=False)
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len(list((run_dir / "audio" / "enhanced").glob("*.wav"))) == 3
+    assert "pesq" in result.stdout.lower()

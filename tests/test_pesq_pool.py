@@ -115,3 +115,15 @@ def test_a_killed_worker_costs_one_batch_not_the_run(batch):
         lost = pending.result()
         assert not lost.valid.any() or np.array_equal(lost.scores, expected)  # it may have won
         np.testing.assert_array_equal(pool.score(clean, estimates).scores, expected)
+
+
+def test_a_warm_up_defined_in_main_is_refused_before_any_worker_starts() -> None:
+    """Workers do not run the main script, so they could not unpickle a function defined there."""
+    from bsrnn.metrics.pesq_pool import start_workers
+
+    def warm_up() -> None:
+        """Stands in for a function of the user's script."""
+
+    warm_up.__module__ = "__main__"
+    with pytest.raises(ValueError, match="importable module"):
+        start_workers(1, warm_up)

@@ -5,13 +5,20 @@ Runs the real commands, in subprocesses, and shows each one before it runs:
    cluster preemption would: the trainer finishes the step, saves, and exits 143;
 2. the same command with ``--resume``: the resume summary, then training to the end;
 3. ``bsrnn ckpt verify`` and ``bsrnn evaluate`` on the demo test set;
-4. ``bsrnn plot``; and where everything is.
+4. ``bsrnn plot``; and where everything is, with the commands to try ``enhance`` and ``score``
+   on a few demo utterances written as WAV files into ``RUN_DIR/audio``.
+
+The demo starts from an empty run directory, so it deletes the one it made last time. It
+never deletes anything else: a directory it creates carries a marker file (``.bsrnn-demo``),
+and an existing directory without that mark (a real run's checkpoints, say) is refused, as is
+a symbolic link (the demo never deletes through one).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import shutil
 import signal
@@ -20,6 +27,15 @@ import sys
 import time
 from pathlib import Path
 
+from bsrnn.errors import UserError
+
+MARKER_NAME = ".bsrnn-demo"
+AUDIO_DIR_NAME = "audio"
+_MARKER_TEXT = (
+    "This directory was created by the bsrnn demo (make demo, or python -m bsrnn.demo).\n"
+    "The next demo run with the same directory deletes and recreates it.\n"
+    "Delete this file to keep the directory: the demo then refuses to touch it.\n"
+)
 SMALL_MODEL = ["--num-channel", "16", "--num-layer", "2", "--batch-size", "4", "--cut-len", "16000",
                "--epochs", "2", "--log-interval", "4", "--seed", "0"]
 
@@ -46,13 +62,86 @@ def _steps_logged(run_dir: Path) -> int:
     return max((s.get("global_step", 0) for s in steps if s.get("event") == "step"), default=0)
 
 
+def _refusal(run_dir: Path, found: str) -> UserError:
+    return UserError(
+        f"The demo directory {run_dir} {found}. The demo only replaces a directory it created itself "
+        f"(one that holds a {MARKER_NAME} file), an empty one, or a missing one, so it has not touched it. "
+        f"Fix: choose another directory (make demo DEMO_DIR=runs/demo2, or python -m bsrnn.demo "
+        f"--run-dir runs/demo2), or remove {run_dir} yourself if you no longer need it."
+    )
+
+
+def prepare_demo_dir(run_dir: Path) -> None:
+    """Make ``run_dir`` an empty directory that carries the demo's mark, or refuse with UserError.
+
+    Deletes only what a previous demo made: a directory holding a regular ``.bsrnn-demo`` file.
+    A missing or empty directory is used as is; a symbolic link, a file, or a directory without
+    the mark (which may hold a real run's checkpoints) is refused before anything changes.
+    """
+    if run_dir.is_symlink():
+        raise _refusal(run_dir, "is a symbolic link (the demo never deletes through one)")
+    if run_dir.exists():
+        if not run_dir.is_dir():
+            raise _refusal(run_dir, "is a file, not a directory")
+        if any(run_dir.iterdir()):
+            marker = run_dir / MARKER_NAME
+            if marker.is_symlink() or not marker.is_file():
+                raise _refusal(run_dir, f"exists and was not made by the demo (it has no {MARKER_NAME} file)")
+            try:
+                shutil.rmtree(run_dir)  # does not follow symbolic links inside the directory
+            except OSError as error:
+                raise UserError(
+                    f"Could not remove the previous demo directory {run_dir}: {error.strerror or error}. "
+                    f"Fix: remove {run_dir} yourself, or choose another directory (make demo DEMO_DIR=runs/demo2)."
+                ) from error
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
+
+
+def _activation_command() -> str | None:
+    """How to put this interpreter's ``bsrnn`` on PATH, e.g. ``. .venv/bin/activate``."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    if sys.prefix == sys.base_prefix or not activate.is_file():
+        return None  # not a virtual environment: bsrnn is wherever pip put it
+    try:
+        shown = os.path.relpath(activate)
+    except ValueError:  # another drive (Windows)
+        shown = str(activate)
+    if shown.startswith(".."):
+        shown = str(activate)
+    elif os.sep not in shown:
+        shown = f".{os.sep}{shown}"  # `. activate` would search PATH, not the current directory
+    return f". {shlex.quote(shown)}"
+
+
+def try_it_commands(run_dir: Path) -> list[str]:
+    """The shell lines that enhance and score the demo's WAV files with the trained run."""
+    audio = run_dir / AUDIO_DIR_NAME
+    lines = [
+        shlex.join(["bsrnn", "enhance", str(run_dir), str(audio / "noisy"), "--out", str(audio / "enhanced")]),
+        shlex.join(["bsrnn", "score", str(audio / "clean"), str(audio / "enhanced")]),
+    ]
+    activation = _activation_command()
+    return [activation, *lines] if activation else lines
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"))
+    parser.add_argument("--run-dir", type=Path, default=Path("runs/demo"),
+                        help=f"directory to create (a previous demo's, marked by {MARKER_NAME}, is replaced)")
     args = parser.parse_args(argv)
-    run_dir: Path = args.run_dir
-    if run_dir.exists():
-        shutil.rmtree(run_dir)
+    try:
+        return _demo(args.run_dir)
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+
+
+def _demo(run_dir: Path) -> int:
+    from bsrnn.data.demo import write_demo_audio
+
+    prepare_demo_dir(run_dir)
+    write_demo_audio(run_dir / AUDIO_DIR_NAME)
     train = _bsrnn("train", "--demo", "--run-dir", str(run_dir), *SMALL_MODEL)
 
     print("== 1. Train on the demo set; a simulated preemption (SIGTERM) arrives after a few steps")
@@ -82,7 +171,11 @@ def main(argv: list[str] | None = None) -> int:
     for path in sorted(run_dir.iterdir()):
         if not path.name.startswith("."):
             print(f"  {path}")
-    print("Inspect a checkpoint:  bsrnn ckpt inspect", run_dir / "checkpoint_best.pt")
+    print("Inspect a checkpoint:  bsrnn ckpt inspect", shlex.quote(str(run_dir / "checkpoint_best.pt")))
+    print(f"\nTry the trained model on the demo's WAV files in {run_dir / AUDIO_DIR_NAME} "
+          "(noisy/ and clean/, 16 kHz); copy and paste:")
+    for line in try_it_commands(run_dir):
+        print(f"  {line}")
     return 0
 
 

@@ -1,6 +1,6 @@
 """Entry point of the ``bsrnn`` command: parse, dispatch, and map errors to exit statuses.
 
-Exit statuses (SPEC section 2): 0 success; 2 usage, config or input errors (message on stderr,
+Exit statuses: 0 success; 2 usage, config or input errors (message on stderr,
 no traceback unless ``--debug``); 1 other failures, a save that found no room included
 (``CheckpointWriteError``: the disk, not the input, is at fault); 128+signal after a preemption
 save (the train command returns that itself).
@@ -9,10 +9,13 @@ save (the train command returns that itself).
 from __future__ import annotations
 
 import argparse
+import difflib
 import importlib
 import logging
+import re
 import sys
 from collections.abc import Sequence
+from typing import Any, NoReturn
 
 from bsrnn.errors import RunFailedError, UserError
 
@@ -30,18 +33,107 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-class _ArgumentParser(argparse.ArgumentParser):
-    """argparse that raises instead of exiting, so usage errors share one exit path."""
+DESCRIPTION = """\
+Band-Split RNN speech enhancement. Train a model on pairs of clean and noisy
+recordings (train), check it on a test set (evaluate), remove noise from your
+own wav files with it (enhance), measure any enhanced files against clean ones
+(score), draw its training curves (plot) and manage its checkpoints (ckpt).
 
-    def error(self, message: str) -> None:  # type: ignore[override]
-        raise UserError(f"{self.prog}: {message}\n(run `{self.prog} --help` for usage)")
+Try it on built-in demo data first:  bsrnn train --demo --run-dir runs/demo
+"""
+EPILOG = """\
+Run `bsrnn COMMAND --help` for a command's options; --debug and -q may also follow
+the command. Exit status: 0 success, 2 usage or input error, 1 other failure,
+128+N when training stopped for signal N (after saving).
+"""
+
+# Set on the namespace by the innermost parser that met arguments it does not know, so the
+# error names that command's usage and suggests among its options.
+_EXTRAS_PARSER = "unknown_arguments_parser"
+_LONG_OPTION = re.compile(r"(?<![\w-])(--?[A-Za-z][\w-]*)")
+_INVALID_CHOICE = re.compile(r"invalid choice: '([^']*)' \(choose from (.*)\)")
+
+
+def _did_you_mean(typed: str, candidates: Sequence[str]) -> str | None:
+    matches = difflib.get_close_matches(typed, list(candidates), n=1, cutoff=0.6)
+    return matches[0] if matches else None
+
+
+class _ArgumentParser(argparse.ArgumentParser):
+    """argparse that raises instead of exiting, so usage errors share one exit path.
+
+    Unknown options and mistyped choices come back with the closest valid one, and the error
+    names the command whose options were meant (``bsrnn train``, not ``bsrnn``).
+    """
+
+    def option_strings(self) -> list[str]:
+        """Every option this parser accepts, as its usage line shows them (plus --help)."""
+        return sorted(set(_LONG_OPTION.findall(self.format_usage())) | {"--help"})
+
+    def error(self, message: str) -> NoReturn:  # type: ignore[override]
+        choice = _INVALID_CHOICE.search(message)
+        if choice:
+            guess = _did_you_mean(choice.group(1), re.findall(r"'([^']*)'", choice.group(2)))
+            if guess:
+                message += f"; did you mean '{guess}'?"
+        end = "" if message.endswith(("?", ".")) else "."
+        raise UserError(f"{self.prog}: {message}{end} Run `{self.prog} --help` for usage.")
+
+    def parse_known_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                         namespace: argparse.Namespace | None = None) -> tuple[argparse.Namespace, list[str]]:
+        namespace, extras = super().parse_known_args(args, namespace)
+        if extras and not hasattr(namespace, _EXTRAS_PARSER):
+            setattr(namespace, _EXTRAS_PARSER, self)
+        return namespace, extras
+
+    def parse_args(self, args: Sequence[str] | None = None,  # type: ignore[override]
+                   namespace: argparse.Namespace | None = None) -> argparse.Namespace:
+        namespace, extras = self.parse_known_args(args, namespace)
+        if extras:
+            parser: _ArgumentParser = getattr(namespace, _EXTRAS_PARSER, self)
+            options = set(parser.option_strings()) | set(self.option_strings())
+            guesses = []
+            for extra in extras:
+                flag = extra.split("=", 1)[0]
+                guess = _did_you_mean(flag, sorted(options)) if flag.startswith("-") else None
+                if guess:
+                    guesses.append((flag, guess))
+            message = f"unrecognized arguments: {' '.join(extras)}"
+            if len(guesses) == 1:
+                message += f"; did you mean {guesses[0][1]}?"
+            elif guesses:
+                message += "; did you mean " + ", ".join(f"{guess} (for {flag})" for flag, guess in guesses) + "?"
+            parser.error(message)
+        return namespace
+
+
+class _CommandParser(_ArgumentParser):
+    """A command's parser: also takes --debug and -q, so they work after the command name.
+
+    Their default is "absent", so a command that does not repeat them keeps the values given
+    before its name (argparse copies every attribute of the command's namespace over the
+    top-level one). A command's own option of the same name would win (``resolve``).
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("conflict_handler", "resolve")
+        super().__init__(*args, **kwargs)
+        add_common_options(self, default=argparse.SUPPRESS)
+
+
+def add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
+    """--debug and -q/--quiet, accepted before the command and after it."""
+    parser.add_argument("--debug", action="store_true", default=default,
+                        help="show a traceback for every error, user errors included")
+    parser.add_argument("-q", "--quiet", action="store_true", default=default,
+                        help="print only warnings and errors")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _ArgumentParser(prog="bsrnn", description=__doc__.splitlines()[0])
-    parser.add_argument("--debug", action="store_true", help="show tracebacks for all errors")
-    parser.add_argument("-q", "--quiet", action="store_true", help="only warnings and errors")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_ArgumentParser)
+    parser = _ArgumentParser(prog="bsrnn", description=DESCRIPTION, epilog=EPILOG,
+                             formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_common_options(parser, default=False)
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
         module = importlib.import_module(f"bsrnn.cli.{module_name}")
         command_parser = sub.add_parser(name, help=help_text, description=help_text)
@@ -60,10 +152,11 @@ def _configure_logging(quiet: bool) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    debug = "--debug" in argv
+    debug = "--debug" in argv  # before parsing succeeds; the parsed value once it has
     try:
         parser = build_parser()
         args = parser.parse_args(argv)
+        debug = args.debug
         if args.command is None:
             parser.print_help()
             return 2

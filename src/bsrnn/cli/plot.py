@@ -1,4 +1,8 @@
-"""``bsrnn plot RUN_DIR [--out FILE.png]``: training and validation curves as a PNG."""
+"""``bsrnn plot RUN_DIR [--out FILE.png]``: training and validation curves as a PNG.
+
+Draws the run's current lineage (entries abandoned by a resume are dimmed), with the GAN start,
+the best epoch and each resume marked; ``bsrnn.plotting`` says how each is found.
+"""
 
 from __future__ import annotations
 
@@ -7,8 +11,9 @@ from pathlib import Path
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("run_dir", type=Path, help="run directory (reads its metrics.jsonl)")
-    parser.add_argument("--out", type=Path, default=None, help="output PNG (default RUN_DIR/curves.png)")
+    parser.add_argument("run_dir", type=Path, metavar="RUN_DIR", help="run directory (reads its metrics.jsonl)")
+    parser.add_argument("--out", type=Path, default=None, metavar="FILE.png",
+                        help="output PNG (default RUN_DIR/curves.png)")
 
 
 def run(args: argparse.Namespace) -> int:

@@ -2,7 +2,8 @@
 
 ``demo_corpus()`` returns a ``Corpus`` of in-memory pairs (nothing is downloaded or written);
 ``layout.write_corpus`` puts it on disk in the ``DATA/{train,test}/{clean,noisy}`` layout when
-a command needs files. Defaults: 48 training pairs of 1.5-3 s and 8 test pairs of 2-3 s at
+a command needs files; ``write_demo_audio`` writes a few test pairs for trying ``bsrnn enhance``
+and ``bsrnn score`` by hand. Defaults: 48 training pairs of 1.5-3 s and 8 test pairs of 2-3 s at
 16 kHz, small enough that an epoch of a tiny model takes seconds.
 
 Item ``i`` of a split is a function of (seed, split, i) only, so asking for more items keeps
@@ -18,10 +19,11 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 
-from bsrnn.audio import SAMPLE_RATE
+from bsrnn.audio import SAMPLE_RATE, write_wav
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sources import ArraySource, Pair
 from bsrnn.data.synth import NOISE_KINDS, make_noise, random_speaker, speech_like
@@ -103,3 +105,26 @@ def demo_corpus(
     )
     logger.info("Generated %s in %.1f s", corpus.describe(), time.monotonic() - started)
     return corpus
+
+
+def write_demo_audio(out_dir: str | Path, count: int = 3, seed: int = 0) -> tuple[Path, Path]:
+    """Write the first ``count`` demo test pairs as 16 kHz WAVs; return ``(clean_dir, noisy_dir)``.
+
+    The demo set lives only in memory, so without these files a demo user has nothing to try
+    ``bsrnn enhance`` and ``bsrnn score`` on. They are the test split's first items (the ones
+    the demo run validates on, never trained on), as ``out_dir/{clean,noisy}/NAME.wav`` with
+    the same names on both sides, which is the pairing ``bsrnn score`` expects.
+    """
+    if count < 1:
+        raise ValueError(f"count must be >= 1, got {count}")
+    root = Path(out_dir)
+    clean_dir, noisy_dir = root / "clean", root / "noisy"
+    corpus = demo_corpus(seed=seed, num_train=0, num_test=count)
+    for folder in (clean_dir, noisy_dir):
+        folder.mkdir(parents=True, exist_ok=True)
+    for pair in corpus.test:
+        for folder, source in ((clean_dir, pair.clean), (noisy_dir, pair.noisy)):
+            samples, rate = source.load()
+            write_wav(folder / f"{pair.name}.wav", samples, rate)
+    logger.info("Wrote %d clean/noisy demo pairs under %s", count, root)
+    return clean_dir, noisy_dir

@@ -1,0 +1,84 @@
+"""The ``bsrnn`` entry point: shared flags anywhere, suggestions for typos, a help text for users."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from bsrnn.cli.main import COMMANDS, build_parser, main
+from bsrnn.errors import UserError
+
+
+@pytest.mark.parametrize("argv", [
+    ["--debug", "-q", "plot", "runs/x"],
+    ["plot", "--debug", "-q", "runs/x"],
+    ["plot", "runs/x", "--quiet", "--debug"],
+    ["-q", "plot", "runs/x", "--debug"],
+    ["ckpt", "verify", "runs/x", "--debug", "-q"],
+    ["ckpt", "--debug", "verify", "-q", "runs/x"],
+])
+def test_debug_and_quiet_work_before_and_after_the_command(argv: list[str]) -> None:
+    args = build_parser().parse_args(argv)
+    assert args.debug is True and args.quiet is True
+
+
+def test_without_the_flags_both_are_off_and_a_flag_before_the_command_is_kept() -> None:
+    args = build_parser().parse_args(["plot", "runs/x"])
+    assert args.debug is False and args.quiet is False
+    args = build_parser().parse_args(["--debug", "train", "--demo"])
+    assert args.debug is True and args.quiet is False
+
+
+def test_debug_after_the_command_shows_the_traceback(tmp_path: Path, capsys) -> None:
+    missing = str(tmp_path / "missing")
+    assert main(["plot", missing]) == 2
+    assert capsys.readouterr().err.startswith("error: Run directory")
+    with pytest.raises(UserError, match="does not exist"):
+        main(["plot", missing, "--debug"])
+
+
+def test_a_mistyped_option_gets_the_closest_one_and_the_commands_usage(capsys) -> None:
+    assert main(["train", "--epohcs", "3"]) == 2
+    err = capsys.readouterr().err
+    assert err == ("error: bsrnn train: unrecognized arguments: --epohcs 3; did you mean --epochs? "
+                   "Run `bsrnn train --help` for usage.\n")
+
+
+def test_several_mistyped_options_each_get_a_suggestion(capsys) -> None:
+    assert main(["train", "--demo", "--rundir", "x", "--log-intervall=5"]) == 2
+    err = capsys.readouterr().err
+    assert "did you mean --run-dir (for --rundir), --log-interval (for --log-intervall)?" in err
+
+
+def test_nested_commands_and_choices_get_suggestions_too(capsys) -> None:
+    assert main(["ckpt", "vrify", "runs/x"]) == 2
+    assert "invalid choice: 'vrify'" in (err := capsys.readouterr().err) and "did you mean 'verify'?" in err
+    assert main(["trian"]) == 2
+    assert "did you mean 'train'?" in capsys.readouterr().err
+    assert main(["ckpt", "inspect", "runs/x", "--jsn"]) == 2
+    err = capsys.readouterr().err
+    assert "bsrnn ckpt inspect: unrecognized arguments: --jsn; did you mean --json?" in err
+    assert err.count("\n") == 1  # one line
+
+
+def test_an_unknown_option_with_nothing_close_gets_no_guess(capsys) -> None:
+    assert main(["plot", "runs/x", "--zzzzzz"]) == 2
+    err = capsys.readouterr().err
+    assert "unrecognized arguments: --zzzzzz." in err and "did you mean" not in err
+
+
+def test_the_top_level_help_speaks_to_users(capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and "Entry point" not in out
+    assert "speech enhancement" in out and "bsrnn train --demo" in out
+    for command in COMMANDS:
+        assert f"({command})" in out and f"    {command} " in out
+
+
+def test_no_command_prints_the_help_and_exits_2(capsys) -> None:
+    assert main([]) == 2
+    assert "usage: bsrnn" in capsys.readouterr().out

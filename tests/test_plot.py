@@ -1,0 +1,163 @@
+"""``bsrnn plot``: the current lineage only, every panel populated, GAN start and best marked."""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from bsrnn.cli.main import main
+from bsrnn.errors import UserError
+from bsrnn.plotting import LEARNING_RATE, LOSSES, PESQ, current_lineage, plot_run, select_curves
+
+STEPS_PER_EPOCH = 4
+LR = {"generator": 1e-3, "discriminator": 1e-3}
+
+
+def step(global_step: int, loss: float, pesq: float = 2.0) -> dict[str, Any]:
+    epoch = (global_step - 1) // STEPS_PER_EPOCH
+    return {"event": "step", "epoch": epoch, "step": global_step - epoch * STEPS_PER_EPOCH,
+            "global_step": global_step, "loss": loss, "disc_loss": loss / 10, "pesq": pesq, "pesq_valid": 4.0,
+            "lr": dict(LR)}
+
+
+def epoch(index: int, val_loss: float, use_gan: bool | None = None, lr: float = 1e-3,
+          val_pesq: float = 2.5) -> dict[str, Any]:
+    event = {"event": "epoch", "epoch": index, "global_step": (index + 1) * STEPS_PER_EPOCH,
+             "train": {"loss": val_loss + 0.1, "disc_loss": 0.05, "pesq": val_pesq - 0.2},
+             "val_loss": val_loss, "val_disc_loss": 0.04, "val_pesq": val_pesq,
+             "lr": {"generator": lr, "discriminator": lr}, "nonfinite_skipped": 0}
+    if use_gan is not None:
+        event["use_gan"] = use_gan
+    return event
+
+
+def resumed_from_best() -> list[dict[str, Any]]:
+    """Four epochs (best: epoch 1), a resume from best at global step 8, two better epochs."""
+    first = [{"event": "start", "global_step": 0, "gan_start_epoch": 2, "monitor": "val_loss"}]
+    for index, val_loss in enumerate((1.0, 0.8, 0.9, 0.95)):
+        first += [step(4 * index + 2, 5.0), step(4 * index + 4, 5.0), epoch(index, val_loss, use_gan=index >= 2)]
+    second = [{"event": "resume", "global_step": 8, "epoch": 1, "kind": "best", "gan_start_epoch": 2,
+               "monitor": "val_loss"}]
+    for index, val_loss in ((2, 0.7), (3, 0.75)):
+        second += [step(4 * index + 2, 3.0), step(4 * index + 4, 3.0), epoch(index, val_loss, use_gan=True)]
+    return first + second
+
+
+def write_run(run_dir: Path, events: list[dict[str, Any]], config: str = "") -> Path:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "metrics.jsonl").write_text("".join(json.dumps(event) + "\n" for event in events))
+    if config:
+        (run_dir / "config.toml").write_text(config)
+    return run_dir
+
+
+def line(curves, panel: str, label: str):
+    (found,) = [line for line in curves.panels[panel] if line.label == label]
+    return found
+
+
+def test_a_resume_from_best_abandons_the_later_entries_of_the_old_branch() -> None:
+    curves = select_curves(resumed_from_best())
+    assert [entry["global_step"] for entry in curves.steps] == [2, 4, 6, 8, 10, 12, 14, 16]
+    assert [entry["loss"] for entry in curves.steps] == [5.0] * 4 + [3.0] * 4  # the new branch after step 8
+    assert [entry["val_loss"] for entry in curves.epochs] == [1.0, 0.8, 0.7, 0.75]
+    (branch,) = curves.abandoned
+    assert [(entry["event"], entry["global_step"]) for entry in branch] == [
+        ("step", 10), ("step", 12), ("epoch", 12), ("step", 14), ("step", 16), ("epoch", 16)]
+    assert line(curves, LOSSES, "validation generator loss").y == (1.0, 0.8, 0.7, 0.75)
+    abandoned = [line for line in curves.panels[LOSSES] if line.kind == "abandoned"]
+    assert [line.y for line in abandoned] == [(5.0,) * 4, (0.9, 0.95)]
+
+
+def test_the_best_epoch_gan_start_and_resume_are_marked_on_the_lineage() -> None:
+    curves = select_curves(resumed_from_best())
+    assert curves.best_epoch == 2  # 0.7 in the current branch, not the abandoned 0.9
+    assert curves.gan_start_epoch == 2 and curves.gan_start_step == 8
+    marks = {(marker.kind, marker.x) for marker in curves.markers}
+    assert marks == {("best", 12.0), ("gan", 8.0), ("resume", 8.0)}
+    assert any(marker.label == "resumed from best" for marker in curves.markers)
+
+
+def test_sparse_step_logs_still_fill_every_panel_from_the_epoch_entries() -> None:
+    events = [epoch(0, 1.0, use_gan=False, lr=1e-3), epoch(1, 0.9, use_gan=False, lr=1e-3),
+              epoch(2, 0.8, use_gan=True, lr=5e-4)]
+    curves = select_curves(events)
+    assert all(curves.panels[panel] for panel in (LOSSES, PESQ, LEARNING_RATE))
+    assert line(curves, LOSSES, "train generator loss (epoch mean)").y == (1.1, 1.0, 0.9)
+    assert line(curves, PESQ, "train PESQ (epoch mean)").y == pytest.approx((2.3, 2.3, 2.3))
+    rates = line(curves, LEARNING_RATE, "generator")
+    # Held over each epoch: (0..4] and (4..8] at 1e-3, then (8..12] at 5e-4.
+    assert rates.x == (0, 4, 4, 8, 8, 12) and rates.y == (1e-3,) * 4 + (5e-4,) * 2
+    assert curves.gan_start_epoch == 2 and curves.gan_start_step == 8
+
+
+def test_steps_after_the_last_epoch_extend_the_learning_rate_curve() -> None:
+    curves = select_curves([step(2, 1.0), step(4, 1.0), epoch(0, 1.0), step(6, 1.0)])
+    assert line(curves, LEARNING_RATE, "discriminator").x == (0, 4, 6)
+
+
+def test_runs_without_resume_events_detect_the_rewind_from_the_global_steps() -> None:
+    events = [step(2, 5.0), step(4, 5.0), epoch(0, 1.0), step(6, 5.0), step(8, 5.0), epoch(1, 1.2),
+              step(10, 5.0),
+              step(6, 3.0), step(8, 3.0), epoch(1, 0.9)]  # resumed from best (epoch 0, step 4)
+    kept, abandoned = current_lineage(events)
+    assert [(entry["event"], entry["global_step"], entry.get("loss")) for entry in kept] == [
+        ("step", 2, 5.0), ("step", 4, 5.0), ("epoch", 4, None), ("step", 6, 3.0), ("step", 8, 3.0), ("epoch", 8, None)]
+    assert [[entry["global_step"] for entry in branch] for branch in abandoned] == [[6, 8, 8, 10]]
+
+
+def test_old_runs_take_the_monitor_and_gan_start_from_config_toml() -> None:
+    events = [epoch(index, 1.0, val_pesq=pesq) for index, pesq in enumerate((2.0, 2.6, 2.4, 2.5))]
+    curves = select_curves(events, {"monitor": "pesq", "epochs": 4, "gan_start_epoch": None})
+    assert curves.monitor == "pesq" and curves.best_epoch == 1
+    assert curves.gan_start_epoch == 2 and curves.gan_start_step == 8  # (4 + 1) // 2
+
+
+def test_a_gan_that_has_not_started_is_not_marked() -> None:
+    curves = select_curves([{"event": "start", "global_step": 0, "gan_start_epoch": 5, "monitor": "val_loss"},
+                            epoch(0, 1.0, use_gan=False)])
+    assert curves.gan_start_step is None and all(marker.kind != "gan" for marker in curves.markers)
+
+
+def test_the_png_renders_without_warnings_and_marks_everything(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        out = plot_run(run_dir, run_dir / "curves.png")
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+
+
+def test_a_run_with_only_epoch_entries_renders_without_warnings(tmp_path: Path) -> None:
+    """The learning-rate panel used to be empty here, and matplotlib warned about its legend."""
+    run_dir = write_run(tmp_path / "run", [epoch(0, 1.0), epoch(1, 0.9)], config="epochs = 2\n")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        plot_run(run_dir, tmp_path / "out" / "curves.png")
+    assert (tmp_path / "out" / "curves.png").stat().st_size > 10_000
+
+
+def test_a_run_with_no_entries_yet_says_so_instead_of_blaming_the_directory(tmp_path: Path, capsys) -> None:
+    run_dir = write_run(tmp_path / "run", [{"event": "start", "global_step": 0}], config="log_interval = 500\n")
+    with pytest.raises(UserError, match="no training entries to plot yet") as caught:
+        plot_run(run_dir, run_dir / "curves.png")
+    assert "every 500 steps" in str(caught.value) and "run directory" not in str(caught.value)
+    assert main(["plot", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and "plot again once the run has logged some" in err
+    assert not (run_dir / "curves.png").exists()
+
+
+@pytest.mark.parametrize(("make", "expected"), [
+    (lambda path: None, "does not exist"),
+    (lambda path: path.mkdir(), "has no metrics.jsonl"),
+    (lambda path: path.write_text("x"), "is a file"),
+])
+def test_a_path_that_is_no_run_directory_is_named_with_the_fix(tmp_path: Path, make, expected: str) -> None:
+    path = tmp_path / "somewhere"
+    make(path)
+    with pytest.raises(UserError, match=expected):
+        plot_run(path, tmp_path / "curves.png")
