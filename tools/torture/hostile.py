@@ -51,7 +51,7 @@ def hashed_bytes(data: bytes, path: Path) -> Path:
     assert data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\0\0"
     body = data[:-2]
     digest = hashlib.sha256(body).hexdigest().encode()
-    path.write_bytes(body + struct.pack("<H", len(fileformat._MAGIC) + 64) + fileformat._MAGIC + digest)
+    path.write_bytes(body + struct.pack("<H", len(fileformat.MAGIC) + 64) + fileformat.MAGIC + digest)
     return path
 
 

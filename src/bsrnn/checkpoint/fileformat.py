@@ -35,10 +35,10 @@ produced, so the final fsync has little left to do; and loading hands the verifi
 
 # The implementation lives in ``layout`` (constants and trailer layout), ``hashing`` (the
 # background SHA-256), ``writing`` and ``reading``; these names stay importable from here.
-from bsrnn.checkpoint.layout import _COMMENT_LENGTH as _COMMENT_LENGTH
-from bsrnn.checkpoint.layout import _EOCD_SIGNATURE as _EOCD_SIGNATURE
-from bsrnn.checkpoint.layout import _EOCD_SIZE as _EOCD_SIZE
-from bsrnn.checkpoint.layout import _MAGIC as _MAGIC
+from bsrnn.checkpoint.layout import COMMENT_LENGTH as COMMENT_LENGTH
+from bsrnn.checkpoint.layout import EOCD_SIGNATURE as EOCD_SIGNATURE
+from bsrnn.checkpoint.layout import EOCD_SIZE as EOCD_SIZE
+from bsrnn.checkpoint.layout import MAGIC as MAGIC
 from bsrnn.checkpoint.layout import FORMAT_NAME as FORMAT_NAME
 from bsrnn.checkpoint.layout import FORMAT_VERSION as FORMAT_VERSION
 from bsrnn.checkpoint.layout import TRAILER_SIZE as TRAILER_SIZE

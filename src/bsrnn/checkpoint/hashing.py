@@ -15,10 +15,10 @@ from typing import Any
 
 # Pieces of this size are written, read back and hashed one at a time: large enough that the
 # per-piece system calls cost nothing, small enough that hashing overlaps the next piece's write.
-_PIECE = 4 * 1024 * 1024
+PIECE_SIZE = 4 * 1024 * 1024
 
 
-class _BackgroundHasher:
+class BackgroundHasher:
     """SHA-256 of a sequence of buffers, hashed in submission order by a worker thread.
 
     Why a thread: ``hashlib`` releases the GIL for buffers over 2 KiB, so the digest is computed

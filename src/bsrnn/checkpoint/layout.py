@@ -11,9 +11,9 @@ import mmap
 
 FORMAT_NAME = "bsrnn-checkpoint"
 FORMAT_VERSION = 1
-_MAGIC = b"bsrnn-checkpoint v1 sha256="
-_COMMENT_LENGTH = len(_MAGIC) + 64
-_EOCD_SIGNATURE = b"PK\x05\x06"
-_EOCD_SIZE = 22  # fixed part of the end-of-central-directory record, comment length included
-TRAILER_SIZE = _EOCD_SIZE + _COMMENT_LENGTH
+MAGIC = b"bsrnn-checkpoint v1 sha256="
+COMMENT_LENGTH = len(MAGIC) + 64
+EOCD_SIGNATURE = b"PK\x05\x06"
+EOCD_SIZE = 22  # fixed part of the end-of-central-directory record, comment length included
+TRAILER_SIZE = EOCD_SIZE + COMMENT_LENGTH
 Buffer = bytes | bytearray | mmap.mmap  # what verified bytes are held in

@@ -53,6 +53,7 @@ from bsrnn.checkpoint.loading import (
     superseded_path,
     superseded_paths,
 )
+from bsrnn.checkpoint.index import INDEX_NAME, IndexEntry, entry_for, read_index, write_index
 from bsrnn.checkpoint.lock import RunDirectoryLock
 from bsrnn.checkpoint.plain import is_finite_number, nonfinite_tensor_keys, to_weights_only_safe
 from bsrnn.checkpoint.reading import VerifiedBytes, unpickle
@@ -155,6 +156,7 @@ class CheckpointManager:
         self.sequence = 0
         self._objects: dict[str, Stateful] = {}
         self._lineage: list[dict[str, Any]] = []
+        self._index: dict[str, IndexEntry] = {}
         self._staging = StagingBuffers()
         self._thread: threading.Thread | None = None
         self._thread_error: BaseException | None = None
@@ -169,6 +171,7 @@ class CheckpointManager:
             elif not self._lock.held or self._lock.run_dir.resolve() != self.run_dir.resolve():
                 raise ValueError(f"lock must be a held RunDirectoryLock on {self.run_dir}")
             atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
+            self._index = read_index(self.run_dir)
             atexit.register(self._close_at_exit)
 
     def _check_writable_layout(self) -> None:
@@ -376,7 +379,7 @@ class CheckpointManager:
             try:
                 # verify: every piece is read back and compared as it is written, and the digest
                 # is computed over the read-back bytes (fileformat's docstring).
-                write_file_durably(
+                digest = write_file_durably(
                     temporaries[0], lambda handle: write_checkpoint(payload, handle, verify=self.verify_writes)
                 )
                 if is_best:
@@ -396,6 +399,50 @@ class CheckpointManager:
                     "are intact. Free disk space (or raise the file-size limit) and resume."
                 ) from error
         log.debug("Committed %s in %.3fs", self.last_path, time.perf_counter() - started)
+        self._update_index(payload, digest, is_best)
+
+    def _update_index(self, payload: Mapping[str, Any], digest: str, is_best: bool) -> None:
+        """Record the commit in ``checkpoint_index.json``; a failure costs only the shortcut."""
+        try:
+            self._index["last"] = entry_for(self.last_path, digest, payload)
+            if is_best:
+                self._index["best"] = entry_for(self.best_path, digest, payload)
+            write_index(self.run_dir, self._index)
+        except OSError as error:
+            log.warning("Could not update %s (%s); readers fall back to the checkpoints themselves",
+                        INDEX_NAME, error.strerror or error)
+
+    # ---------------------------------------------------------------------------- read side
+    def latest(self) -> IndexEntry | None:
+        """Where ``checkpoint_last.pt`` stands (step, epoch, metric), without loading it if the index
+        still describes it; None in a run directory without one."""
+        return self._entry("last")
+
+    def best(self) -> IndexEntry | None:
+        """Where ``checkpoint_best.pt`` stands; None before the first best."""
+        return self._entry("best")
+
+    def latest_step(self) -> int | None:
+        entry = self.latest()
+        return entry.global_step if entry is not None else None
+
+    def best_step(self) -> int | None:
+        entry = self.best()
+        return entry.global_step if entry is not None else None
+
+    def best_metric(self) -> float | None:
+        entry = self.best()
+        return entry.metric.get("value") if entry is not None else None
+
+    def _entry(self, kind: str) -> IndexEntry | None:
+        entry = read_index(self.run_dir).get(kind)
+        if entry is not None:
+            return entry
+        try:
+            loaded = load_checkpoint(self.run_dir, kind)
+        except CheckpointNotFoundError:
+            return None
+        return entry_for(loaded.path, loaded.digest, loaded.payload)
 
     def wait_until_finished(self) -> None:
         """Block until an async save has committed; raise the error it hit, if any."""

@@ -29,12 +29,12 @@ from bsrnn.checkpoint.errors import (
     UnsafeTorchError,
 )
 from bsrnn.checkpoint.structure import check_structure
-from bsrnn.checkpoint.hashing import _PIECE, _BackgroundHasher
+from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
 from bsrnn.checkpoint.layout import (
-    _COMMENT_LENGTH,
-    _EOCD_SIGNATURE,
-    _EOCD_SIZE,
-    _MAGIC,
+    COMMENT_LENGTH,
+    EOCD_SIGNATURE,
+    EOCD_SIZE,
+    MAGIC,
     FORMAT_NAME,
     FORMAT_VERSION,
     TRAILER_SIZE,
@@ -82,7 +82,7 @@ def _open_regular_file(path: Path) -> io.FileIO:
 
 
 def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
-    """The file's bytes and the SHA-256 of all but its last ``_COMMENT_LENGTH + 2`` bytes.
+    """The file's bytes and the SHA-256 of all but its last ``COMMENT_LENGTH + 2`` bytes.
 
     The file is read piece by piece into one buffer while the background thread hashes the
     pieces already read, so hashing overlaps reading. The digest is None when it does not
@@ -95,14 +95,14 @@ def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
             return handle.readall(), None
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead
-        hashed_end = size - _COMMENT_LENGTH - 2
+        hashed_end = size - COMMENT_LENGTH - 2
         data = _private_buffer(size)
         view = memoryview(data)
-        hasher = _BackgroundHasher()
+        hasher = BackgroundHasher()
         offset = 0
         try:
             while offset < size:
-                count = handle.readinto(view[offset : offset + _PIECE])
+                count = handle.readinto(view[offset : offset + PIECE_SIZE])
                 if not count:
                     break
                 if offset < hashed_end:
@@ -143,15 +143,15 @@ def _check_digest(path: Path, data: Buffer, actual: str | None = None) -> str:
     if size < TRAILER_SIZE:
         raise _damaged_or_foreign(path, data, f"only {size} bytes, shorter than the integrity trailer (truncated)")
     trailer = bytes(data[-TRAILER_SIZE:])
-    comment = trailer[_EOCD_SIZE:]
-    if not trailer.startswith(_EOCD_SIGNATURE):
+    comment = trailer[EOCD_SIZE:]
+    if not trailer.startswith(EOCD_SIGNATURE):
         raise _damaged_or_foreign(path, data, "the end of the file is not a checkpoint trailer (truncated?)")
-    (declared,) = struct.unpack("<H", trailer[_EOCD_SIZE - 2 : _EOCD_SIZE])
-    if declared != _COMMENT_LENGTH or not comment.startswith(_MAGIC):
+    (declared,) = struct.unpack("<H", trailer[EOCD_SIZE - 2 : EOCD_SIZE])
+    if declared != COMMENT_LENGTH or not comment.startswith(MAGIC):
         raise _damaged_or_foreign(path, data, "the integrity trailer is malformed")
-    recorded = comment[len(_MAGIC) :].decode("ascii", errors="replace")
+    recorded = comment[len(MAGIC) :].decode("ascii", errors="replace")
     if actual is None:
-        actual = hashlib.sha256(memoryview(data)[: size - _COMMENT_LENGTH - 2]).hexdigest()
+        actual = hashlib.sha256(memoryview(data)[: size - COMMENT_LENGTH - 2]).hexdigest()
     if actual != recorded:
         raise CheckpointCorruptError(
             path, f"content hash mismatch (recorded sha256 {recorded[:16]}..., actual {actual[:16]}...)"
@@ -167,10 +167,10 @@ def _damaged_or_foreign(path: Path, data: Buffer, damage: str) -> Exception:
     else, a truncated or overwritten checkpoint of ours included, is reported as damaged.
     """
     head = bytes(data[:2])
-    tail = bytes(data[-_EOCD_SIZE:])
+    tail = bytes(data[-EOCD_SIZE:])
     if head[:1] == b"\x80" and head != b"PK":
         return CheckpointForeignError(path, "a raw pickle without a bsrnn integrity trailer")
-    if len(data) >= _EOCD_SIZE and tail.startswith(_EOCD_SIGNATURE) and tail[-2:] == b"\0\0":
+    if len(data) >= EOCD_SIZE and tail.startswith(EOCD_SIGNATURE) and tail[-2:] == b"\0\0":
         return CheckpointForeignError(
             path,
             "a torch/zip file without a bsrnn integrity trailer (another tool's checkpoint, or an "

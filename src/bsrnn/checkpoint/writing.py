@@ -23,8 +23,8 @@ import torch
 
 from bsrnn.checkpoint.atomic import WRITEBACK_EVERY, start_writeback
 from bsrnn.checkpoint.errors import CheckpointWriteError
-from bsrnn.checkpoint.hashing import _PIECE, _BackgroundHasher
-from bsrnn.checkpoint.layout import _COMMENT_LENGTH, _EOCD_SIGNATURE, _EOCD_SIZE, _MAGIC
+from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
+from bsrnn.checkpoint.layout import COMMENT_LENGTH, EOCD_SIGNATURE, EOCD_SIZE, MAGIC
 
 _READ_BACK_BUFFERS = 4  # read-back buffers in flight between the writer and the hashing thread
 
@@ -32,7 +32,7 @@ _READ_BACK_BUFFERS = 4  # read-back buffers in flight between the writer and the
 class _TrailerWriter(io.RawIOBase):
     """A write-only stream for ``torch.save`` that holds back the zip's last bytes.
 
-    The final ``_EOCD_SIZE`` bytes (the EOCD) are held back so that ``finish`` can set the
+    The final ``EOCD_SIZE`` bytes (the EOCD) are held back so that ``finish`` can set the
     comment length and append the digest comment; everything before them goes to ``_emit``.
     """
 
@@ -48,14 +48,14 @@ class _TrailerWriter(io.RawIOBase):
         view = memoryview(data).cast("B")
         size = len(view)
         try:
-            if size >= _EOCD_SIZE:
+            if size >= EOCD_SIZE:
                 self._emit(bytes(self._tail))
                 self._tail.clear()
-                self._emit(view[: size - _EOCD_SIZE])
-                self._tail += view[size - _EOCD_SIZE :]
+                self._emit(view[: size - EOCD_SIZE])
+                self._tail += view[size - EOCD_SIZE :]
             else:
                 self._tail += view
-                overflow = len(self._tail) - _EOCD_SIZE
+                overflow = len(self._tail) - EOCD_SIZE
                 if overflow > 0:
                     self._emit(bytes(self._tail[:overflow]))
                     del self._tail[:overflow]
@@ -69,13 +69,13 @@ class _TrailerWriter(io.RawIOBase):
 
     def _held_back_eocd(self) -> bytes:
         eocd = bytes(self._tail)
-        if len(eocd) != _EOCD_SIZE or not eocd.startswith(_EOCD_SIGNATURE) or eocd[-2:] != b"\0\0":
+        if len(eocd) != EOCD_SIZE or not eocd.startswith(EOCD_SIGNATURE) or eocd[-2:] != b"\0\0":
             raise RuntimeError("torch.save did not end with a comment-less zip EOCD record")
         return eocd
 
     @staticmethod
     def _trailer(eocd: bytes, hexdigest: str) -> bytes:
-        return eocd[:-2] + struct.pack("<H", _COMMENT_LENGTH) + _MAGIC + hexdigest.encode()
+        return eocd[:-2] + struct.pack("<H", COMMENT_LENGTH) + MAGIC + hexdigest.encode()
 
 
 class _DigestingWriter(_TrailerWriter):
@@ -128,13 +128,13 @@ class _FileWriter(_TrailerWriter):
         self._buffers: queue.SimpleQueue[bytearray] = queue.SimpleQueue()
         if verify:
             for _ in range(_READ_BACK_BUFFERS):
-                self._buffers.put(bytearray(_PIECE))
-        self._hasher = _BackgroundHasher()  # last: nothing after it can fail and leave it running
+                self._buffers.put(bytearray(PIECE_SIZE))
+        self._hasher = BackgroundHasher()  # last: nothing after it can fail and leave it running
 
     def _emit(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
-        for start in range(0, len(view), _PIECE):
-            self._write_piece(view[start : start + _PIECE], hash_it=True)
+        for start in range(0, len(view), PIECE_SIZE):
+            self._write_piece(view[start : start + PIECE_SIZE], hash_it=True)
 
     def _write_piece(self, piece: memoryview, hash_it: bool) -> None:
         size = len(piece)

@@ -1,0 +1,117 @@
+"""The run directory's read side: the latest and best steps and metrics without loading a checkpoint.
+
+Knowing where a run stands (``latest_step()``, ``best_step()``, ``best_metric()``: what a job
+script, a dashboard or ``status`` asks) should not cost reading and hashing gigabytes. After
+every commit the manager writes ``checkpoint_index.json`` beside the checkpoints: for each of
+``last`` and ``best``, the fields that say where it stands (save sequence, epoch, global step,
+the monitored metric, creation time), the file's size and its SHA-256 as recorded in its
+trailer. The index is written atomically (temporary, fsync, rename) and carries a digest of
+its own content.
+
+An index is only a hint about files that may have changed since (a crash between a checkpoint's
+rename and the index's, a copied run, an edited file), so each entry is trusted only while its
+file still has the recorded size and trailer digest: a read of the last few dozen bytes, not of
+the file. An entry that does not match, or a missing or damaged index, falls back to loading
+(and verifying) the file itself. Loading for a resume never uses the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from bsrnn.checkpoint import atomic
+from bsrnn.checkpoint.layout import MAGIC, TRAILER_SIZE
+
+INDEX_NAME = "checkpoint_index.json"
+INDEX_FORMAT = "bsrnn-checkpoint-index"
+INDEX_VERSION = 1
+RECORDED = ("save_sequence", "epoch", "global_step", "created")
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """Where one checkpoint file stands, as recorded when it was committed."""
+
+    file: str
+    size: int
+    sha256: str
+    save_sequence: int | None
+    epoch: int | None
+    global_step: int | None
+    created: str | None
+    metric: dict[str, Any]
+
+
+def entry_for(path: Path, digest: str, payload: Mapping[str, Any]) -> IndexEntry:
+    """The index entry of a just-committed file with this ``payload``."""
+    values = {key: payload.get(key) for key in RECORDED}
+    return IndexEntry(path.name, path.stat().st_size, digest, metric=dict(payload.get("monitor") or {}), **values)
+
+
+def trailer_digest(path: Path) -> str | None:
+    """The SHA-256 a checkpoint's trailer records (read from its last bytes), or None."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(-TRAILER_SIZE, os.SEEK_END)
+            tail = handle.read(TRAILER_SIZE)
+    except OSError:
+        return None
+    start = tail.find(MAGIC)
+    return tail[start + len(MAGIC):].decode("ascii", errors="replace") if start >= 0 else None
+
+
+def write_index(run_dir: Path, entries: Mapping[str, IndexEntry]) -> None:
+    """Replace the index atomically with ``entries`` ("last", "best")."""
+    body = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
+            **{kind: entry.__dict__ for kind, entry in entries.items()}}
+    body["digest"] = _digest(body)
+    final = run_dir / INDEX_NAME
+    temporary = atomic.temporary_path(final)
+    try:
+        fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+        with open(fd, "w", encoding="utf-8") as handle:
+            json.dump(body, handle, indent=1, sort_keys=True)
+            handle.flush()
+            os.fsync(handle.fileno())
+        atomic.commit(temporary, final)
+    except BaseException:
+        atomic.discard(temporary)
+        raise
+
+
+def read_index(run_dir: Path) -> dict[str, IndexEntry]:
+    """The entries of the index whose files still match them (empty if there is no usable index)."""
+    try:
+        body = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT or body.get("digest") != _digest(body):
+        return {}
+    entries = {}
+    for kind in ("last", "best"):
+        record = body.get(kind)
+        if not isinstance(record, dict):
+            continue
+        try:
+            entry = IndexEntry(**record)
+        except TypeError:
+            continue
+        path = Path(run_dir) / entry.file
+        try:
+            size = path.stat().st_size
+        except OSError:
+            continue
+        if size == entry.size and trailer_digest(path) == entry.sha256:
+            entries[kind] = entry
+    return entries
+
+
+def _digest(body: Mapping[str, Any]) -> str:
+    content = {key: value for key, value in body.items() if key != "digest"}
+    return hashlib.sha256(json.dumps(content, sort_keys=True).encode()).hexdigest()
