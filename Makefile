@@ -8,7 +8,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 DEMO_DIR ?= runs/demo
 
-.PHONY: demo test install clean
+.PHONY: demo test install clean docs
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,6 +26,9 @@ test: $(VENV)/.installed
 
 demo: $(VENV)/.installed
 	$(BIN)/python -m bsrnn.demo --run-dir "$(DEMO_DIR)"
+
+docs: $(VENV)/.installed
+	$(BIN)/python tools/update_readme.py
 
 clean:
 	rm -rf $(VENV) runs build src/*.egg-info

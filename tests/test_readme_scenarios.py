@@ -24,7 +24,7 @@ EPOCHS = {"200": "3", "140": "4"}
 
 def scenario_commands() -> list[list[str]]:
     text = README.read_text()
-    section = text[text.index("## The old guide's scenarios"):text.index("## Other commands")]
+    section = text[text.index("## Your scenarios, as commands"):text.index("### Config fields")]
     blocks = re.findall(r"```sh\n(.*?)```", section, flags=re.S)
     return [shlex.split(block.strip()) for block in blocks if block.strip().startswith("bsrnn train")]
 

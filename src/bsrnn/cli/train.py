@@ -102,7 +102,8 @@ def config_table() -> str:
     for field in dataclasses.fields(Config):
         if not field.metadata.get("help"):
             continue
-        flag = "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-")
+        flag = "--sync-save (sets false)" if field.name == "async_save" else (
+            "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-"))
         default = defaults[field.name]
         shown = "unset" if default is None else f"`{default}`"
         meaning = field.metadata["help"].replace("|", "/")
