@@ -19,6 +19,7 @@ from e2e import (
     bsrnn,
     checkpoint,
     env,
+    events,
     losses_by_step,
     start,
     wait_for_step,
@@ -50,7 +51,9 @@ def test_a_run_stopped_by_max_steps_and_resumed_is_bit_identical(tmp_path: Path,
     assert first.returncode == 0, first.stderr
     saved = checkpoint(run_dir)
     assert saved["global_step"] == stop_after
-    assert saved["step_in_epoch"] == stop_after % STEPS_PER_EPOCH or saved["step_in_epoch"] == STEPS_PER_EPOCH
+    assert saved["step_in_epoch"] == stop_after % STEPS_PER_EPOCH
+    if stop_after == STEPS_PER_EPOCH:  # an epoch's last step: validated and saved as an epoch end
+        assert saved["epoch"] == 0 and [e["epoch"] for e in events(run_dir, "epoch")] == [0]
     second = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--resume")
     assert second.returncode == 0, second.stderr
     assert "RESUME SUMMARY" in second.stderr
