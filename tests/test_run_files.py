@@ -133,3 +133,27 @@ def test_config_toml_as_a_symlink_is_replaced_not_written_through(tmp_path: Path
         files.close()
     assert victim.read_text() == "precious\n"
     assert not (tmp_path / "config.toml").is_symlink() and "epochs" in (tmp_path / "config.toml").read_text()
+
+
+def test_status_json_says_where_the_run_stands_after_every_event(tmp_path: Path) -> None:
+    import torch
+
+    from bsrnn.checkpoint import CheckpointManager
+
+    files = RunFiles(tmp_path)
+    try:
+        files.event("start", global_step=0)
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert status["state"] == "training" and "last_save" not in status
+        with CheckpointManager(tmp_path, monitor="val_loss") as manager:
+            manager.register("model_state_dict", torch.nn.Linear(2, 2))
+            manager.save(metric=0.4, values={"epoch": 0, "global_step": 5})
+        files.event("step", epoch=1, step=2, global_step=7, loss=0.3, steps_per_s=2.5, eta="0:01:00")
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert (status["global_step"], status["steps_per_s"], status["eta"]) == (7, 2.5, "0:01:00")
+        assert status["last_save"]["global_step"] == 5 and status["best"]["metric"]["best"] == 0.4
+        files.event("preempted", signal="SIGTERM", global_step=7)
+        assert json.loads((tmp_path / "status.json").read_text())["state"] == "preempted"
+    finally:
+        files.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

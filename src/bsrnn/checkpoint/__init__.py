@@ -31,6 +31,7 @@ from bsrnn.checkpoint.loading import (
     superseded_paths,
     verify,
 )
+from bsrnn.checkpoint.index import INDEX_NAME, IndexEntry, read_index
 from bsrnn.checkpoint.lock import RunDirectoryBusyError, RunDirectoryLock
 from bsrnn.checkpoint.manager import (
     CheckpointManager,
@@ -46,6 +47,7 @@ __all__ = [
     "BEST_NAME",
     "FORMAT_NAME",
     "FORMAT_VERSION",
+    "INDEX_NAME",
     "LAST_NAME",
     "SUPERSEDED_NAME",
     "WHICH_CHOICES",
@@ -55,6 +57,7 @@ __all__ = [
     "CheckpointManager",
     "CheckpointNotFoundError",
     "CheckpointWriteError",
+    "IndexEntry",
     "LoadedCheckpoint",
     "NonFiniteStateError",
     "RestoreResult",
@@ -73,6 +76,7 @@ __all__ = [
     "superseded_path",
     "superseded_paths",
     "load_verified",
+    "read_index",
     "verify",
     "write_checkpoint",
 ]

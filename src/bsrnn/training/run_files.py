@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from bsrnn.checkpoint import read_index
 from bsrnn.config import Config, to_toml
 from bsrnn.errors import RunFailedError, UserError
 
@@ -39,7 +40,10 @@ log = logging.getLogger(__name__)
 CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
-_CONFIG_TEMPORARY = re.compile(r"^\.config\.toml\.\d+\.tmp$")
+STATUS_NAME = "status.json"
+_TEMPORARY = re.compile(r"^\.(config\.toml|status\.json)\.\d+\.tmp$")
+_STATES = {"start": "training", "resume": "training", "step": "training", "epoch": "training",
+           "nonfinite": "training", "preempted": "preempted", "completed": "completed", "stopped": "stopped"}
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -112,6 +116,8 @@ class RunFiles:
         self.enabled = enabled
         self._metrics_fd: int | None = None
         self._log_handler: logging.Handler | None = None
+        self._status: dict[str, Any] = {}
+        self._status_failed = False
         if enabled:
             metrics = run_dir / METRICS_NAME
             try:
@@ -131,9 +137,9 @@ class RunFiles:
             logging.getLogger("bsrnn").addHandler(self._log_handler)
 
     def _remove_config_temporaries(self) -> None:
-        """Temporaries of config.toml left by a killed run (only the lock holder gets here)."""
+        """Temporaries of config.toml and status.json left by a killed run (only the lock holder gets here)."""
         for entry in self.run_dir.iterdir():
-            if _CONFIG_TEMPORARY.match(entry.name):
+            if _TEMPORARY.match(entry.name):
                 entry.unlink(missing_ok=True)
 
     def write_config(self, config: Config) -> None:
@@ -172,6 +178,42 @@ class RunFiles:
                 log.warning("Could not cut back %s after a failed write: %s", METRICS_NAME, cut_error)
             raise RunFilesError(self.run_dir / METRICS_NAME, error,
                                 f"Training stopped before the {kind} event could be logged.") from error
+        self._update_status(record)
+
+    def _update_status(self, record: dict[str, Any]) -> None:
+        """Rewrite ``status.json``: where the run stands, for ``cat`` on a cluster login node.
+
+        Derived from the event just logged and the checkpoint engine's index (last save, best),
+        so it never disagrees with them. Replaced atomically (temporary + rename: a reader never
+        sees half a file); not fsynced, since it is a view, rebuilt at the next event. A failure
+        to write it warns once and never stops training.
+        """
+        status = self._status
+        status["state"] = _STATES.get(record["event"], status.get("state", "training"))
+        status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record["time"]))
+        status["last_event"] = record["event"]
+        for key in ("epoch", "global_step", "steps_per_s", "eta", "loss", "val_loss", "val_pesq", "signal"):
+            if key in record:
+                status[key] = record[key]
+        entries = read_index(self.run_dir)
+        for kind, name in (("last", "last_save"), ("best", "best")):
+            if kind in entries:
+                entry = entries[kind]
+                status[name] = {"file": entry.file, "epoch": entry.epoch, "global_step": entry.global_step,
+                                "created": entry.created, **({"metric": entry.metric} if kind == "best" else {})}
+        path = self.run_dir / STATUS_NAME
+        temporary = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
+        try:
+            fd = open_in_run_dir(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with open(fd, "w", encoding="utf-8") as handle:
+                json.dump(status, handle, indent=1, default=str)
+                handle.write("\n")
+            os.replace(temporary, path)
+        except (OSError, UserError) as error:
+            temporary.unlink(missing_ok=True)
+            if not self._status_failed:
+                self._status_failed = True
+                log.warning("Could not update %s (%s); training goes on", path, getattr(error, "strerror", None) or error)
 
     def close(self) -> None:
         if self._metrics_fd is not None:
