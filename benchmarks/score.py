@@ -44,7 +44,7 @@ def write_files(folder: Path, count: int, seconds: float, seed: int) -> list[tup
     """
     import soundfile
 
-    from bench_common import speech_pairs  # imports torch (via bsrnn.audio): child process only
+    from bench_common import speech_pairs  # imports torch (via bsrnn.data): child process only
 
     (folder / "clean").mkdir()
     (folder / "enhanced").mkdir()
@@ -61,7 +61,7 @@ def per_metric_seconds(pairs: list[tuple[str, str, str]], files: int = 4) -> dic
     """Mean in-process seconds per file for reading and for each metric family."""
     from bsrnn.metrics.composite import composite_distortions
     from bsrnn.metrics.pesq_pool import wideband_pesq
-    from bsrnn.metrics.scoring import _stoi, read_mono_16k
+    from bsrnn.metrics.scoring import classic_stoi, read_mono_16k
 
     totals = {"read": 0.0, "pesq": 0.0, "composite (llr, wss, ssnr)": 0.0, "stoi": 0.0}
     for _, clean_path, enhanced_path in pairs[:files]:
@@ -69,7 +69,7 @@ def per_metric_seconds(pairs: list[tuple[str, str, str]], files: int = 4) -> dic
         clean, enhanced = read_mono_16k(clean_path), read_mono_16k(enhanced_path)
         totals["read"] += time.perf_counter() - started
         for name, function in (("pesq", wideband_pesq), ("composite (llr, wss, ssnr)", lambda c, e: composite_distortions(c, e, 16000)),
-                               ("stoi", _stoi)):
+                               ("stoi", classic_stoi)):
             started = time.perf_counter()
             function(clean, enhanced)
             totals[name] += time.perf_counter() - started
@@ -79,10 +79,10 @@ def per_metric_seconds(pairs: list[tuple[str, str, str]], files: int = 4) -> dic
 def helper_start_seconds() -> float:
     """From spawning one scoring helper to its warm-up (imports) being done (the spawn path)."""
     from bsrnn.metrics.pesq_pool import start_workers
-    from bsrnn.metrics.scoring import _warm_up
+    from bsrnn.metrics.scoring import import_scoring_libraries
 
     started = time.perf_counter()
-    executor, warming = start_workers(1, _warm_up)
+    executor, warming = start_workers(1, import_scoring_libraries)
     try:
         wait(warming)
         return time.perf_counter() - started
@@ -94,18 +94,18 @@ def helper_start_seconds() -> float:
 def legacy_code_path(enabled: bool) -> Iterator[None]:
     """Within the block, score as before the scoring changes: helpers always spawned, and this
     process's OpenBLAS left at its default thread count. Lets one run attribute the change."""
-    from bsrnn.metrics import scoring
+    from bsrnn.metrics import parallel
 
     if not enabled:
         yield
         return
-    saved = scoring._fork_is_safe, scoring._single_threaded_blas
-    scoring._fork_is_safe = lambda: False
-    scoring._single_threaded_blas = contextlib.nullcontext
+    saved = parallel.fork_is_safe, parallel.single_threaded_blas
+    parallel.fork_is_safe = lambda: False
+    parallel.single_threaded_blas = contextlib.nullcontext
     try:
         yield
     finally:
-        scoring._fork_is_safe, scoring._single_threaded_blas = saved
+        parallel.fork_is_safe, parallel.single_threaded_blas = saved
 
 
 def _spin(seconds: float) -> float:
@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers needs counts >= 1 and --repeats >= 1")
 
     from bsrnn.metrics import score_files
-    from bsrnn.metrics.scoring import _fork_is_safe
+    from bsrnn.metrics.parallel import fork_is_safe
 
     print(describe_machine(with_torch=False))
     with tempfile.TemporaryDirectory(prefix="bsrnn-score-bench-") as scratch:
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
         pairs = [(name, str(Path(scratch) / "clean" / name), str(Path(scratch) / "enhanced" / name))
                  for name in names]
         print(f"{len(pairs)} file pairs x {args.seconds:g} s in {scratch}; helpers will be "
-              f"{'forked (no torch, no threads here)' if _fork_is_safe() else 'spawned'}")
+              f"{'forked (no torch, no threads here)' if fork_is_safe() else 'spawned'}")
         score_files(pairs[:1], workers=1, progress=False)  # import scipy/pystoi here first
         variants = [(f"{count} worker{'s' if count > 1 else ''}", count, False) for count in counts]
         if not args.no_legacy:

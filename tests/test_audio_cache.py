@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from bsrnn.audio import read_wav, write_wav
+from bsrnn.audio import read_audio, write_audio
 from bsrnn.data.cache import CachedSource, cache_pairs, decode_file
 from bsrnn.data.datasets import TrainSet
 from bsrnn.data.demo import demo_corpus
@@ -25,10 +25,10 @@ def test_a_cached_file_loads_exactly_the_samples_the_file_reader_returns(
     audio = np.random.default_rng(0).uniform(-0.9, 0.9, 16000).astype(np.float32)
     audio[:4] = [-1.0, 1.0 - 2**-15, 0.0, -2**-15]  # the int16 extremes and smallest step
     path = tmp_path / "clip.wav"
-    write_wav(path, audio, 16000, subtype=subtype)
+    write_audio(path, audio, 16000, subtype=subtype)
 
     cached = decode_file(FileSource(path))
-    expected, rate = read_wav(path)
+    expected, rate = read_audio(path)
     loaded, loaded_rate = cached.load()
 
     assert cached.samples.dtype == dtype
@@ -38,9 +38,17 @@ def test_a_cached_file_loads_exactly_the_samples_the_file_reader_returns(
     assert cached.header() == FileSource(path).header()
 
 
+def test_a_16_bit_flac_is_cached_as_int16_and_loads_exactly_what_the_reader_returns(tmp_path: Path) -> None:
+    path = tmp_path / "clip.flac"
+    write_audio(path, np.random.default_rng(0).uniform(-0.9, 0.9, 16000), 16000)
+    cached = decode_file(FileSource(path))
+    assert cached.samples.dtype == np.int16
+    assert np.array_equal(cached.load()[0], read_audio(path)[0])
+
+
 def test_16_bit_files_take_half_the_memory_of_float32(tmp_path: Path) -> None:
     path = tmp_path / "clip.wav"
-    write_wav(path, np.zeros(8000, dtype=np.float32) + 0.25, 16000)
+    write_audio(path, np.zeros(8000, dtype=np.float32) + 0.25, 16000)
     assert decode_file(FileSource(path)).nbytes == 8000 * 2
 
 

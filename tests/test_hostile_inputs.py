@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import struct
 from pathlib import Path
 
@@ -12,13 +13,13 @@ import torch
 
 from bsrnn.audio import wav_truncation
 from bsrnn.checkpoint import CheckpointManager, CheckpointNotFoundError
-from bsrnn.cli.enhance import check_out_dir, collect_wavs
+from bsrnn.cli.enhance import check_out_dir, collect_audio_files
 from bsrnn.data import Corpus, FileSource, Pair
 from bsrnn.data.layout import scan_corpus
 from bsrnn.data.validate import check_finite_samples
 from bsrnn.enhancement import check_input_file, choose_checkpoint, enhance_audio, load_generator, trained_for
 from bsrnn.errors import DataError, UserError
-from bsrnn.metrics.scoring import check_csv_path
+from bsrnn.metrics import check_csv_path
 from bsrnn.models import BSRNN
 from e2e import bsrnn
 
@@ -142,10 +143,55 @@ def test_wav_names_that_differ_only_in_case_are_an_error_naming_both(tmp_path: P
 
 def test_enhance_inputs_take_any_case_of_wav_and_refuse_case_twins(tmp_path: Path) -> None:
     soundfile.write(tmp_path / "a.WAV", speech_like(), 16000)
-    assert collect_wavs([tmp_path]) == [tmp_path / "a.WAV"]
+    assert collect_audio_files([tmp_path]) == [tmp_path / "a.WAV"]
     soundfile.write(tmp_path / "a.wav", speech_like(), 16000)
     with pytest.raises(UserError, match=r"share one \(ignoring case\)"):
-        collect_wavs([tmp_path])
+        collect_audio_files([tmp_path])
+
+
+def test_enhance_inputs_are_the_folder_audio_files_of_every_format(tmp_path: Path) -> None:
+    for name in ("b.flac", "a.wav", "c.ogg", "notes.txt", "._a.wav"):
+        (tmp_path / name).write_bytes(b"")
+    assert collect_audio_files([tmp_path]) == [tmp_path / "a.wav", tmp_path / "b.flac", tmp_path / "c.ogg"]
+
+
+def run_enhance(argv: list[str]) -> int:
+    """``bsrnn enhance`` in this process, as the dispatcher would call it."""
+    from bsrnn.cli import enhance
+
+    parser = argparse.ArgumentParser(prog="bsrnn enhance")
+    enhance.add_arguments(parser)
+    return enhance.run(parser.parse_args(argv))
+
+
+def test_enhanced_outputs_keep_the_input_name_and_format(tmp_path: Path) -> None:
+    run_dir, inputs, out = tmp_path / "run", tmp_path / "in", tmp_path / "out"
+    make_run(run_dir, best=True)
+    inputs.mkdir()
+    soundfile.write(inputs / "x.flac", speech_like(), 16000, subtype="PCM_24")
+    soundfile.write(inputs / "y.ogg", speech_like(seed=1), 16000)
+    soundfile.write(inputs / "z.WAV", speech_like(seed=2), 16000, subtype="FLOAT")
+    soundfile.write(inputs / "w.wav", speech_like(seed=3), 16000, format="FLAC")  # a FLAC named .wav
+
+    assert run_enhance([str(run_dir), str(inputs), "--out", str(out)]) == 0
+    written = {path.name: soundfile.info(str(path)) for path in out.iterdir()}
+    assert {name: (info.format, info.subtype) for name, info in written.items()} == {
+        "x.flac": ("FLAC", "PCM_16"), "y.ogg": ("OGG", "VORBIS"), "z.WAV": ("WAV", "PCM_16"), "w.wav": ("FLAC", "PCM_16")}
+    assert written["x.flac"].frames == 16000 and written["x.flac"].samplerate == 16000
+
+
+def test_an_unreadable_flac_among_good_inputs_is_skipped_naming_it(tmp_path: Path) -> None:
+    run_dir, inputs, out = tmp_path / "run", tmp_path / "in", tmp_path / "out"
+    make_run(run_dir, best=True)
+    inputs.mkdir()
+    soundfile.write(inputs / "good.flac", speech_like(), 16000)
+    whole = (inputs / "good.flac").read_bytes()
+    (inputs / "cut.flac").write_bytes(whole[: len(whole) // 2])
+    (inputs / "text.flac").write_text("not audio")
+    with pytest.raises(UserError, match=r"skipped 2 of 3 input file\(s\)") as caught:
+        run_enhance([str(run_dir), str(inputs), "--out", str(out)])
+    assert str(inputs / "cut.flac") in str(caught.value) and str(inputs / "text.flac") in str(caught.value)
+    assert sorted(path.name for path in out.iterdir()) == ["good.flac"]
 
 
 def test_a_test_set_with_nan_samples_is_refused_by_file_before_any_enhancing(tmp_path: Path) -> None:

@@ -11,7 +11,8 @@ import pytest
 from scipy.linalg import solve_toeplitz
 from scipy.signal import butter, lfilter, sosfiltfilt
 
-from bsrnn.metrics import FileScore, format_table, score_files, score_pair, scoring, write_csv
+from bsrnn.audio import SAMPLE_RATE
+from bsrnn.metrics import FileScore, format_table, parallel, score_files, score_pair, write_csv
 from bsrnn.metrics.composite import (
     SEGSNR_CEILING_DB,
     SEGSNR_FLOOR_DB,
@@ -19,8 +20,6 @@ from bsrnn.metrics.composite import (
     _nearest_peak,
     segmental_snr_frames,
 )
-
-SAMPLE_RATE = 16000
 
 
 def speech_like_signal(seconds: float = 3.0, seed: int = 0) -> np.ndarray:
@@ -151,7 +150,7 @@ def test_score_files_keeps_input_order_and_numbers_in_helper_processes(clean, mo
     pairs = [(f"file{index}", clean, with_white_noise(clean, snr_db))
              for index, snr_db in enumerate((30, 0, 15))]
     in_process = score_files(pairs, workers=1, progress=False)
-    monkeypatch.setattr(scoring, "_SCORE_IN_PARENT", False)  # helpers score every file
+    monkeypatch.setattr(parallel, "_PARENT_TAKES_JOBS", False)  # helpers score every file
     pooled = score_files(pairs, workers=2, progress=False)
     assert [score.file for score in pooled] == ["file0", "file1", "file2"]
     assert pooled == in_process

@@ -49,11 +49,21 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import soundfile
 import torch
 
 from bsrnn import keys
-from bsrnn.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, istft, resample, stft, wav_truncation
+from bsrnn.audio import (
+    HOP_LENGTH,
+    N_FFT,
+    SAMPLE_RATE,
+    AudioInfo,
+    audio_info,
+    istft,
+    resample,
+    stft,
+    unreadable_audio,
+    wav_truncation,
+)
 from bsrnn.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -205,20 +215,17 @@ def check_length(frames: int, rate: int, where: str | Path) -> None:
         )
 
 
-def check_input_file(path: Path) -> None:
-    """Refuse, from its header alone, a file that cannot be enhanced: DataError naming it.
+def check_input_file(path: Path) -> AudioInfo:
+    """The header of a file that can be enhanced; DataError naming it if it cannot.
 
     Cheap (no samples are decoded), so every input is checked before the model is loaded.
     NaN/inf samples only show when decoding: ``check_input_audio``.
     """
+    info = audio_info(path)
     try:
-        info = soundfile.info(str(path))
         truncated = wav_truncation(path)
-    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-        raise DataError(
-            f"{path}: expected an audio file (e.g. WAV) that can be read, found one that cannot ({error}). "
-            "Fix: export it again, e.g. `sox IN -b 16 OUT.wav`, or leave it out"
-        ) from error
+    except OSError as error:
+        raise unreadable_audio(path, error) from error
     if truncated is not None:
         raise DataError(
             f"{path}: expected a complete WAV file, found a truncated one: its header promises "
@@ -228,7 +235,8 @@ def check_input_file(path: Path) -> None:
     if info.frames == 0:
         raise DataError(f"{path}: expected audio samples, found a header with no samples. "
                         "Fix: export it again, or leave it out")
-    check_length(int(info.frames), int(info.samplerate), path)
+    check_length(info.frames, info.rate, path)
+    return info
 
 
 def check_input_audio(audio: np.ndarray, rate: int, where: str | Path) -> None:

@@ -1,10 +1,13 @@
-"""``bsrnn enhance CHECKPOINT_OR_RUN_DIR INPUT... --out DIR``: enhance wav files.
+"""``bsrnn enhance CHECKPOINT_OR_RUN_DIR INPUT... --out DIR``: enhance audio files.
 
-Files of any length (processed in chunks), any sample rate (resampled to 16 kHz and back),
-mono or multi-channel (each channel enhanced); outputs are same-named wavs in ``--out``.
+Files of any format libsndfile reads (WAV, FLAC, OGG, ...), any length (processed in chunks),
+any sample rate (resampled to 16 kHz and back), mono or multi-channel (each channel enhanced).
+Each output keeps its input's file name and format in ``--out``: ``x.flac`` gives ``x.flac``,
+16-bit PCM where the format stores PCM, else the input's own encoding (an Ogg Vorbis stays
+Vorbis).
 
 An input that cannot be enhanced (unreadable, truncated, no samples, shorter than 32 ms,
-NaN/inf samples) is never turned into an output. Given alone, it stops the command with its
+NaN/inf samples, a format libsndfile cannot write back) is never turned into an output. Given alone, it stops the command with its
 reason; among several inputs it is skipped, the others are enhanced, and the command ends
 by naming every skipped file and exits 2. Every input's header is checked before the model is
 loaded, so most such problems show in a second.
@@ -21,7 +24,8 @@ log = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
-    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT", help="wav files or folders of wavs")
+    parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
+                        help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
                         help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
@@ -29,27 +33,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
 
 
-def collect_wavs(inputs: list[Path]) -> list[Path]:
-    """Input files: files as given, and each folder's ``*.wav`` (any case of the suffix).
+def collect_audio_files(inputs: list[Path]) -> list[Path]:
+    """Input files: files as given, and each folder's audio files (``bsrnn.audio.is_audio_file``:
+    any format libsndfile reads, any case of the suffix).
 
     Names that differ only in case (``a.wav``, ``A.WAV``) are refused with the output-name
     clash: on a case-insensitive file system (macOS, Windows) their outputs would be one file.
     """
+    from bsrnn.audio import AUDIO_SUFFIXES, list_audio_files
     from bsrnn.errors import UserError
 
     files: list[Path] = []
     for item in inputs:
         if item.is_dir():
-            found = sorted(path for path in item.iterdir() if path.suffix.lower() == ".wav"
-                           and not path.name.startswith(".") and path.is_file())
+            found = list_audio_files(item)
             if not found:
-                raise UserError(f"Input folder {item}: expected .wav files in it, found none. "
-                                "Fix: pass the folder that holds the wavs, or the files themselves")
+                raise UserError(f"Input folder {item}: expected audio files in it "
+                                f"({', '.join(sorted(AUDIO_SUFFIXES))}), found none. "
+                                "Fix: pass the folder that holds them, or the files themselves")
             files.extend(found)
         elif item.is_file():
             files.append(item)
         else:
-            raise UserError(f"Input {item}: expected a wav file or a folder of wavs, found nothing there. "
+            raise UserError(f"Input {item}: expected an audio file or a folder of them, found nothing there. "
                             "Fix: check the path")
     by_name: dict[str, list[Path]] = {}
     for path in files:
@@ -77,11 +83,11 @@ def check_out_dir(out_dir: Path, files: list[Path]) -> None:
 def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from bsrnn.audio import read_wav, write_wav
+    from bsrnn.audio import output_format_like, read_audio, write_audio
     from bsrnn.enhancement import check_input_file, enhance_audio, load_generator
     from bsrnn.errors import UserError
 
-    files = collect_wavs(args.inputs)
+    files = collect_audio_files(args.inputs)
     out_dir: Path = args.out
     check_out_dir(out_dir, files)
     skipped: list[Path] = []
@@ -93,9 +99,10 @@ def run(args: argparse.Namespace) -> int:
         skipped.append(path)
 
     usable = []
+    formats: dict[Path, tuple[str, str]] = {}
     for path in files:
         try:
-            check_input_file(path)
+            formats[path] = output_format_like(check_input_file(path), out_dir / path.name)
             usable.append(path)
         except UserError as error:
             skip(path, error)
@@ -111,13 +118,14 @@ def run(args: argparse.Namespace) -> int:
                             f"({error.strerror or error}). Fix: choose a writable place") from error
     written = 0
     for path in tqdm(usable, desc="enhance", disable=None):
+        container, subtype = formats[path]
         try:
-            audio, rate = read_wav(path)
+            audio, rate = read_audio(path)
             enhanced = enhance_audio(generator.model, audio, rate, args.device, where=path)
+            write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container)
         except UserError as error:
             skip(path, error)
             continue
-        write_wav(out_dir / path.name, enhanced, rate)
         written += 1
     if usable:
         print(f"Wrote {written} file(s) to {out_dir}")

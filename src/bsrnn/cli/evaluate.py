@@ -33,8 +33,7 @@ def run(args: argparse.Namespace) -> int:
     from bsrnn.data.validate import check_finite_samples
     from bsrnn.enhancement import enhance_waveform, load_generator
     from bsrnn.errors import UserError
-    from bsrnn.metrics import format_table, score_files, write_csv
-    from bsrnn.metrics.scoring import check_csv_path
+    from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
 
     if args.csv is not None:
         check_csv_path(args.csv)

@@ -1,9 +1,12 @@
-"""``bsrnn score CLEAN_DIR ENHANCED_DIR``: score any system's enhanced wavs the way ours are.
+"""``bsrnn score CLEAN_DIR ENHANCED_DIR``: score any system's enhanced files the way ours are.
 
-Every ``*.wav`` name present in both folders is scored (PESQ wide band, CSIG, CBAK, COVL, SSNR,
-STOI at 16 kHz) with the same code as ``bsrnn evaluate``; the means are printed as a table and
-``--csv`` writes one row per file. Inputs are checked before any scoring starts, so a bad file
-fails in a second, not after an hour.
+Files pair by name, the file name without its suffix, whatever their formats (any format
+libsndfile reads: ``x.flac`` in CLEAN_DIR pairs with ``x.wav`` in ENHANCED_DIR). Every name
+present in both folders is scored (PESQ wide band, CSIG, CBAK, COVL, SSNR, STOI at 16 kHz)
+with the same code as ``bsrnn evaluate``; the means are printed as a table and ``--csv``
+writes one row per file, named by the clean reference's file name (the name that stays the
+same whichever system's outputs are scored). Inputs are checked before any scoring starts, so
+a bad file fails in a second, not after an hour.
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ import argparse
 import logging
 import os
 from pathlib import Path
+from typing import NamedTuple
 
-from bsrnn.errors import UserError
+from bsrnn.errors import DataError, UserError
 
 log = logging.getLogger(__name__)
 
@@ -30,9 +34,9 @@ def _available_cpus() -> int:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clean_dir", metavar="CLEAN_DIR", type=Path,
-                        help="folder of clean reference wavs")
+                        help="folder of clean reference audio files (WAV, FLAC, ...)")
     parser.add_argument("enhanced_dir", metavar="ENHANCED_DIR", type=Path,
-                        help="folder of enhanced wavs with the same file names")
+                        help="folder of enhanced audio files with the same names (any format)")
     parser.add_argument("--csv", metavar="FILE", type=Path, default=None,
                         help="write one row per file (file, pesq, csig, cbak, covl, ssnr, stoi, "
                              "duration_s, error)")
@@ -41,13 +45,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              f"{_available_cpus()} here)")
 
 
-def _wav_names(folder: Path, role: str) -> set[str]:
+class ScorePair(NamedTuple):
+    """One row to score: the clean file's name (the CSV's ``file``) and both paths."""
+
+    file: str
+    clean: Path
+    enhanced: Path
+
+
+def _audio_by_name(folder: Path, role: str) -> dict[str, Path]:
+    from bsrnn.audio import audio_files_by_name, describe_name_clashes
+
     if not folder.is_dir():
         found = "a file" if folder.exists() else "nothing"
-        raise UserError(f"{role} {folder}: expected a folder of .wav files, found {found}. "
+        raise UserError(f"{role} {folder}: expected a folder of audio files, found {found}. "
                         f"Fix: check the path")
-    return {path.name for path in folder.iterdir()
-            if path.suffix.lower() == ".wav" and path.is_file()}
+    files, clashes = audio_files_by_name(folder)
+    if clashes:
+        raise DataError(f"{role} {folder}: expected one audio file per name, found "
+                        f"{describe_name_clashes(clashes)}. Fix: keep one file of each (rename or "
+                        "remove the others)")
+    return files
 
 
 def _few(names: list[str]) -> str:
@@ -55,41 +73,44 @@ def _few(names: list[str]) -> str:
     return shown + (f", ... ({len(names)} in all)" if len(names) > _EXAMPLES_SHOWN else "")
 
 
-def common_wav_names(clean_dir: Path, enhanced_dir: Path) -> list[str]:
-    """Sorted wav names both folders hold; names only in one folder are warned about."""
-    clean_names = _wav_names(clean_dir, "CLEAN_DIR")
-    enhanced_names = _wav_names(enhanced_dir, "ENHANCED_DIR")
-    common = sorted(clean_names & enhanced_names)
+def pair_by_name(clean_dir: Path, enhanced_dir: Path) -> list[ScorePair]:
+    """The files both folders hold under one name, sorted by the clean file's name; files
+    only in one folder are warned about."""
+    clean = _audio_by_name(clean_dir, "CLEAN_DIR")
+    enhanced = _audio_by_name(enhanced_dir, "ENHANCED_DIR")
+    common = clean.keys() & enhanced.keys()
     if not common:
         raise UserError(
-            f"no .wav file name is in both folders: CLEAN_DIR {clean_dir} has "
-            f"{len(clean_names)} wavs, ENHANCED_DIR {enhanced_dir} has {len(enhanced_names)}. "
+            f"no audio file name (without its suffix) is in both folders: CLEAN_DIR {clean_dir} has "
+            f"{len(clean)} audio files, ENHANCED_DIR {enhanced_dir} has {len(enhanced)}. "
             f"Fix: point both at folders whose enhanced files keep the clean file names"
         )
-    for folder, only in ((clean_dir, clean_names - enhanced_names),
-                         (enhanced_dir, enhanced_names - clean_names)):
+    for folder, files, other in ((clean_dir, clean, enhanced), (enhanced_dir, enhanced, clean)):
+        only = sorted(files[name].name for name in files.keys() - other.keys())
         if only:
-            log.warning("%d wavs only in %s are skipped: %s", len(only), folder, _few(sorted(only)))
-    return common
+            log.warning("%d files only in %s are skipped: %s", len(only), folder, _few(only))
+    pairs = [ScorePair(clean[name].name, clean[name], enhanced[name]) for name in common]
+    return sorted(pairs, key=lambda pair: pair.file)
 
 
-def check_wavs(clean_dir: Path, enhanced_dir: Path, names: list[str]) -> None:
-    """Refuse unreadable, empty and multi-channel wavs up front; say which will be resampled."""
-    from bsrnn.metrics.scoring import SAMPLE_RATE, inspect_wav
+def check_pairs(pairs: list[ScorePair]) -> None:
+    """Refuse unreadable, empty and multi-channel files up front; say which will be resampled."""
+    from bsrnn.audio import SAMPLE_RATE
+    from bsrnn.metrics import inspect_audio
 
     resampled: list[str] = []
     length_mismatch: list[str] = []
-    for name in names:
+    for pair in pairs:
         durations = []
-        for folder in (clean_dir, enhanced_dir):
-            info = inspect_wav(folder / name)
-            if info.samplerate != SAMPLE_RATE:
-                resampled.append(f"{folder / name} ({info.samplerate} Hz)")
-            durations.append(info.frames / info.samplerate)
+        for path in (pair.clean, pair.enhanced):
+            info = inspect_audio(path)
+            if info.rate != SAMPLE_RATE:
+                resampled.append(f"{path} ({info.rate} Hz)")
+            durations.append(info.frames / info.rate)
         if abs(durations[0] - durations[1]) > _LENGTH_MISMATCH_WARN_S:
-            length_mismatch.append(f"{name} ({durations[0]:.2f} s vs {durations[1]:.2f} s)")
+            length_mismatch.append(f"{pair.file} ({durations[0]:.2f} s vs {durations[1]:.2f} s)")
     if resampled:
-        log.info("resampling %d wavs to 16 kHz (scipy.signal.resample_poly) before scoring: %s",
+        log.info("resampling %d files to 16 kHz (scipy.signal.resample_poly) before scoring: %s",
                  len(resampled), _few(resampled))
     if length_mismatch:
         log.warning("%d clean/enhanced pairs differ in length by more than %.1f s and are "
@@ -98,7 +119,7 @@ def check_wavs(clean_dir: Path, enhanced_dir: Path, names: list[str]) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from bsrnn.metrics.scoring import check_csv_path, format_table, score_files, write_csv
+    from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
 
     workers = _available_cpus() if args.workers is None else args.workers
     if workers < 1:
@@ -106,11 +127,10 @@ def run(args: argparse.Namespace) -> int:
                         f"Fix: pass --workers 1 to score in this process")
     if args.csv is not None:
         check_csv_path(args.csv)
-    names = common_wav_names(args.clean_dir, args.enhanced_dir)
-    check_wavs(args.clean_dir, args.enhanced_dir, names)
-    workers = min(workers, len(names))
-    log.info("scoring %d files with %d worker%s", len(names), workers, "s" if workers > 1 else "")
-    pairs = [(name, args.clean_dir / name, args.enhanced_dir / name) for name in names]
+    pairs = pair_by_name(args.clean_dir, args.enhanced_dir)
+    check_pairs(pairs)
+    workers = min(workers, len(pairs))
+    log.info("scoring %d files with %d worker%s", len(pairs), workers, "s" if workers > 1 else "")
     scores = score_files(pairs, workers=workers)
     print(format_table(scores))
     if args.csv is not None:

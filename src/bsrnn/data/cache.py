@@ -1,13 +1,14 @@
 """An in-memory copy of the training set, decoded once (``--cache-audio``).
 
-Every training step otherwise opens and decodes 2 x batch wav files, whose only use is a 2 s
+Every training step otherwise opens and decodes 2 x batch audio files, whose only use is a 2 s
 crop. With the cache, the whole training split is decoded before the first step and each item
 is a slice of an array in memory.
 
-Exactness: 16-bit PCM files, the usual corpus format, are kept as their int16 samples (half
-the memory of float32) and turned into float32 on use by the same scaling libsndfile applies
-(x / 32768, exact in float32), so a cached run is bit-identical to an uncached one (tested). Files of any other encoding are kept
-as the float32 samples ``read_wav`` returns. VoiceBank+DEMAND's training split (11,572 pairs,
+Exactness: 16-bit PCM files (WAV or FLAC), the usual corpus format, are kept as their int16
+samples (half the memory of float32) and turned into float32 on use by the same scaling
+libsndfile applies (x / 32768, exact in float32), so a cached run is bit-identical to an
+uncached one (tested). Files of any other encoding are kept as the float32 samples
+``read_audio`` returns. VoiceBank+DEMAND's training split (11,572 pairs,
 ~9.4 h per side) takes about 2 x 1.1 GB.
 
 Cost: the trainer's deep dataset check has already decoded every file once; the cache decodes
@@ -28,11 +29,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
-import soundfile
 from tqdm import tqdm
 
+from bsrnn.audio import audio_info, read_audio
 from bsrnn.data.sources import AudioHeader, FileSource, Pair
-from bsrnn.errors import DataError
 
 log = logging.getLogger("bsrnn.data")
 
@@ -69,20 +69,15 @@ class CachedSource:
 
 
 def decode_file(source: FileSource) -> CachedSource:
-    """The clip of ``source`` in memory: int16 if the file is 16-bit PCM, else float32."""
+    """The clip of ``source`` in memory: int16 if the file is 16-bit PCM, else float32.
+
+    16-bit FLAC counts as 16-bit PCM: libsndfile hands out its samples exactly as a WAV's.
+    A file that cannot be read raises the ``AudioFileError`` naming it.
+    """
     where = str(source.path)
-    try:
-        subtype = soundfile.info(where).subtype
-        if subtype == "PCM_16":
-            samples, rate = soundfile.read(where, dtype="int16", always_2d=True)
-            samples = np.ascontiguousarray(samples.T)
-            samples = samples[0] if samples.shape[0] == 1 else samples
-            return CachedSource(samples, int(rate), where)
-    except (soundfile.SoundFileError, RuntimeError, OSError) as error:
-        raise DataError(
-            f"Cannot cache audio file {where}: expected a readable WAV file, found: {error}. "
-            "Fix: check the file, or train without --cache-audio to see the dataset check's report."
-        ) from error
+    if audio_info(source.path).subtype == "PCM_16":
+        samples, rate = read_audio(source.path, dtype="int16")
+        return CachedSource(samples, rate, where)
     samples, rate = source.load()
     return CachedSource(samples, rate, where)
 

@@ -6,10 +6,12 @@ Two on-disk layouts are recognised under a data directory DATA:
 - VoiceBank+DEMAND as distributed: ``DATA/clean_trainset_28spk_wav``,
   ``DATA/noisy_trainset_28spk_wav``, ``DATA/clean_testset_wav``, ``DATA/noisy_testset_wav``.
 
-A pair is a clean and a noisy ``*.wav`` of the same file name in the same split; its name is
-the file name without ``.wav``. Pairs are sorted by name in natural order (``p2`` before
-``p10``), as the reference's ``natsorted``. Hidden files (``.*``, e.g. macOS ``._x.wav``) and
-other extensions are ignored.
+A folder's audio files are those ``bsrnn.audio.is_audio_file`` accepts: any format libsndfile
+reads (``.wav``, ``.flac``, ``.ogg``, ``.aiff``, ...; hidden files such as macOS ``._x.wav``
+and other suffixes are ignored). A file's name is its file name without the suffix, and a pair
+is a clean and a noisy file of the same name in the same split, whatever their formats
+(``x.flac`` pairs with ``x.wav``). Pairs are sorted by name in natural order (``p2`` before
+``p10``), as the reference's ``natsorted``.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from bsrnn.audio import write_wav
+from bsrnn.audio import audio_files_by_name, describe_name_clashes, write_audio
 from bsrnn.data.report import DataProblem, ProblemReport
 from bsrnn.data.sources import FileSource, Pair
 from bsrnn.errors import DataError, UserError
@@ -81,20 +83,6 @@ def natural_key(name: str) -> list[int | str]:
     return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
 
-def _wav_files(folder: Path) -> tuple[dict[str, Path], list[list[Path]]]:
-    """The folder's wavs by name (file name without the suffix), and groups of names that
-    differ only in case (``p0.wav``/``p0.WAV``): one of those would silently shadow the other,
-    and a case-insensitive file system (macOS, Windows) cannot even hold both."""
-    files: dict[str, Path] = {}
-    by_folded_name: dict[str, list[Path]] = {}
-    for entry in sorted(folder.iterdir()):
-        if entry.name.startswith(".") or entry.suffix.lower() != ".wav" or not entry.is_file():
-            continue
-        files[entry.stem] = entry
-        by_folded_name.setdefault(entry.name.casefold(), []).append(entry)
-    return files, [group for group in by_folded_name.values() if len(group) > 1]
-
-
 def _layouts_looked_for(data_dir: Path, splits: Iterable[str]) -> str:
     lines = ["Layouts looked for:"]
     for layout in LAYOUTS:
@@ -115,10 +103,11 @@ def _choose_layout(data_dir: Path, splits: tuple[str, ...]) -> Layout:
 def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[Corpus, ProblemReport]:
     """The corpus under ``data_dir`` and the structural problems found on the way.
 
-    Structural problems are missing folders, folders without wavs and names present on one
-    side only; unpaired files are left out of the corpus. Files are not opened here. Wav names
-    that differ only in case in one folder raise a DataError naming each group (with the
-    other problems found): which of them a pair should use cannot be guessed.
+    Structural problems are missing folders, folders without audio files and names present on
+    one side only; unpaired files are left out of the corpus. Files are not opened here. Files
+    of one folder whose names differ only in case, or only in format (``x.wav``, ``x.flac``),
+    raise a DataError naming each group (with the other problems found): which of them a pair
+    should use cannot be guessed.
     """
     root = Path(data_dir)
     wanted = tuple(splits)
@@ -131,7 +120,7 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     layout = _choose_layout(root, wanted)
     corpus = Corpus(root=root, layout=layout.name)
     report = ProblemReport()
-    case_clashes: list[list[Path]] = []
+    name_clashes: list[list[Path]] = []
     for split in wanted:
         folders = {side: root / layout.folders[(split, side)] for side in SIDES}
         missing = [folder for folder in folders.values() if not folder.is_dir()]
@@ -141,28 +130,25 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
             continue
         files: dict[str, dict[str, Path]] = {}
         for side, folder in folders.items():
-            files[side], clashes = _wav_files(folder)
-            case_clashes.extend(clashes)
+            files[side], clashes = audio_files_by_name(folder)
+            name_clashes.extend(clashes)
         for side, folder in folders.items():
             if not files[side]:
-                report.add(DataProblem.of("no_wavs", str(folder), "no .wav files"))
+                report.add(DataProblem.of("no_audio", str(folder), "no audio files"))
         for side, other in (("clean", "noisy"), ("noisy", "clean")):
             for name in sorted(files[side].keys() - files[other].keys(), key=natural_key):
-                report.add(
-                    DataProblem.of("name_mismatch", str(files[side][name]), f"no {name}.wav in {folders[other]}")
-                )
+                detail = f"no audio file named {name} in {folders[other]}"
+                report.add(DataProblem.of("name_mismatch", str(files[side][name]), detail))
         names = sorted(files["clean"].keys() & files["noisy"].keys(), key=natural_key)
         corpus.split(split).extend(
             Pair(name, FileSource(files["clean"][name]), FileSource(files["noisy"][name])) for name in names
         )
     if report.kinds().get("missing_folder"):
         report.notes.append(_layouts_looked_for(root, wanted))
-    if case_clashes:
-        shown = "; ".join(" and ".join(str(path) for path in group) for group in case_clashes[:5])
-        more = f" (and {len(case_clashes) - 5} more)" if len(case_clashes) > 5 else ""
+    if name_clashes:
         message = (
-            f"Data directory {root}: expected one file per name, found {len(case_clashes)} name(s) that differ "
-            f"only in case: {shown}{more}. Fix: keep one file of each (rename or remove the others)."
+            f"Data directory {root}: expected one audio file per name, found {describe_name_clashes(name_clashes)}. "
+            "Fix: keep one file of each (rename or remove the others)."
         )
         if len(report):
             message += "\n" + report.message(f"Data directory {root}")
@@ -204,6 +190,6 @@ def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, s
     for path, source in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         samples, rate = source.load()
-        write_wav(path, samples, rate, subtype=subtype)
+        write_audio(path, samples, rate, subtype=subtype)
     logger.info("Wrote %d files under %s", len(targets), root)
     return root

@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import NamedTuple
 
-from bsrnn.audio import N_FFT, SAMPLE_RATE
+from bsrnn.audio import AUDIO_SUFFIXES, N_FFT, READABLE, SAMPLE_RATE
 from bsrnn.errors import DataError
 
 FILES_SHOWN_PER_KIND = 5
@@ -29,10 +29,14 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
         "the corpus folders of one supported layout (listed below)",
         "create the folders or point --data-dir at the folder that holds them",
     ),
-    "no_wavs": ProblemKind("folders without .wav files", "at least one .wav file", "copy the corpus files there"),
+    "no_audio": ProblemKind(
+        "folders without audio files",
+        f"at least one audio file ({', '.join(sorted(AUDIO_SUFFIXES))})",
+        "copy the corpus files there",
+    ),
     "name_mismatch": ProblemKind(
         "clean/noisy name mismatches",
-        "the same file names in the clean and the noisy folder of a split",
+        "the same names (file names without their suffix) in the clean and the noisy folder of a split",
         "add the missing partner files or remove the unpaired ones",
     ),
     "missing": ProblemKind("missing files", "the file to exist", "restore the file or remove its partner"),
@@ -42,8 +46,10 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "empty": ProblemKind(
         "empty files", "audio samples", "re-copy the file from the original corpus, or delete the pair"
     ),
-    "not_wav": ProblemKind(
-        "files that are not WAV audio", "a WAV file", "convert it, e.g. `sox IN -b 16 OUT.wav`, or delete the pair"
+    "not_audio": ProblemKind(
+        "files that are not readable audio",
+        READABLE,
+        "convert it, e.g. `sox IN -b 16 OUT.flac`, or delete the pair",
     ),
     "rate": ProblemKind(
         "wrong sample rate",

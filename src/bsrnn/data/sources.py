@@ -1,4 +1,4 @@
-"""Where a clip's samples come from: a wav file on disk or an array in memory.
+"""Where a clip's samples come from: an audio file on disk or an array in memory.
 
 The corpus, its validation and the datasets only talk to ``AudioSource``: ``header()`` (rate,
 channels, frames, cheap) and ``load()`` (the samples). That lets the built-in demo corpus live
@@ -16,16 +16,12 @@ from pathlib import Path
 from typing import NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
-import soundfile
 
-from bsrnn.audio import N_FFT, SAMPLE_RATE, read_wav
+from bsrnn.audio import N_FFT, SAMPLE_RATE, AudioFileError, audio_info, read_audio
 from bsrnn.data.report import DataProblem
-from bsrnn.errors import DataError
 
 SILENCE_PEAK = 1.0 / 32768.0
 """A clip whose peak is at most one 16-bit step is treated as all-silent."""
-
-_WAV_MAGIC = (b"RIFF", b"RIFX", b"RF64")
 
 
 class AudioHeader(NamedTuple):
@@ -55,7 +51,7 @@ class AudioSource(Protocol):
 
 @dataclass(frozen=True)
 class FileSource:
-    """A clip in an audio file; header checks read only the first bytes."""
+    """A clip in an audio file of any format libsndfile reads; ``header()`` decodes nothing."""
 
     path: Path
 
@@ -71,28 +67,27 @@ class FileSource:
         if size == 0:
             raise DataProblem.of("empty", where, "a file of 0 bytes")
         try:
-            with open(self.path, "rb") as handle:
+            with open(self.path, "rb") as handle:  # only to tell permissions from damage
                 head = handle.read(12)
         except PermissionError:
             raise DataProblem.of("unreadable", where, "permission denied") from None
         except OSError as error:
             raise DataProblem.of("unreadable", where, f"an I/O error ({error.strerror})") from error
-        if head[:4] not in _WAV_MAGIC or head[8:12] != b"WAVE":
-            raise DataProblem.of("not_wav", where, f"a file starting with {head[:12]!r}")
         try:
-            info = soundfile.info(where)
-        except (soundfile.SoundFileError, RuntimeError) as error:
-            raise DataProblem.of("not_wav", where, f"a damaged WAV header ({error})") from error
+            info = audio_info(self.path)
+        except AudioFileError as error:
+            raise DataProblem.of("not_audio", where, f"{error.reason}, starting with {head!r}") from error
         if info.frames == 0:
-            raise DataProblem.of("empty", where, "a WAV header with no samples")
-        return AudioHeader(int(info.samplerate), int(info.channels), int(info.frames))
+            raise DataProblem.of("empty", where, f"a {info.format} header with no samples")
+        return AudioHeader(info.rate, info.channels, info.frames)
 
     def load(self) -> tuple[np.ndarray, int]:
         try:
-            return read_wav(self.path)
-        except DataError as error:
+            return read_audio(self.path)
+        except AudioFileError as error:
             self.header()  # raises a classified problem when it can tell what is wrong
-            raise DataProblem.of("not_wav", str(self.path), "audio that cannot be decoded") from error
+            detail = f"audio that cannot be decoded ({error.reason})"
+            raise DataProblem.of("not_audio", str(self.path), detail) from error
 
 
 @dataclass(frozen=True, eq=False)
@@ -118,7 +113,7 @@ class ArraySource:
 
 
 class Pair(NamedTuple):
-    """One corpus entry: its name (the file name without ``.wav``) and both sides."""
+    """One corpus entry: its name (the file name without its suffix) and both sides."""
 
     name: str
     clean: AudioSource

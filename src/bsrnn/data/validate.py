@@ -1,9 +1,10 @@
 """Check a whole corpus before anything trains on it, and report every problem at once.
 
-The default scan reads only each file's first bytes and its WAV header (``soundfile.info``,
-well under a millisecond per file, so VoiceBank+DEMAND's 24k files take seconds): missing,
-unreadable, empty and non-WAV files, the sample rate (16 kHz), the channel count (mono), the
-length (at least one 512-sample frame) and equal clean/noisy lengths, as the reference asserts.
+The default scan reads only each file's first bytes and its header (``bsrnn.audio.audio_info``,
+well under a millisecond per file, so VoiceBank+DEMAND's 24k files take seconds), and decodes
+no sample: missing, unreadable, empty files and files libsndfile cannot read, the sample rate
+(16 kHz), the channel count (mono), the length (at least one 512-sample frame) and equal
+clean/noisy lengths, as the reference asserts.
 ``deep=True`` also decodes every clip to find NaN/inf samples and all-silent clips, which no
 header can reveal.
 

@@ -51,7 +51,7 @@ def _orphan_watch(parent_pid: int) -> None:
             os._exit(1)  # the parent died without shutting the pool down (e.g. SIGKILL)
 
 
-def _init_worker(parent_pid: int) -> None:
+def init_worker(parent_pid: int) -> None:
     """Leave signals to the parent and never outlive it.
 
     Ctrl-C reaches the whole process group and SLURM signals every process of a job step;
@@ -163,7 +163,7 @@ def start_workers(workers: int, warm_up: Callable[[], None] = _no_warm_up
                          f"{warm_up.__qualname__} in __main__ (workers do not run the main script); "
                          "move it into a module")
     executor = ProcessPoolExecutor(max_workers=workers, mp_context=worker_context(),
-                                   initializer=_init_worker, initargs=(os.getpid(),))
+                                   initializer=init_worker, initargs=(os.getpid(),))
     with _single_threaded_children():
         warming = [executor.submit(warm_up) for _ in range(workers)]
     return executor, warming
