@@ -117,3 +117,39 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+def test_an_exported_bundle_describes_itself_and_enhances_like_its_checkpoint(tmp_path: Path) -> None:
+    import json
+
+    import numpy as np
+
+    from bsrnn.bundle import SIGNAL, read_bundle
+    from bsrnn.enhancement import enhance_waveform, load_generator
+    from bsrnn.models import BSRNN
+
+    run = tmp_path / "run"
+    with CheckpointManager(run) as manager:
+        manager.register("model_state_dict", BSRNN(num_channel=4, num_layer=1))
+        manager.save(metric=0.4, values={"epoch": 2, "global_step": 30, "config": {"num_channel": 4, "num_layer": 1}})
+    out = tmp_path / "model.safetensors"
+    assert main(["ckpt", "export", str(run), "--out", str(out)]) == 0
+    model, metadata = read_bundle(out)
+    assert json.loads(metadata["model"]) == {"class": "BSRNN", "num_channel": 4, "num_layer": 1}
+    assert json.loads(metadata["signal"]) == SIGNAL and metadata["global_step"] == "30"
+    audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
+    from_bundle = load_generator(out)
+    assert from_bundle.epoch == 2 and "bundle" in from_bundle.describe()
+    assert np.array_equal(enhance_waveform(from_bundle.model, audio), enhance_waveform(load_generator(run).model, audio))
+
+
+def test_a_safetensors_file_that_is_not_a_bundle_is_refused_clearly(tmp_path: Path) -> None:
+    from safetensors.torch import save_file
+
+    from bsrnn.enhancement import load_generator
+    from bsrnn.errors import UserError
+
+    other = tmp_path / "other.safetensors"
+    save_file({"w": torch.zeros(2)}, str(other))
+    with pytest.raises(UserError, match="without bsrnn's metadata"):
+        load_generator(other)

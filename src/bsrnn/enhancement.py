@@ -41,6 +41,7 @@ measured: no GPU was available).
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 from collections.abc import Mapping
@@ -64,6 +65,7 @@ from bsrnn.audio import (
     unreadable_audio,
     wav_truncation,
 )
+from bsrnn.bundle import is_bundle, read_bundle
 from bsrnn.checkpoint import (
     BEST_NAME,
     LAST_NAME,
@@ -177,6 +179,13 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
 
     ``which`` chooses within a run directory (see ``choose_checkpoint``: ``auto`` prefers best).
     """
+    if is_bundle(location):
+        model, metadata = read_bundle(Path(location))
+        model.to(device)
+        epoch = metadata.get("epoch", "")
+        epoch = int(epoch) if epoch.lstrip("-").isdigit() else -1
+        return LoadedGenerator(model, Path(location), epoch, json.loads(metadata.get("model", "{}")),
+                               "a model bundle exported from " + metadata.get("source", "a checkpoint"))
     loaded, reason = choose_checkpoint(location, which)
     weights = loaded.get(keys.GENERATOR)
     if not isinstance(weights, Mapping) or not weights:

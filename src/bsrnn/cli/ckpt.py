@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -30,9 +29,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("path", type=Path, help="a run directory or a checkpoint file")
     verify.set_defaults(_action=_verify)
 
-    export = sub.add_parser("export", help="write the generator weights as a .safetensors file",
+    export = sub.add_parser("export", help="write the generator as a self-describing .safetensors bundle",
                             description="Write the generator's weights (no optimizer state) as a "
-                            ".safetensors file whose metadata names the source checkpoint and architecture.")
+                            ".safetensors bundle whose metadata holds the architecture, the signal front end "
+                            "and the source checkpoint; `bsrnn enhance` and `evaluate` accept it in place of "
+                            "a run directory.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
     export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
     export.add_argument("--load", choices=["auto", "last", "best"], default="auto")
@@ -82,27 +83,18 @@ def _verify(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from bsrnn import keys
+    from bsrnn.bundle import BUNDLE_SUFFIX, write_bundle
     from bsrnn.checkpoint import load_checkpoint
     from bsrnn.errors import UserError
 
-    if args.out.suffix != ".safetensors":
-        raise UserError(f"--out must end in .safetensors, got {args.out}")
-    from safetensors.torch import save_file
-
+    if args.out.suffix != BUNDLE_SUFFIX:
+        raise UserError(f"--out must end in {BUNDLE_SUFFIX}, got {args.out}")
+    if args.out.is_dir():
+        raise UserError(f"--out {args.out}: expected a file name, found a folder. Fix: e.g. --out {args.out}/model.safetensors")
     loaded = load_checkpoint(args.checkpoint, args.load)
-    weights = loaded.payload.get(keys.GENERATOR)
-    if not weights:
-        raise UserError(f"{loaded.path} holds no {keys.GENERATOR} to export")
-    metadata = {"source": str(loaded.path), "sha256": loaded.digest}
-    config = loaded.payload.get("config") or {}
-    for key in ("num_channel", "num_layer"):
-        if key in config:
-            metadata[key] = str(config[key])
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(args.out), metadata=metadata)
-    os.chmod(args.out, 0o644 & ~_umask())  # safetensors writes 0600; a shared model file is readable like a checkpoint
-    print(f"Wrote {len(weights)} generator tensors to {args.out}")
+    count = write_bundle(loaded, args.out)
+    print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}); use it with `bsrnn enhance {args.out} ...`")
     return 0
 
 
@@ -113,8 +105,3 @@ def _migrate(args: argparse.Namespace) -> int:
     print(result)
     return 0
 
-
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask

@@ -23,7 +23,8 @@ log = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("checkpoint", type=Path, help="checkpoint file or run directory")
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
+                        help="checkpoint file, run directory, or model bundle from `bsrnn ckpt export`")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")

@@ -1,0 +1,113 @@
+"""A trained generator as one self-describing file: ``bsrnn ckpt export`` writes it, ``enhance`` reads it.
+
+A checkpoint holds the whole training state (both networks, both optimizers, RNG streams): far
+more than a model to ship, and it needs bsrnn's config conventions to rebuild the network. The
+bundle is a ``.safetensors`` file (weights only; loading it can run no code) whose metadata says
+everything needed to use it without the run directory:
+
+- ``format`` ``bsrnn-generator``, ``format_version`` ``1``;
+- ``model``: JSON, the class and its constructor arguments (``num_channel``, ``num_layer``);
+- ``signal``: JSON, the front end the weights expect (sample rate, FFT size, hop, window,
+  magnitude compression exponent);
+- where it came from: the source checkpoint's path and SHA-256, its epoch and global step, and
+  the bsrnn version that exported it.
+
+``bsrnn enhance BUNDLE.safetensors ...`` and ``bsrnn evaluate BUNDLE.safetensors ...`` accept it
+in place of a run directory or checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from bsrnn import __version__, keys
+from bsrnn.audio import COMPRESSION_EXPONENT, HOP_LENGTH, N_FFT, SAMPLE_RATE
+from bsrnn.checkpoint import LoadedCheckpoint
+from bsrnn.errors import UserError
+from bsrnn.models import BSRNN
+
+BUNDLE_FORMAT = "bsrnn-generator"
+BUNDLE_VERSION = 1
+BUNDLE_SUFFIX = ".safetensors"
+SIGNAL = {"sample_rate": SAMPLE_RATE, "n_fft": N_FFT, "hop_length": HOP_LENGTH, "window": "hann",
+          "compression_exponent": COMPRESSION_EXPONENT}
+"""The front end every generator of this package expects (``bsrnn.audio``)."""
+
+
+def is_bundle(location: Path | str) -> bool:
+    return Path(location).suffix == BUNDLE_SUFFIX and not Path(location).is_dir()
+
+
+def write_bundle(loaded: LoadedCheckpoint, out: Path) -> int:
+    """Write the generator of a verified checkpoint as a bundle at ``out``; return its tensor count.
+
+    Written to a temporary beside ``out`` and renamed, so ``out`` is never half a file, and made
+    readable like a checkpoint (safetensors itself creates files readable by the owner only).
+    """
+    from safetensors.torch import save_file
+
+    weights = loaded.get(keys.GENERATOR)
+    if not isinstance(weights, Mapping) or not weights:
+        raise UserError(f"{loaded.path} holds no {keys.GENERATOR} to export. Fix: export a checkpoint written "
+                        "by `bsrnn train` or `bsrnn ckpt migrate`.")
+    config = loaded.get(keys.CONFIG) or {}
+    model = {"class": "BSRNN", "num_channel": int(config.get("num_channel", 64)),
+             "num_layer": int(config.get("num_layer", 5))}
+    metadata = {
+        "format": BUNDLE_FORMAT, "format_version": str(BUNDLE_VERSION), "model": json.dumps(model),
+        "signal": json.dumps(SIGNAL), "source": str(loaded.path), "source_sha256": loaded.digest,
+        "epoch": str(loaded.get("epoch")), "global_step": str(loaded.get("global_step")),
+        "bsrnn_version": __version__,
+    }
+    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    try:
+        save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(temporary),
+                  metadata=metadata)
+        os.chmod(temporary, 0o644 & ~_umask())
+        os.replace(temporary, out)
+    finally:
+        temporary.unlink(missing_ok=True)
+    return len(weights)
+
+
+def read_bundle(path: Path) -> tuple[BSRNN, dict[str, Any]]:
+    """The generator of a bundle (in eval mode) and its metadata; UserError if it is not one."""
+    from safetensors import SafetensorError, safe_open
+
+    fix = "Fix: pass a file written by `bsrnn ckpt export`, a checkpoint, or a run directory."
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = dict(handle.metadata() or {})
+            weights = {name: handle.get_tensor(name) for name in handle.keys()}
+    except (SafetensorError, OSError) as error:
+        raise UserError(f"{path}: expected a bsrnn model bundle, found a file safetensors cannot read "
+                        f"({error}). {fix}") from error
+    if metadata.get("format") != BUNDLE_FORMAT:
+        raise UserError(f"{path}: expected a bsrnn model bundle, found a .safetensors file without bsrnn's "
+                        f"metadata (format {metadata.get('format')!r}). {fix}")
+    if int(metadata.get("format_version", "0")) > BUNDLE_VERSION:
+        raise UserError(f"{path}: bundle format version {metadata.get('format_version')} is newer than this "
+                        f"bsrnn reads ({BUNDLE_VERSION}). Fix: upgrade bsrnn.")
+    signal = json.loads(metadata.get("signal", "{}"))
+    if signal != SIGNAL:
+        raise UserError(f"{path}: the model expects the front end {signal}, this bsrnn computes {SIGNAL}. "
+                        "Fix: use the bsrnn version that exported it.")
+    spec = json.loads(metadata.get("model", "{}"))
+    model = BSRNN(num_channel=int(spec.get("num_channel", 64)), num_layer=int(spec.get("num_layer", 5)))
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as error:
+        raise UserError(f"{path}: its weights do not fit BSRNN({spec}): {str(error).splitlines()[0]}. {fix}") \
+            from error
+    return model.eval(), metadata
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
