@@ -26,17 +26,19 @@ log = logging.getLogger("bsrnn")
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train (or resume) a BSRNN + MetricGAN run"),
     "evaluate": ("evaluate", "score a checkpoint on a test set (PESQ, CSIG, CBAK, COVL, SSNR, STOI)"),
-    "enhance": ("enhance", "enhance wav files of any length, rate and channel count"),
-    "score": ("score", "score enhanced wavs against clean references"),
+    "enhance": ("enhance", "enhance audio files of any length, rate, channel count and format"),
+    "score": ("score", "score enhanced audio against clean references (any system's outputs)"),
     "ckpt": ("ckpt", "inspect, verify, export and migrate checkpoints"),
     "plot": ("plot", "plot training and validation curves of a run"),
+    "data": ("data", "prepare public corpora (VoiceBank+DEMAND) as 16 kHz training folders"),
 }
 
 
 DESCRIPTION = """\
-Band-Split RNN speech enhancement. Train a model on pairs of clean and noisy
+Band-Split RNN speech enhancement. Prepare a public corpus such as
+VoiceBank+DEMAND for training (data), train a model on pairs of clean and noisy
 recordings (train), check it on a test set (evaluate), remove noise from your
-own wav files with it (enhance), measure any enhanced files against clean ones
+own audio files with it (enhance), measure any enhanced files against clean ones
 (score), draw its training curves (plot) and manage its checkpoints (ckpt).
 
 Try it on built-in demo data first:  bsrnn train --demo --run-dir runs/demo

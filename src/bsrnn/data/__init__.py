@@ -2,7 +2,9 @@
 
 Dependency order inside the package (each module imports only from those before it):
 ``report`` (problem vocabulary) -> ``sources`` (files or arrays) -> ``layout`` (corpus on disk)
--> ``validate`` (whole-corpus checks) -> ``datasets`` / ``sampler`` -> ``synth`` -> ``demo``.
+-> ``validate`` (whole-corpus checks) -> ``datasets`` / ``sampler`` -> ``synth`` -> ``demo``;
+``download`` -> ``voicebank`` -> ``prepare`` (``bsrnn data prepare``: a public release's files
+to a 16 kHz training folder) use ``layout``'s names only.
 
 Typical use by a trainer::
 

@@ -1,0 +1,508 @@
+"""`bsrnn data prepare vbd`: a synthetic 48 kHz VoiceBank+DEMAND release in, training folders out.
+
+The release is made in each test: a few speakers, short files, zipped under the official names
+with their top folders. Downloads go to an HTTP server on 127.0.0.1 started here; nothing
+leaves the machine.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import io
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from bsrnn.cli.main import main
+from bsrnn.data import prepare as prepare_module
+from bsrnn.data.download import DownloadError, download, partial_path
+from bsrnn.data.layout import find_corpus
+from bsrnn.data.prepare import (
+    CHECKSUMS_NAME,
+    MANIFEST_NAME,
+    PROGRESS_NAME,
+    prepare_voicebank,
+)
+from bsrnn.data.voicebank import MIRROR_ENV, fetch_release, release_sets
+from bsrnn.errors import DataError, UserError
+
+TRAIN = {"p226": 3, "p227": 2}
+TEST = {"p232": 2}
+SECONDS = 0.3
+PAIRS = {"train": 5, "test": 2}
+
+
+def _utterance(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarray:
+    """A voiced-sounding tone with harmonics up to the source's Nyquist frequency, plus hiss."""
+    t = np.arange(int(seconds * rate)) / rate
+    f0 = rng.uniform(100, 200)
+    voice = sum(np.sin(2 * np.pi * k * f0 * t) / k for k in range(1, int(rate / 2 / f0)))
+    return 0.2 * voice / np.max(np.abs(voice)) + 0.01 * rng.standard_normal(len(t))
+
+
+def make_release(root: Path, rate: int = 48000, seconds: float = SECONDS, speakers: int = 28,
+                 zipped: bool = True) -> Path:
+    """The release under ``root``: four zips (each with its top folder) or the folders."""
+    rng = np.random.default_rng(0)
+    root.mkdir(parents=True, exist_ok=True)
+    for release in release_sets(speakers):
+        names = [f"{speaker}_{index:03d}" for speaker, count in (TRAIN if release.split == "train" else TEST).items()
+                 for index in range(1, count + 1)]
+        files = {}
+        for name in names:
+            seed = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
+            clean = _utterance(np.random.default_rng(seed), rate, seconds)
+            audio = clean if release.side == "clean" else clean + 0.05 * rng.standard_normal(len(clean))
+            buffer = io.BytesIO()
+            soundfile.write(buffer, audio, rate, format="WAV", subtype="PCM_16")
+            files[f"{name}.wav"] = buffer.getvalue()
+        if zipped:
+            with zipfile.ZipFile(root / release.zip_name, "w", zipfile.ZIP_DEFLATED) as archive:
+                archive.writestr(f"{release.folder}/", b"")
+                for file_name, data in files.items():
+                    archive.writestr(f"{release.folder}/{file_name}", data)
+        else:
+            (root / release.folder).mkdir()
+            for file_name, data in files.items():
+                (root / release.folder / file_name).write_bytes(data)
+    return root
+
+
+def snapshot(out: Path) -> dict[str, bytes]:
+    """Every file under ``out`` except the lock and the progress log, by relative path."""
+    return {str(path.relative_to(out)): path.read_bytes() for path in sorted(out.rglob("*"))
+            if path.is_file() and path.name not in (".lock", PROGRESS_NAME)}
+
+
+def wav_paths(out: Path) -> list[Path]:
+    return sorted(out.glob("*/*/*.wav"))
+
+
+@pytest.fixture(scope="module")
+def release(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_release(tmp_path_factory.mktemp("release") / "vbd")
+
+
+@pytest.fixture(scope="module")
+def reference(release: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One uninterrupted preparation of ``release``: what every other run must reproduce."""
+    out = tmp_path_factory.mktemp("reference") / "out"
+    prepare_voicebank(release, out, progress=False)
+    return out
+
+
+# ----------------------------------------------------------------------------- layout, manifest
+def test_zips_become_the_split_folders_the_trainer_reads(reference: Path) -> None:
+    corpus = find_corpus(reference)
+    assert corpus.layout == "split folders"
+    assert (len(corpus.train), len(corpus.test)) == (PAIRS["train"], PAIRS["test"])
+    assert [pair.name for pair in corpus.test] == ["p232_001", "p232_002"]
+    for path in wav_paths(reference):
+        info = soundfile.info(str(path))
+        assert (info.samplerate, info.channels, info.subtype, info.format) == (16000, 1, "PCM_16", "WAV")
+        assert info.frames == int(SECONDS * 16000)
+
+
+def test_the_manifest_matches_what_was_written(release: Path, reference: Path) -> None:
+    manifest = json.loads((reference / MANIFEST_NAME).read_text())
+    assert manifest["bsrnn_version"]
+    assert manifest["dataset"]["doi"] == "10.7488/ds/2117" and manifest["dataset"]["speakers"] == 28
+    assert manifest["resampler"]["name"] == "soxr" and manifest["resampler"]["quality"] == "HQ"
+    assert manifest["resampler"]["version"]
+    sources = {entry["file"]: entry for entry in manifest["sources"]}
+    assert set(sources) == {path.name for path in release.glob("*.zip")}
+    for name, entry in sources.items():
+        data = (release / name).read_bytes()
+        assert entry["size"] == len(data) and entry["sha256"] == hashlib.sha256(data).hexdigest()
+        assert entry["md5"] == hashlib.md5(data).hexdigest()
+    train, test = manifest["splits"]["train"], manifest["splits"]["test"]
+    assert (train["pairs"], test["pairs"]) == (PAIRS["train"], PAIRS["test"])
+    assert train["speakers"] == ["p226", "p227"] and test["speakers"] == ["p232"]
+    assert train["frames"] == {"clean": 5 * 4800, "noisy": 5 * 4800}
+    assert test["duration_s"] == {"clean": 0.6, "noisy": 0.6}
+    assert train["source_rates"] == {"48000": 10} and train["resampled_files"] == 10
+    checksums = (reference / CHECKSUMS_NAME).read_text().splitlines()
+    assert len(checksums) == manifest["output"]["files"] == 14
+    for line in checksums:
+        digest, relative = line.split("  ")
+        assert hashlib.sha256((reference / relative).read_bytes()).hexdigest() == digest
+    checksums_digest = hashlib.sha256((reference / CHECKSUMS_NAME).read_bytes()).hexdigest()
+    assert manifest["output"]["checksums_sha256"] == checksums_digest
+    assert "time" not in json.dumps(manifest).lower()  # nothing that changes from run to run
+
+
+def test_unpacked_folders_give_the_same_files_as_the_zips(tmp_path: Path, reference: Path) -> None:
+    source = make_release(tmp_path / "vbd", zipped=False)
+    prepare_voicebank(source, tmp_path / "out", progress=False)
+    assert (tmp_path / "out" / CHECKSUMS_NAME).read_bytes() == (reference / CHECKSUMS_NAME).read_bytes()
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    entry = next(e for e in manifest["sources"] if e["set"] == "clean_testset_wav")
+    assert entry["kind"] == "folder" and [f["name"] for f in entry["files"]] == ["p232_001.wav", "p232_002.wav"]
+    data = (source / "clean_testset_wav" / "p232_002.wav").read_bytes()
+    assert entry["files"][1] == {"name": "p232_002.wav", "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+
+
+# ----------------------------------------------------------------------------- byte identity, resume
+def test_a_second_run_rewrites_nothing_and_a_fresh_one_is_byte_identical(
+        release: Path, reference: Path, tmp_path: Path) -> None:
+    before = {path: path.stat().st_mtime_ns for path in reference.rglob("*") if path.is_file()}
+    again = prepare_voicebank(release, reference, progress=False)
+    assert again.written == 0
+    assert {path: path.stat().st_mtime_ns for path in reference.rglob("*") if path.is_file()
+            and path.name != ".lock"} == {p: t for p, t in before.items() if p.name != ".lock"}
+    prepare_voicebank(release, tmp_path / "out", workers=2, progress=False)  # in worker processes too
+    assert snapshot(tmp_path / "out") == snapshot(reference)
+
+
+def test_an_interrupted_run_resumes_and_never_leaves_half_a_file(
+        release: Path, reference: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    out = tmp_path / "out"
+    real_write = prepare_module.write_output
+    calls = []
+
+    def crash_on_the_fifth(final: Path, data: bytes) -> None:
+        calls.extend([final] if final.suffix == ".wav" else [])
+        if len(calls) == 5:  # half the bytes in a temporary beside it, then the power goes
+            temporary = prepare_module.temporary_path(final)
+            temporary.write_bytes(data[: len(data) // 2])
+            raise RuntimeError("power cut")
+        real_write(final, data)
+
+    monkeypatch.setattr(prepare_module, "write_output", crash_on_the_fifth)
+    with pytest.raises(RuntimeError, match="power cut"):
+        prepare_voicebank(release, out, progress=False)
+    monkeypatch.setattr(prepare_module, "write_output", real_write)
+
+    assert not (out / MANIFEST_NAME).exists()  # not a finished corpus
+    assert len(list(out.glob("*/*/.*.partial"))) == 1
+    finished = wav_paths(out)
+    assert len(finished) == 4
+    for path in finished:  # every file under a final name is whole
+        assert path.read_bytes() == (reference / path.relative_to(out)).read_bytes()
+    with open(out / PROGRESS_NAME, "ab") as log:  # and a crash mid-append leaves a torn line
+        log.write(b'{"path": "train/clean/p2')
+
+    result = prepare_voicebank(release, out, progress=False)
+    assert result.written == 14 - 4
+    assert not list(out.rglob("*.partial"))
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_a_killed_run_resumes_to_the_same_bytes(release: Path, reference: Path, tmp_path: Path) -> None:
+    """SIGKILL after five renames, before the progress log names them: they are checked, not redone."""
+    out = tmp_path / "out"
+    script = f"""
+import os, signal
+import bsrnn.data.prepare as prepare
+real, count = prepare.write_output, []
+def write(final, data):
+    real(final, data)
+    count.extend([final] if final.suffix == ".wav" else [])
+    if len(count) == 5:
+        os.kill(os.getpid(), signal.SIGKILL)
+prepare.write_output = write
+from bsrnn.cli.main import main
+main(["data", "prepare", "vbd", {str(release)!r}, "--out", {str(out)!r}, "--workers", "1", "-q"])
+"""
+    killed = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    assert len(wav_paths(out)) == 5 and not (out / MANIFEST_NAME).exists()
+    written = {path: path.stat().st_mtime_ns for path in wav_paths(out)}
+    result = prepare_voicebank(release, out, progress=False)
+    assert result.written == 14 - 5
+    assert {path: path.stat().st_mtime_ns for path in written} == written  # same bytes: left alone
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_damaged_or_missing_outputs_are_redone(release: Path, reference: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    damaged = out / "train" / "noisy" / "p226_002.wav"
+    data = bytearray(damaged.read_bytes())
+    data[-10] ^= 0xFF
+    damaged.write_bytes(bytes(data))
+    (out / "test" / "clean" / "p232_001.wav").unlink()
+    result = prepare_voicebank(release, out, progress=False)
+    assert result.written == 2
+    assert snapshot(out) == snapshot(reference)
+
+
+def test_another_release_in_the_same_out_is_refused_naming_the_difference(release: Path, tmp_path: Path) -> None:
+    source = tmp_path / "vbd"
+    shutil.copytree(release, source)
+    out = tmp_path / "out"
+    prepare_voicebank(source, out, progress=False)
+    with zipfile.ZipFile(source / "noisy_testset_wav.zip", "a") as archive:
+        archive.writestr("noisy_testset_wav/notes.txt", b"changed")
+    with pytest.raises(UserError, match=r"sources\.noisy_testset_wav\.sha256"):
+        prepare_voicebank(source, out, progress=False)
+
+
+def test_foreign_wavs_in_out_are_refused_by_name(release: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    (out / "train" / "clean").mkdir(parents=True)
+    (out / "train" / "clean" / "mine.wav").write_bytes(b"x")
+    with pytest.raises(DataError, match="train/clean/mine.wav"):
+        prepare_voicebank(release, out, progress=False)
+
+
+def test_a_second_preparation_into_the_same_out_is_refused_naming_the_first(release: Path, tmp_path: Path) -> None:
+    from bsrnn.checkpoint.lock import RunDirectoryLock
+
+    out = tmp_path / "out"
+    with RunDirectoryLock(out):  # what a preparation holds while it runs
+        with pytest.raises(UserError, match=f"PID {os.getpid()}"):
+            prepare_voicebank(release, out, progress=False)
+    assert not list(out.glob("train"))
+
+
+# ----------------------------------------------------------------------------- source problems, rates
+def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
+    code = main(["data", "prepare", "vbd", *args])
+    return code, capsys.readouterr().err
+
+
+def test_missing_sets_are_named_in_one_line_with_exit_2(
+        release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "vbd"
+    shutil.copytree(release, source)
+    (source / "noisy_testset_wav.zip").unlink()
+    (source / "clean_trainset_28spk_wav.zip").unlink()
+    code, err = _cli(capsys, str(source), "--out", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" not in err
+    assert err.count("\n") == 1 and err.startswith("error: ")
+    assert "noisy_testset_wav.zip" in err and "clean_trainset_28spk_wav.zip" in err and "--download" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_unpaired_files_are_all_named_in_one_line_with_exit_2(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_release(tmp_path / "vbd", zipped=False)
+    (source / "noisy_trainset_28spk_wav" / "p226_002.wav").unlink()
+    (source / "clean_testset_wav" / "p232_001.wav").unlink()
+    shutil.copy(source / "noisy_testset_wav" / "p232_002.wav", source / "noisy_testset_wav" / "p232_009.wav")
+    code, err = _cli(capsys, str(source), "--out", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" not in err and err.count("\n") == 1
+    for name in ("p226_002.wav", "p232_001.wav", "p232_009.wav"):
+        assert name in err
+    assert "Fix:" in err
+
+
+def test_an_unreadable_file_is_named_and_the_rest_is_kept(tmp_path: Path) -> None:
+    source = make_release(tmp_path / "vbd", zipped=False)
+    (source / "clean_testset_wav" / "p232_002.wav").write_bytes(b"RIFF not really")
+    out = tmp_path / "out"
+    with pytest.raises(DataError, match=r"clean_testset_wav/p232_002\.wav"):
+        prepare_voicebank(source, out, progress=False)
+    assert len(wav_paths(out)) == 13 and not (out / MANIFEST_NAME).exists()
+
+
+@pytest.mark.parametrize("rate", [44100, 16000])
+def test_other_source_rates_are_resampled_from_their_own_rate(tmp_path: Path, rate: int) -> None:
+    source = make_release(tmp_path / "vbd", rate=rate)
+    out = tmp_path / "out"
+    prepare_voicebank(source, out, progress=False)
+    manifest = json.loads((out / MANIFEST_NAME).read_text())
+    assert manifest["splits"]["train"]["source_rates"] == {str(rate): 10}
+    assert manifest["splits"]["train"]["resampled_files"] == (0 if rate == 16000 else 10)
+    assert soundfile.info(str(out / "test" / "noisy" / "p232_001.wav")).frames == round(SECONDS * 16000)
+    if rate == 16000:  # copied, not resampled: the 16-bit samples come out as they went in
+        with zipfile.ZipFile(source / "noisy_testset_wav.zip") as archive:
+            original, _ = soundfile.read(io.BytesIO(archive.read("noisy_testset_wav/p232_001.wav")), dtype="int16")
+        written, _ = soundfile.read(str(out / "test" / "noisy" / "p232_001.wav"), dtype="int16")
+        assert np.array_equal(original, written)
+
+
+def test_the_56_speaker_set_is_chosen_with_speakers(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = make_release(tmp_path / "vbd", speakers=56)
+    code, err = _cli(capsys, str(source), "--out", str(tmp_path / "out28"))
+    assert code == 2 and "clean_trainset_28spk_wav.zip" in err
+    assert main(["data", "prepare", "vbd", str(source), "--out", str(tmp_path / "out"), "--speakers", "56", "-q"]) == 0
+    manifest = json.loads((tmp_path / "out" / MANIFEST_NAME).read_text())
+    assert manifest["dataset"]["speakers"] == 56
+    assert {e["file"] for e in manifest["sources"]} >= {"clean_trainset_56spk_wav.zip", "noisy_trainset_56spk_wav.zip"}
+
+
+# ----------------------------------------------------------------------------- download
+class _Server:
+    """Serves ``files`` on 127.0.0.1 with ``Range: bytes=N-`` support; records each request's
+    path and Range header; can drop the first response of each file halfway."""
+
+    def __init__(self, files: dict[str, bytes], drop_first: bool = False, honour_range: bool = True) -> None:
+        self.files = files
+        self.requests: list[tuple[str, str | None]] = []
+        self.dropped: set[str] = set()
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802 (http.server's name)
+                name = self.path.rsplit("/", 1)[-1]
+                server.requests.append((name, self.headers.get("Range")))
+                data = server.files.get(name)
+                if data is None:
+                    self.send_error(404)
+                    return
+                start = 0
+                ranged = self.headers.get("Range")
+                if ranged and honour_range:
+                    start = int(ranged.removeprefix("bytes=").rstrip("-"))
+                    if start >= len(data):
+                        self.send_response(416)
+                        self.send_header("Content-Range", f"bytes */{len(data)}")
+                        self.send_header("Content-Length", "0")
+                        self.end_headers()
+                        return
+                    self.send_response(206)
+                    self.send_header("Content-Range", f"bytes {start}-{len(data) - 1}/{len(data)}")
+                else:
+                    self.send_response(200)
+                self.send_header("Content-Type", "application/zip")
+                self.send_header("Content-Length", str(len(data) - start))
+                self.end_headers()
+                body = data[start:]
+                if drop_first and name not in server.dropped:
+                    server.dropped.add(name)
+                    body = body[: len(body) // 2]  # then the connection closes
+                self.wfile.write(body)
+                self.close_connection = True
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    @property
+    def url(self) -> str:
+        host, port = self.httpd.server_address[:2]
+        assert host == "127.0.0.1"
+        return f"http://{host}:{port}/datashare/2791"
+
+    def __enter__(self) -> _Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+@pytest.fixture(autouse=True)
+def _no_proxy(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Requests to the test server go straight to 127.0.0.1, whatever proxy this machine sets."""
+    for name in ("http_proxy", "https_proxy", "all_proxy", "HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", MIRROR_ENV):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("no_proxy", "*")
+
+
+@pytest.fixture
+def served(release: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in release.glob("*.zip")}
+
+
+def test_download_fetches_the_release_and_prepares_it(
+        served: dict[str, bytes], reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source, out = tmp_path / "downloads", tmp_path / "out"
+    with _Server(served) as server:
+        code = main(["data", "prepare", "vbd", str(source), "--out", str(out), "--download", "--mirror", server.url])
+    assert code == 0, capsys.readouterr().err
+    assert {path.name: path.read_bytes() for path in source.iterdir()} == served  # no .partial left
+    assert snapshot(out) == snapshot(reference)  # the manifest holds each zip's SHA-256
+    assert "Train with: bsrnn train --data-dir" in capsys.readouterr().out
+
+
+def test_a_download_stopped_halfway_resumes_in_the_next_run_with_a_range_request(
+        served: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = "clean_testset_wav.zip"
+    data, target = served[name], tmp_path / name
+
+    def interrupted(seconds: float) -> None:  # Ctrl-C while waiting to retry the dropped transfer
+        raise KeyboardInterrupt
+
+    with _Server(served, drop_first=True) as server:
+        monkeypatch.setattr("bsrnn.data.download.time.sleep", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            download(f"{server.url}/{name}", target, progress=False)
+        assert not target.exists() and partial_path(target).read_bytes() == data[: len(data) // 2]
+        download(f"{server.url}/{name}", target, progress=False)  # the next run
+    assert server.requests == [(name, None), (name, f"bytes={len(data) // 2}-")]
+    assert target.read_bytes() == data and not partial_path(target).exists()
+
+
+def test_a_download_that_keeps_failing_stops_and_keeps_its_bytes(tmp_path: Path) -> None:
+    with _Server({}) as server:
+        url = server.url
+    target = tmp_path / "clean_testset_wav.zip"  # the server is gone: connection refused
+    with pytest.raises(DownloadError, match="run the same command again"):
+        download(f"{url}/{target.name}", target, progress=False, retries=2, retry_wait_s=0)
+
+
+def test_a_dropped_connection_is_resumed_within_one_run(served: dict[str, bytes], tmp_path: Path) -> None:
+    with _Server(served, drop_first=True) as server:
+        fetched = fetch_release(tmp_path, 28, mirror=server.url, progress=False, retry_wait_s=0)
+    assert {path.name: path.read_bytes() for path in fetched} == served
+    assert sum(1 for _, ranged in server.requests if ranged) == 4
+
+
+def test_a_server_that_ignores_ranges_is_read_from_the_start(served: dict[str, bytes], tmp_path: Path) -> None:
+    name = "noisy_testset_wav.zip"
+    target = tmp_path / name
+    partial_path(target).write_bytes(b"stale bytes of another attempt")
+    with _Server(served, honour_range=False) as server:
+        download(f"{server.url}/{name}", target, progress=False)
+    assert target.read_bytes() == served[name]
+
+
+def test_a_complete_partial_file_is_finished_without_a_body(served: dict[str, bytes], tmp_path: Path) -> None:
+    name = "clean_testset_wav.zip"
+    target = tmp_path / name
+    partial_path(target).write_bytes(served[name])
+    with _Server(served) as server:
+        download(f"{server.url}/{name}", target, progress=False)
+    assert target.read_bytes() == served[name] and not partial_path(target).exists()
+
+
+def test_a_wrong_mirror_is_a_user_error_naming_the_url(served: dict[str, bytes], tmp_path: Path,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    with _Server({}) as server:
+        code = main(["data", "prepare", "vbd", str(tmp_path / "src"), "--out", str(tmp_path / "out"),
+                     "--download", "--mirror", server.url])
+    err = capsys.readouterr().err
+    assert code == 2 and "404" in err and server.url in err and err.count("\n") == 1
+    code, err = _cli(capsys, str(tmp_path), "--out", str(tmp_path / "o"), "--download", "--mirror", "ftp://x")
+    assert code == 2 and "http://" in err
+    code, err = _cli(capsys, str(tmp_path), "--out", str(tmp_path / "o"), "--mirror", server.url)
+    assert code == 2 and "--download" in err
+
+
+def test_the_help_names_the_mirror_variable(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        main(["data", "prepare", "vbd", "--help"])
+    assert f"${MIRROR_ENV}" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- end to end
+@pytest.mark.slow
+def test_a_prepared_release_trains(tmp_path: Path) -> None:
+    from e2e import bsrnn
+
+    source = make_release(tmp_path / "vbd", seconds=0.6)
+    out = tmp_path / "out"
+    prepared = bsrnn("data", "prepare", "vbd", str(source), "--out", str(out), "--workers", "1")
+    assert prepared.returncode == 0, prepared.stderr
+    trained = bsrnn("train", "--data-dir", str(out), "--num-channel", "4", "--num-layer", "1", "--batch-size", "2",
+                    "--cut-len", "8000", "--epochs", "1", "--max-steps", "1", "--pesq-workers", "1",
+                    "--run-dir", str(tmp_path / "run"))
+    assert trained.returncode == 0, trained.stdout + trained.stderr
+    assert (tmp_path / "run" / "checkpoint_last.pt").exists()
