@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bsrnn.config import Config
-from bsrnn.errors import ConfigError
+from bsrnn.errors import ConfigError, UserError
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.training.distributed import DistributedContext
-from bsrnn.training.execution import Autocast
+from bsrnn.training.execution import Autocast, bf16_runs_here
 from bsrnn.training.steps import Networks, train_step
 from bsrnn.training.trainer import build_networks
 from e2e import TINY, bsrnn, checkpoint
@@ -51,6 +51,17 @@ def test_amp_accepts_off_and_bf16_and_names_the_field_otherwise() -> None:
         tiny(compile="yes")
 
 
+NO_BF16 = pytest.mark.skipif(not bf16_runs_here("cpu"), reason="this CPU has no bfloat16 LSTM (no AVX512-BF16/AMX)")
+
+
+def test_amp_bf16_on_a_cpu_without_bfloat16_instructions_is_refused_clearly() -> None:
+    if bf16_runs_here("cpu"):
+        pytest.skip("this CPU has bfloat16 instructions: nothing to refuse")
+    with pytest.raises(UserError, match="expected a processor with bfloat16 instructions"):
+        build_networks(tiny(amp="bf16"), CPU)
+
+
+@NO_BF16
 def test_bf16_autocast_runs_both_networks_in_bfloat16_and_keeps_the_saved_state_float32() -> None:
     plain, mixed = build_networks(tiny(), CPU), build_networks(tiny(amp="bf16"), CPU)
     assert isinstance(mixed.run_generator, Autocast) and isinstance(mixed.run_discriminator, Autocast)
@@ -91,6 +102,7 @@ def test_compiled_networks_train_like_the_eager_ones_and_save_plain_state_dicts(
 
 
 @pytest.mark.slow
+@NO_BF16
 def test_amp_is_a_flag_of_the_invocation_a_resume_without_it_runs_float32(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     first = bsrnn("train", *TINY, "--run-dir", str(run_dir), "--max-steps", "1", "--amp", "bf16")

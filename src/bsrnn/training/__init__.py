@@ -219,17 +219,35 @@ def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
 
 def _train_locked(config: Config, explicit: set[str], device: torch.device, context: DistributedContext,
                   lock: RunDirectoryLock | None) -> TrainResult:
-    # train.log and metrics.jsonl open first, so they hold everything said under the lock.
+    # The run's files are opened only once there is something to train: a resume that finds no
+    # checkpoint must not leave train.log and metrics.jsonl in a mistyped directory. What was
+    # logged while deciding is kept and written to train.log first.
+    with held_log_records() as decision_log:
+        loaded = _decide(config, context)
     files = RunFiles(Path(config.save_model_dir), enabled=context.is_main)
     try:
-        return _train_with_files(config, explicit, device, context, lock, files)
+        files.log_records(decision_log)
+        return _train_with_files(config, explicit, device, context, lock, files, loaded)
     finally:
         files.close()
 
 
+@contextlib.contextmanager
+def held_log_records() -> Iterator[list[logging.LogRecord]]:
+    """Collect the package's log records of a block (they still reach the console as usual)."""
+    records: list[logging.LogRecord] = []
+    handler = logging.Handler(logging.INFO)
+    handler.emit = records.append  # type: ignore[method-assign]
+    package = logging.getLogger("bsrnn")
+    package.addHandler(handler)
+    try:
+        yield records
+    finally:
+        package.removeHandler(handler)
+
+
 def _train_with_files(config: Config, explicit: set[str], device: torch.device, context: DistributedContext,
-                      lock: RunDirectoryLock | None, files: RunFiles) -> TrainResult:
-    loaded = _decide(config, context)
+                      lock: RunDirectoryLock | None, files: RunFiles, loaded: LoadedCheckpoint | None) -> TrainResult:
     if loaded is None:
         config = config.with_gan_start_fixed()
         if "gan_start_epoch" not in explicit:

@@ -13,11 +13,14 @@ backward of float32 parameters and the optimizer steps stay float32.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from torch import nn
+
+from bsrnn.errors import UserError
 
 AMP_DTYPES: dict[str, torch.dtype | None] = {"off": None, "bf16": torch.bfloat16}
 
@@ -42,6 +45,25 @@ class Autocast:
         return output
 
 
+@functools.cache
+def bf16_runs_here(device_type: str) -> bool:
+    """Whether this machine runs the generator's LSTMs under bfloat16 autocast.
+
+    On a CPU, oneDNN has a bfloat16 LSTM only where the processor has bfloat16 instructions
+    (AVX512-BF16 or AMX); elsewhere the first forward pass fails deep inside torch with "could
+    not create a primitive descriptor for the LSTM". A 2x2 LSTM tells, in milliseconds.
+    """
+    if device_type != "cpu":
+        return True  # CUDA autocast runs LSTMs in bfloat16 on every GPU torch supports
+    probe = nn.LSTM(2, 2, batch_first=True)
+    try:
+        with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+            probe(torch.zeros(1, 2, 2))
+    except RuntimeError:
+        return False
+    return True
+
+
 def forward_of(module: nn.Module, device: torch.device, amp: str, compile: bool,
                backend: str = "inductor") -> Callable[..., torch.Tensor]:
     """The callable that runs ``module``'s forward pass as ``amp`` and ``compile`` ask.
@@ -57,6 +79,12 @@ def forward_of(module: nn.Module, device: torch.device, amp: str, compile: bool,
     if compile:
         function = torch.compile(module, backend=backend)
     dtype = AMP_DTYPES[amp]
+    if dtype is torch.bfloat16 and not bf16_runs_here(device.type):
+        raise UserError(
+            f"--amp {amp}: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for the "
+            f"LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: train without --amp "
+            "(float32), or on a GPU or a CPU that has them."
+        )
     if dtype is not None:
         function = Autocast(function, device.type, dtype)
     return function

@@ -136,6 +136,13 @@ class RunFiles:
             self._log_handler.setLevel(logging.INFO)
             logging.getLogger("bsrnn").addHandler(self._log_handler)
 
+    def log_records(self, records: list[logging.LogRecord]) -> None:
+        """Write records logged before ``train.log`` was open (the console already showed them)."""
+        if self._log_handler is not None:
+            for record in records:
+                if record.levelno >= self._log_handler.level:
+                    self._log_handler.handle(record)
+
     def _remove_config_temporaries(self) -> None:
         """Temporaries of config.toml and status.json left by a killed run (only the lock holder gets here)."""
         for entry in self.run_dir.iterdir():
