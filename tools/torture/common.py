@@ -407,7 +407,8 @@ def digests(run_dir: Path) -> dict[str, str]:
 def leftovers(run_dir: Path) -> list[str]:
     """Files a finished run must not hold: temporaries, and checkpoints beyond last and best."""
     names = sorted(path.name for path in run_dir.iterdir())
-    allowed = {"checkpoint_last.pt", "checkpoint_best.pt", "config.toml", "metrics.jsonl", "train.log", ".lock"}
+    allowed = {"checkpoint_last.pt", "checkpoint_best.pt", "checkpoint_index.json", "config.toml", "metrics.jsonl",
+               "status.json", "train.log", ".lock"}
     return [name for name in names if name not in allowed]
 
 
@@ -482,9 +483,11 @@ def wait_until(condition: Callable[[], bool], timeout: float, interval: float = 
 
 
 def partial_files(run_dir: Path) -> list[str]:
-    """Save temporaries currently in the run directory (``.checkpoint_*.partial``)."""
+    """Checkpoint save temporaries currently in the run directory (``.checkpoint_{last,best}.pt.*.partial``;
+    not the index's, which is rewritten after a commit)."""
     try:
-        return [entry.name for entry in os.scandir(run_dir) if entry.name.endswith(".partial")]
+        return [entry.name for entry in os.scandir(run_dir) if entry.name.endswith(".partial")
+                and entry.name.startswith((".checkpoint_last.pt.", ".checkpoint_best.pt."))]
     except FileNotFoundError:
         return []
 
