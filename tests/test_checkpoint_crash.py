@@ -101,7 +101,12 @@ def test_a_save_completes_although_sigterm_arrives_twice_during_it(
     child = forkserver.Process(target=checkpoint_children.save_while_signalled, args=(str(tmp_path), sender))
     child.start()
     assert receiver.recv() == "start"
-    time.sleep(0.02)
+    # Signal once the save is in flight (its temporary exists), not after a guessed delay: on a
+    # loaded machine the child may not have reached the commit 20 ms after "start".
+    deadline = time.monotonic() + 60
+    while not any(p.name.endswith(".partial") for p in tmp_path.iterdir()) and child.is_alive():
+        assert time.monotonic() < deadline, "the save never started"
+        time.sleep(0.0005)
     os.kill(child.pid, signal.SIGTERM)
     time.sleep(0.01)
     os.kill(child.pid, signal.SIGTERM)
