@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -11,6 +10,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
+
+from bsrnn.training.run_files import losses_by_step as logged_losses
+from bsrnn.training.run_files import read_metrics_log
 
 # A tiny but real configuration: 6 steps per epoch on the demo set, seconds per epoch.
 TINY = ["--demo", "--num-channel", "4", "--num-layer", "1", "--batch-size", "8", "--cut-len", "8000",
@@ -33,11 +35,10 @@ def start(*args: str) -> subprocess.Popen:
 
 
 def events(run_dir: Path, kind: str) -> list[dict[str, Any]]:
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    lines = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-    return [event for event in lines if event.get("event") == kind]
+    """The run's events of one kind; a torn line fails the test (a finished run has none)."""
+    logged, torn = read_metrics_log(run_dir)
+    assert not torn, f"{run_dir}/metrics.jsonl: torn line(s) {torn}"
+    return [event for event in logged if event.get("event") == kind]
 
 
 def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: float = 120) -> None:
@@ -52,8 +53,8 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
 
 
 def losses_by_step(run_dir: Path) -> dict[int, tuple[float, float]]:
-    """The last logged (loss, disc_loss) of every global step (resumes re-log redone steps)."""
-    return {e["global_step"]: (e["loss"], e["disc_loss"]) for e in events(run_dir, "step")}
+    """The last logged (loss, disc_loss) of every global step (``run_files.losses_by_step``)."""
+    return logged_losses(events(run_dir, "step"))
 
 
 def checkpoint(run_dir: Path, name: str = "checkpoint_last.pt") -> dict[str, Any]:

@@ -11,7 +11,7 @@ import torch
 from bsrnn.audio import read_audio, write_audio
 from bsrnn.data.cache import CachedSource, cache_pairs, decode_file
 from bsrnn.data.datasets import TrainSet
-from bsrnn.data.demo import demo_corpus
+from bsrnn.data.demo_corpus import demo_corpus
 from bsrnn.data.layout import find_corpus, write_corpus
 from bsrnn.data.sources import ArraySource, FileSource
 from bsrnn.errors import DataError

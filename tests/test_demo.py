@@ -15,7 +15,7 @@ import soundfile
 
 from bsrnn import demo as demo_workflow
 from bsrnn.data import NOISE_KINDS, check_corpus, check_data_dir, demo_corpus, write_corpus
-from bsrnn.data.demo import demo_condition, write_demo_audio
+from bsrnn.data.demo_corpus import demo_condition, write_demo_audio
 from bsrnn.errors import UserError
 
 

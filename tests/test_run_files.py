@@ -83,7 +83,7 @@ def test_reading_metrics_skips_a_line_that_is_not_json(tmp_path: Path, caplog: p
     (tmp_path / METRICS_NAME).write_text('{"event": "step"}\n{"event": "st\n{"event": "epoch"}\n')
     with caplog.at_level(logging.WARNING):
         assert [event["event"] for event in read_metrics(tmp_path)] == ["step", "epoch"]
-    assert "line 2" in caplog.text
+    assert "line(s) 2 " in caplog.text
 
 
 class _FullDisk(io.StringIO):

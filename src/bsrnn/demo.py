@@ -138,7 +138,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(run_dir: Path) -> int:
-    from bsrnn.data.demo import write_demo_audio
+    from bsrnn.data.demo_corpus import write_demo_audio
 
     prepare_demo_dir(run_dir)
     write_demo_audio(run_dir / AUDIO_DIR_NAME)

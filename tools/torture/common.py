@@ -35,6 +35,8 @@ import torch
 
 from bsrnn import keys
 from bsrnn.checkpoint import CheckpointError, load_checkpoint, verify
+from bsrnn.training.run_files import losses_by_step as logged_losses
+from bsrnn.training.run_files import read_metrics_log
 
 STEPS_PER_EPOCH = 3
 EPOCHS = 2
@@ -356,18 +358,8 @@ def write_small_corpus(path: Path) -> None:
 # ------------------------------------------------------------------------------- run checks
 def read_events(run_dir: Path) -> tuple[list[dict[str, Any]], int]:
     """Events of ``metrics.jsonl`` and the number of lines that do not parse (torn lines)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return [], 0
-    events, torn = [], 0
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-        if not line.strip():
-            continue
-        try:
-            events.append(json.loads(line))
-        except json.JSONDecodeError:
-            torn += 1
-    return events, torn
+    events, torn = read_metrics_log(run_dir)
+    return events, len(torn)
 
 
 def last_logged_step(run_dir: Path) -> int:
@@ -377,8 +369,8 @@ def last_logged_step(run_dir: Path) -> int:
 
 
 def losses_by_step(run_dir: Path) -> dict[int, tuple[float, float]]:
-    """The last logged (loss, disc_loss) of every global step (resumes re-log redone steps)."""
-    return {e["global_step"]: (e["loss"], e["disc_loss"]) for e in read_events(run_dir)[0] if e.get("event") == "step"}
+    """The last logged (loss, disc_loss) of every global step (``run_files.losses_by_step``)."""
+    return logged_losses(read_events(run_dir)[0])
 
 
 def committed_step(run_dir: Path) -> int | None:

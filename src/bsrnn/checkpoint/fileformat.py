@@ -33,16 +33,16 @@ produced, so the final fsync has little left to do; and loading hands the verifi
 ``torch.load`` without first copying it into a ``BytesIO``.
 """
 
-# The implementation lives in ``layout`` (constants and trailer layout), ``hashing`` (the
+# The implementation lives in ``trailer`` (constants and trailer layout), ``hashing`` (the
 # background SHA-256), ``writing`` and ``reading``; these names stay importable from here.
-from bsrnn.checkpoint.layout import COMMENT_LENGTH as COMMENT_LENGTH
-from bsrnn.checkpoint.layout import EOCD_SIGNATURE as EOCD_SIGNATURE
-from bsrnn.checkpoint.layout import EOCD_SIZE as EOCD_SIZE
-from bsrnn.checkpoint.layout import MAGIC as MAGIC
-from bsrnn.checkpoint.layout import FORMAT_NAME as FORMAT_NAME
-from bsrnn.checkpoint.layout import FORMAT_VERSION as FORMAT_VERSION
-from bsrnn.checkpoint.layout import TRAILER_SIZE as TRAILER_SIZE
-from bsrnn.checkpoint.layout import Buffer as Buffer
+from bsrnn.checkpoint.trailer import COMMENT_LENGTH as COMMENT_LENGTH
+from bsrnn.checkpoint.trailer import EOCD_SIGNATURE as EOCD_SIGNATURE
+from bsrnn.checkpoint.trailer import EOCD_SIZE as EOCD_SIZE
+from bsrnn.checkpoint.trailer import MAGIC as MAGIC
+from bsrnn.checkpoint.trailer import FORMAT_NAME as FORMAT_NAME
+from bsrnn.checkpoint.trailer import FORMAT_VERSION as FORMAT_VERSION
+from bsrnn.checkpoint.trailer import TRAILER_SIZE as TRAILER_SIZE
+from bsrnn.checkpoint.trailer import Buffer as Buffer
 from bsrnn.checkpoint.reading import VerifiedBytes as VerifiedBytes
 from bsrnn.checkpoint.reading import load_verified as load_verified
 from bsrnn.checkpoint.reading import read_verified_bytes as read_verified_bytes

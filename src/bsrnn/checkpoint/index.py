@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import atomic
-from bsrnn.checkpoint.layout import MAGIC, TRAILER_SIZE
+from bsrnn.checkpoint.trailer import MAGIC, TRAILER_SIZE
 
 INDEX_NAME = "checkpoint_index.json"
 INDEX_FORMAT = "bsrnn-checkpoint-index"

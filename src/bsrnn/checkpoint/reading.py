@@ -2,7 +2,7 @@
 
 Why a module of its own: the read side (reading while hashing in the background, telling a
 damaged file from a foreign one, the weights-only unpickling of the verified buffer) is
-independent of the write side; both share only the trailer layout (``layout``) and the hasher
+independent of the write side; both share only the trailer layout (``trailer``) and the hasher
 (``hashing``). The format is described in ``fileformat``'s docstring.
 """
 
@@ -30,7 +30,7 @@ from bsrnn.checkpoint.errors import (
 )
 from bsrnn.checkpoint.structure import check_structure
 from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
-from bsrnn.checkpoint.layout import (
+from bsrnn.checkpoint.trailer import (
     COMMENT_LENGTH,
     EOCD_SIGNATURE,
     EOCD_SIZE,

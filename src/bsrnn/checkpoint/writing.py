@@ -2,7 +2,7 @@
 
 Why a module of its own: the write side (holding back the zip's EOCD, hashing in the
 background, optional read-back verification, writeback, durable creation) is independent of
-the read side; both share only the trailer layout (``layout``) and the hasher (``hashing``).
+the read side; both share only the trailer layout (``trailer``) and the hasher (``hashing``).
 The format and the reasons for verified writes are in ``fileformat``'s docstring.
 """
 
@@ -24,7 +24,7 @@ import torch
 from bsrnn.checkpoint.atomic import WRITEBACK_EVERY, start_writeback
 from bsrnn.checkpoint.errors import CheckpointWriteError
 from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
-from bsrnn.checkpoint.layout import COMMENT_LENGTH, EOCD_SIGNATURE, EOCD_SIZE, MAGIC
+from bsrnn.checkpoint.trailer import COMMENT_LENGTH, EOCD_SIGNATURE, EOCD_SIZE, MAGIC
 
 _READ_BACK_BUFFERS = 4  # read-back buffers in flight between the writer and the hashing thread
 

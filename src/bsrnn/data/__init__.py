@@ -2,7 +2,7 @@
 
 Dependency order inside the package (each module imports only from those before it):
 ``report`` (problem vocabulary) -> ``sources`` (files or arrays) -> ``layout`` (corpus on disk)
--> ``validate`` (whole-corpus checks) -> ``datasets`` / ``sampler`` -> ``synth`` -> ``demo``;
+-> ``validate`` (whole-corpus checks) -> ``datasets`` / ``sampler`` -> ``synth`` -> ``demo_corpus``;
 ``download`` -> ``voicebank`` -> ``prepare`` (``bsrnn data prepare``: a public release's files
 to a 16 kHz training folder) use ``layout``'s names only.
 
@@ -17,7 +17,7 @@ Typical use by a trainer::
 from __future__ import annotations
 
 from bsrnn.data.datasets import DEFAULT_CUT_LEN, FixedCrops, TestSet, TrainSet, crop_offset, tile_to_length
-from bsrnn.data.demo import demo_corpus
+from bsrnn.data.demo_corpus import demo_corpus
 from bsrnn.data.layout import LAYOUTS, Corpus, find_corpus, write_corpus
 from bsrnn.data.report import DataProblem, ProblemReport
 from bsrnn.data.sampler import EpochBatches, epoch_order

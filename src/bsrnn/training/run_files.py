@@ -251,12 +251,14 @@ def _drop_torn_last_line(fd: int, path: Path) -> None:
     log.warning("%s ended in a torn line (%d bytes, from an interrupted write); dropped it", path, size - keep)
 
 
-def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every event of a run, in order (for ``bsrnn plot`` and tests); torn lines are skipped."""
+def read_metrics_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
+    """Every event of a run in order, and the numbers of the lines that did not parse (torn
+    writes): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the tests and the torture
+    campaigns use it)."""
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
-        return []
-    events = []
+        return [], []
+    events, torn = [], []
     with open(path, encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -264,5 +266,20 @@ def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
             try:
                 events.append(json.loads(line))
             except json.JSONDecodeError:
-                log.warning("%s line %d is not a JSON event (a torn write?); skipped", path, number)
+                torn.append(number)
+    return events, torn
+
+
+def read_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every event of a run, in order; torn lines are skipped with a warning naming them."""
+    events, torn = read_metrics_log(run_dir)
+    if torn:
+        log.warning("%s line(s) %s are not JSON events (torn writes?); skipped", Path(run_dir) / METRICS_NAME,
+                    ", ".join(map(str, torn)))
     return events
+
+
+def losses_by_step(events: list[dict[str, Any]]) -> dict[int, tuple[float, float]]:
+    """The last logged (loss, disc_loss) of every global step: a resumed run logs the steps it
+    trains again after its checkpoint, and the later entry is the one its weights descend from."""
+    return {e["global_step"]: (e["loss"], e["disc_loss"]) for e in events if e.get("event") == "step"}
