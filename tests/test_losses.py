@@ -152,3 +152,142 @@ def test_wrong_mask_or_score_counts_are_refused() -> None:
         discriminator_loss(StandInDiscriminator(), clean, est, noisy, [3.0] * 3, [2.0] * 3, [True, True])
     with pytest.raises(ValueError, match="got 2 PESQ scores"):
         discriminator_loss(StandInDiscriminator(), clean, est, noisy, [3.0] * 2, [2.0] * 3)
+
+
+# ----------------------------------------------------------------------------- recipe ingredients
+from bsrnn.audio import compress_magnitude, istft, stft  # noqa: E402
+from bsrnn.losses import (  # noqa: E402
+    Objective,
+    anti_wrapped,
+    compressed_magnitude,
+    compressed_spectrum,
+    consistency_loss,
+    phase_losses,
+    phase_of,
+)
+
+EVERYTHING_ON = Objective(complex_loss="compressed_mse", magnitude_loss="mse", phase_weight=0.3, time_weight=0.2,
+                          consistency_weight=0.1)
+
+
+def _signal(batch: int = 2, samples: int = 4000, seed: int = 0) -> torch.Tensor:
+    return torch.randn(batch, samples, generator=torch.Generator().manual_seed(seed)) * 0.1
+
+
+def test_compressed_magnitude_at_the_reference_exponent_is_the_audio_modules_bit_for_bit() -> None:
+    spec = stft(_signal())
+    assert torch.equal(compressed_magnitude(spec, 0.3), compress_magnitude(spec))
+
+
+def test_every_new_term_is_zero_when_the_estimate_is_the_clean_signal() -> None:
+    clean = _signal()
+    spec = stft(clean)
+    audio = istft(spec, length=clean.shape[-1])
+    loss = generator_loss(spec.clone(), spec, objective=EVERYTHING_ON, est_audio=audio, clean_audio=audio.clone())
+    assert loss.ri.item() == 0.0 and loss.magnitude.item() == 0.0
+    assert loss.phase is not None and loss.phase.item() == 0.0
+    assert loss.time is not None and loss.time.item() == 0.0
+    # The STFT of the resynthesised signal is the spectrum again, up to float rounding.
+    assert loss.consistency is not None and loss.consistency.item() < 1e-8
+
+
+def test_the_total_is_the_weighted_sum_and_the_reconstruction_leaves_out_the_gan_term() -> None:
+    clean, noisy = _signal(seed=1), _signal(seed=2)
+    est_spec, clean_spec = stft(noisy), stft(clean)
+    est_audio = istft(est_spec, length=noisy.shape[-1])
+    loss = generator_loss(est_spec, clean_spec, StandInDiscriminator(), (0.1, 0.9, 0.05), objective=EVERYTHING_ON,
+                          est_audio=est_audio, clean_audio=clean)
+    terms = (loss.ri, loss.magnitude, loss.phase, loss.time, loss.consistency, loss.gan)
+    assert all(term is not None and term.item() > 0 for term in terms)
+    reconstruction = 0.1 * loss.ri + 0.9 * loss.magnitude + 0.3 * loss.phase + 0.2 * loss.time + 0.1 * loss.consistency
+    assert loss.reconstruction is not None
+    assert loss.reconstruction.item() == pytest.approx(reconstruction.item(), rel=1e-6)
+    assert loss.total.item() == pytest.approx(reconstruction.item() + 0.05 * loss.gan.item(), rel=1e-6)
+    assert {"loss_phase", "loss_time", "loss_consistency", "loss_gan"} <= set(loss.as_floats())
+
+
+def test_the_reference_objective_computes_no_extra_term_and_its_reconstruction_is_its_total() -> None:
+    est, clean = _specs()
+    loss = generator_loss(est, clean)
+    assert (loss.phase, loss.time, loss.consistency) == (None, None, None)
+    assert loss.reconstruction is loss.total
+
+
+def test_anti_wrapping_ignores_whole_turns_and_measures_the_shortest_way_round() -> None:
+    difference = torch.linspace(-3.0, 3.0, 13)
+    turns = torch.randint(-5, 6, (13,), generator=torch.Generator().manual_seed(0)).float()
+    assert torch.allclose(anti_wrapped(difference + 2 * math.pi * turns), difference.abs(), atol=1e-5)
+    assert torch.allclose(anti_wrapped(torch.tensor([3 * math.pi / 2])), torch.tensor([math.pi / 2]))
+    assert float(anti_wrapped(torch.randn(1000) * 50).max()) <= math.pi + 1e-5
+
+
+def test_phase_losses_are_invariant_to_2pi_shifts_of_any_bin() -> None:
+    generator = torch.Generator().manual_seed(1)
+    clean_phase = (torch.rand(2, 257, 20, generator=generator) * 2 - 1) * math.pi
+    est_phase = (torch.rand(2, 257, 20, generator=generator) * 2 - 1) * math.pi
+    shifted = est_phase + 2 * math.pi * torch.randint(-3, 4, est_phase.shape, generator=generator).float()
+    for original, moved in zip(phase_losses(est_phase, clean_phase), phase_losses(shifted, clean_phase), strict=True):
+        assert moved.item() == pytest.approx(original.item(), abs=1e-4)
+    assert all(term.item() == 0.0 for term in phase_losses(clean_phase, clean_phase))
+    assert all(term.item() > 0 for term in phase_losses(est_phase, clean_phase))
+
+
+def test_group_delay_and_instantaneous_frequency_see_only_differences_along_their_axes() -> None:
+    phase = torch.rand(1, 257, 10)
+    # A constant offset in every bin changes the instantaneous phase only; a per-bin offset
+    # that is constant over time leaves the instantaneous frequency alone.
+    _, gd, iaf = phase_losses(phase + 0.5, phase)
+    assert (gd.item(), iaf.item()) == pytest.approx((0.0, 0.0), abs=1e-6)
+    _, gd, iaf = phase_losses(phase + torch.linspace(0, 1, 257).view(1, 257, 1), phase)
+    assert gd.item() > 0 and iaf.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_every_new_term_has_finite_gradients_even_at_silent_bins() -> None:
+    clean = _signal(seed=3)
+    clean[:, :1000] = 0.0  # digital silence: exactly zero bins in the clean spectrum
+    est_spec = stft(_signal(seed=4)).detach()
+    est_spec[:, :5, :] = 0  # and in the estimate
+    est_spec.requires_grad_(True)
+    est_audio = istft(est_spec, length=clean.shape[-1])
+    loss = generator_loss(est_spec, stft(clean), objective=EVERYTHING_ON, est_audio=est_audio, clean_audio=clean)
+    loss.total.backward()
+    assert est_spec.grad is not None and bool(torch.isfinite(est_spec.grad).all())
+    assert bool(torch.isfinite(phase_of(torch.zeros(3, dtype=torch.complex64))).all())
+
+
+def test_a_compressed_spectrum_keeps_the_phase_and_compresses_the_magnitude() -> None:
+    spec = torch.tensor([3 + 4j, -0.01j, 0j], dtype=torch.complex64)
+    compressed = compressed_spectrum(spec, 0.3)
+    assert torch.allclose(compressed.abs()[:2], torch.tensor([5.0, 0.01]) ** 0.3, rtol=1e-3)
+    assert torch.allclose(torch.angle(compressed[:2]), torch.angle(spec[:2]))
+    assert compressed[2] == 0
+
+
+def test_the_consistency_loss_is_positive_for_a_spectrum_no_signal_has() -> None:
+    spec = torch.randn(1, 257, 30, dtype=torch.complex64, generator=torch.Generator().manual_seed(5))
+    audio = istft(spec, length=128 * 29)
+    assert consistency_loss(spec, audio).item() > 0.01
+
+
+def test_the_normalized_metric_target_maps_pesq_1_to_0_and_4_5_to_1() -> None:
+    assert torch.allclose(pesq_to_target(torch.tensor([1.0, 4.5]), "normalized"), torch.tensor([0.0, 1.0]))
+    with pytest.raises(ValueError, match="metric target"):
+        pesq_to_target(torch.tensor([1.0]), "raw")  # type: ignore[arg-type]
+
+
+def test_without_the_noisy_term_the_discriminator_is_called_twice_and_learns_normalized_pesq() -> None:
+    clean, est, noisy = _mags()
+    disc = StandInDiscriminator()
+    pesq_e = torch.tensor([3.0, 2.0, 4.0])
+    loss = discriminator_loss(disc, clean, est, noisy, pesq_e, None, noisy_pair="off", target="normalized")
+    assert len(disc.calls) == 2
+    with torch.no_grad():
+        expected = (F.mse_loss(disc(clean, clean).flatten(), torch.ones(3))
+                    + F.mse_loss(disc(clean, est).flatten(), (pesq_e - 1) / 3.5))
+    assert torch.equal(loss.total.detach(), expected)
+    assert loss.noisy.item() == 0.0 and loss.noisy_valid == 0
+
+
+def test_an_unknown_ingredient_choice_is_refused() -> None:
+    with pytest.raises(ValueError, match="complex_loss"):
+        Objective(complex_loss="l2")  # type: ignore[arg-type]

@@ -70,7 +70,10 @@ def test_the_readme_scenarios_work_in_sequence(tmp_path: Path) -> None:
     assert checkpoint(run_dir)["epoch"] == 1
     # 3. Resume from best: whatever came after the best epoch is trained again from it.
     result = bsrnn("train", *_rewrite(best, run_dir))
-    assert result.returncode == 0 and "Checkpoint type: best" in result.stderr
+    # Whatever came after the best epoch is trained again; if the best is the last epoch (PESQ
+    # often is), the target is already reached and nothing is trained.
+    assert result.returncode == 0 and "checkpoint_best.pt" in result.stderr
+    assert "Checkpoint type: best" in result.stderr or "Resume epoch >= target epochs" in result.stderr
     assert checkpoint(run_dir)["epoch"] == 1
     # 4. Train more: 2 -> 3 epochs.
     result = bsrnn("train", *_rewrite(more, run_dir))

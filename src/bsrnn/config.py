@@ -4,6 +4,12 @@ every checkpoint as a plain dict and in ``RUN_DIR/config.toml``.
 Defaults follow the reference recipe. Every field has a docstring-like ``help`` that the
 command line shows (``bsrnn train --help`` and the README's table are generated from it).
 Validation reports every invalid field at once, by name.
+
+A named recipe (``bsrnn.recipes``: ``reference``, ``improved``) is a preset of the fields in
+``RECIPE_FIELDS``. Its values sit between the defaults and what the user gives:
+defaults < recipe < the checkpoint's config (on resume) < the ``--config`` file < flags. The
+resolved config records the recipe's name and every ingredient's value, so a run says exactly
+what it trained with, and an ablation is a config change.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.errors import ConfigError
+from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
 
 SAMPLE_RATE = 16000
 
@@ -28,13 +35,21 @@ ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
 # The run directory is where this invocation writes: a copied or moved run resumes in place.
 INVOCATION_FIELDS = (
     "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
-    "amp", "compile", "cache_audio",
+    "amp", "compile", "cache_audio", "allow_recipe_change",
 )
 # amp, compile and cache_audio say how this machine computes, like device and workers: a run
 # trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
 # command line to keep them (the documented way to resume); a resume that differs says so.
 EXECUTION_FIELDS = ("amp", "compile", "cache_audio")
 AMP_CHOICES = ("off", "bf16")
+# The training objective and optimisation: what a recipe may set. Everything else (data, budget,
+# architecture, machine) is the user's.
+RECIPE_FIELDS = (
+    "loss_weights", "complex_loss", "magnitude_loss", "phase_loss_weight", "time_loss_weight",
+    "consistency_loss_weight", "compress_factor", "gan_start_epoch", "metric_target", "disc_noisy_term",
+    "optimizer", "adam_betas", "weight_decay", "init_lr", "decay_epoch", "lr_decay", "grad_clip",
+)
+MONITOR_CHOICES = ("pesq", "val_loss")
 
 
 MIN_CUT_LEN = 1920
@@ -79,10 +94,14 @@ def _type_problem(annotation: str, value: Any) -> str | None:
 _FLAG_KEYS = {"run_dir": "save_model_dir", "resume": "resume_from_checkpoint", "load": "load_checkpoint_type"}
 
 
-def _field(default: Any, help: str, **kwargs: Any) -> Any:
+def _field(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
+    """A config field: its default, its help text, and for a string field its allowed values."""
+    metadata: dict[str, Any] = {"help": help}
+    if choices is not None:
+        metadata["choices"] = choices
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata={"help": help}, **kwargs)
-    return field(default=default, metadata={"help": help}, **kwargs)
+        return field(default_factory=lambda: list(default), metadata=metadata, **kwargs)
+    return field(default=default, metadata=metadata, **kwargs)
 
 
 @dataclass(kw_only=True, frozen=True)
@@ -93,6 +112,13 @@ class Config:
     run's config behind the checkpoint that records it.
     """
 
+    recipe: str = _field(
+        DEFAULT_RECIPE, "training recipe (RECIPES.md): a preset of the loss, GAN and optimizer fields, "
+        "below the config file and flags", choices=recipe_names()
+    )
+    allow_recipe_change: bool = _field(
+        False, "on resume, accept a --recipe other than the checkpoint's: its values replace the run's"
+    )
     epochs: int = _field(120, "total number of epochs to reach (a target, not a count to add)")
     batch_size: int = _field(6, "training batch size (per process under DDP)")
     log_interval: int = _field(500, "print and log training losses every N steps")
@@ -108,7 +134,35 @@ class Config:
         None, "epoch (0-based) from which the generator loss includes the GAN term (default: half of "
         "epochs, fixed when the run starts: raising epochs later never moves it)"
     )
-    grad_clip: float = _field(5.0, "gradient norm clipping of the generator")
+    grad_clip: float = _field(5.0, "gradient norm clipping of both networks")
+    complex_loss: str = _field(
+        "linear_l1", "complex spectrum loss (weight loss_weights[0]): 'linear_l1' or 'compressed_mse' "
+        "(on spectra with compressed magnitudes)", choices=("linear_l1", "compressed_mse")
+    )
+    magnitude_loss: str = _field(
+        "l1", "compressed magnitude loss (weight loss_weights[1]): 'l1' or 'mse'", choices=("l1", "mse")
+    )
+    phase_loss_weight: float = _field(
+        0.0, "weight of the anti-wrapping phase loss: instantaneous phase, group delay, instantaneous frequency"
+    )
+    time_loss_weight: float = _field(0.0, "weight of the waveform L1 loss")
+    consistency_loss_weight: float = _field(
+        0.0, "weight of the consistency loss: STFT of the enhanced waveform vs the enhanced spectrum"
+    )
+    compress_factor: float = _field(
+        0.3, "power-law exponent of the compressed magnitudes (losses, discriminator input)"
+    )
+    metric_target: str = _field(
+        "reference", "discriminator's PESQ target: 'reference' (PESQ+0.5)/5 or 'normalized' (PESQ-1)/3.5",
+        choices=("reference", "normalized")
+    )
+    disc_noisy_term: str = _field(
+        "enhanced", "discriminator's third term: 'enhanced' D(est, noisy), 'clean' D(clean, noisy), or 'off'",
+        choices=("enhanced", "clean", "off")
+    )
+    optimizer: str = _field("adam", "optimizer of both networks: 'adam' or 'adamw'", choices=("adam", "adamw"))
+    adam_betas: list[float] = _field([0.9, 0.999], "Adam/AdamW betas of both optimizers")
+    weight_decay: float = _field(0.0, "weight decay of both optimizers (decoupled with adamw)")
     data_dir: str | None = _field(None, "dataset root (DATA/train|test/clean|noisy or VoiceBank+DEMAND names)")
     demo: bool = _field(False, "train on the built-in generated demo set instead of data_dir")
     save_model_dir: str = _field("runs/bsrnn", "run directory: checkpoints, config.toml, metrics.jsonl, train.log")
@@ -119,7 +173,10 @@ class Config:
     num_channel: int = _field(64, "BSRNN feature channels N")
     num_layer: int = _field(5, "BSRNN time/band layer pairs L")
     ndf: int = _field(16, "discriminator base channels")
-    monitor: str = _field("val_loss", "metric that selects checkpoint_best.pt: val_loss (min) or pesq (max)")
+    monitor: str = _field(
+        "pesq", "metric that selects checkpoint_best.pt: pesq (validation PESQ, max) or val_loss (min; it "
+        "includes the GAN term, so it jumps when that starts)"
+    )
     seed: int = _field(0, "seed of every random stream (shuffle, crops, initialisation, dropout)")
     device: str = _field("auto", "cpu, cuda or auto")
     save_every_steps: int = _field(0, "also save checkpoint_last.pt every N steps (0: only at epoch ends)")
@@ -165,7 +222,10 @@ class Config:
             "loss_weights": (lambda value: len(value) == 3 and all(weight >= 0 for weight in value),
                              "three finite numbers >= 0 for complex L1, magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"),
             "amp": (lambda value: value in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES)),
-            "monitor": (lambda value: value in ("val_loss", "pesq"), "'val_loss' or 'pesq'"),
+            "monitor": (lambda value: value in MONITOR_CHOICES, "'pesq' or 'val_loss'"),
+            "compress_factor": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.3; 1: no compression)"),
+            "adam_betas": (lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value),
+                           "two numbers in [0, 1) (e.g. [0.9, 0.999])"),
             "load_checkpoint_type": (lambda value: value in ("auto", "last", "best"), "'auto', 'last' or 'best'"),
             "device": (lambda value: value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) is not None,
                        "'cpu', 'cuda', 'cuda:N' or 'auto'"),
@@ -181,6 +241,13 @@ class Config:
         for name in ("save_every_steps", "workers", "pesq_workers", "seed"):
             rules[name] = (lambda value: value >= 0, "an integer >= 0")
         rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")
+        for name in ("phase_loss_weight", "time_loss_weight", "consistency_loss_weight", "weight_decay"):
+            rules[name] = (lambda value: value >= 0, "a finite number >= 0 (0: off)")
+        for spec in dataclasses.fields(self):
+            choices = spec.metadata.get("choices")
+            if choices is not None:
+                rules[spec.name] = (lambda value, allowed=choices: value in allowed,
+                                    " or ".join(repr(choice) for choice in choices))
 
         problems = []
         for spec in dataclasses.fields(self):
@@ -210,12 +277,47 @@ class Config:
         """
         return self if self.gan_start_epoch is not None else self.replace(gan_start_epoch=self.gan_epoch)
 
+    @classmethod
+    def from_recipe(cls, name: str = DEFAULT_RECIPE, **changes: Any) -> Config:
+        """A config with recipe ``name``'s values, then ``changes`` over them (the Python form of
+        ``bsrnn train --recipe NAME --field value``). ``Config(recipe=...)`` alone only records the
+        name: every other field keeps the value given or its default."""
+        return config_from_dict({**recipe_values(name), "recipe": name, **changes}, source=f"recipe {name!r}")
+
+    def recipe_overrides(self) -> list[str]:
+        """The ingredient fields whose values differ from this config's recipe, as 'field: value'."""
+        preset = recipe_values(self.recipe)
+        if preset["gan_start_epoch"] is None:  # the recipe's "half of epochs", as a run fixes it
+            preset["gan_start_epoch"] = self.replace(gan_start_epoch=None).gan_epoch
+        current = self.to_dict()
+        return [f"{key}: {current[key]!r}" for key in RECIPE_FIELDS if current[key] != preset[key]]
+
     def to_dict(self) -> dict[str, Any]:
         """Plain types only (safe for ``torch.load(weights_only=True)`` and TOML)."""
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> Config:
         return dataclasses.replace(self, **changes)
+
+
+def recipe_values(name: str) -> dict[str, Any]:
+    """Every field of ``RECIPE_FIELDS`` as recipe ``name`` sets it (a field it leaves out: the
+    default, i.e. the reference's). ConfigError for an unknown name or a bad recipe file."""
+    names = recipe_names()
+    if name not in names:
+        raise ConfigError(
+            f"recipe: expected {' or '.join(repr(known) for known in names)}, found {name!r}. "
+            "Fix: pass one of those names (RECIPES.md describes them)"
+        )
+    values = read_recipe(name)
+    extra = sorted(set(values) - set(RECIPE_FIELDS))
+    if extra:
+        raise ConfigError(f"recipe {name!r} sets {', '.join(extra)}, which a recipe may not set "
+                          f"(only {', '.join(RECIPE_FIELDS)})")
+    defaults = Config().to_dict()
+    resolved = {key: values.get(key, defaults[key]) for key in RECIPE_FIELDS}
+    config_from_dict(resolved, source=f"recipe {name!r}")  # every value checked, by name
+    return resolved
 
 
 def field_names() -> list[str]:

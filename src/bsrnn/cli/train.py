@@ -1,7 +1,9 @@
 """``bsrnn train``: train or resume a run.
 
-Precedence: defaults < the checkpoint's config (on resume) < ``--config FILE`` < flags. Every
-flag defaults to "not given", so the command knows exactly which fields the user set.
+Precedence: defaults < the recipe's values (``--recipe``, ``reference`` unless given) < the
+checkpoint's config (on resume) < ``--config FILE`` < flags. Every flag defaults to "not given",
+so the command knows exactly which fields the user set; a recipe's values never count as set, so
+on resume the checkpoint's own values win over them.
 
 Every config field is a flag, generated from the ``Config`` dataclass (its type and its help,
 with the default), so ``--help`` cannot drift from the config: a new field is a new flag.
@@ -22,7 +24,8 @@ _FIELD_FLAG = {field: flag for flag, field in _RENAMED.items()}
 _SPECIAL = {"data_dir", "demo", "resume_from_checkpoint", "load_checkpoint_type", "monitor", "amp", "async_save",
             "device"}
 _METAVARS = {"epochs": "N", "batch_size": "N", "init_lr": "LR", "cut_len": "SAMPLES", "num_layer": "L",
-             "seed": "S", "gan_start_epoch": "EPOCH", "save_model_dir": "DIR", "loss_weights": "W"}
+             "seed": "S", "gan_start_epoch": "EPOCH", "save_model_dir": "DIR", "loss_weights": "W",
+             "recipe": "NAME", "adam_betas": "BETA"}
 
 DESCRIPTION = """\
 Train a BSRNN generator against a MetricGAN discriminator, or resume a run.
@@ -35,6 +38,9 @@ Which checkpoint a resume takes, and what happens when there is none:
   --resume --load best|last, --resume DIR
                          exactly that checkpoint, or "Checkpoint not found" (exit 2) listing
                          the paths tried: a mistyped run directory never starts a fresh run
+
+Precedence: defaults < --recipe's values < the checkpoint's config (on resume) < --config FILE
+< flags. A resume keeps the run's recipe; another --recipe needs --allow-recipe-change.
 """
 
 
@@ -86,6 +92,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             (item,) = typing.get_args(kind)
             add(flag, type=item, nargs=len(defaults[field.name]) or "+", metavar=_METAVARS.get(field.name, "X"),
                 help=help_text)
+        elif field.metadata.get("choices"):
+            add(flag, choices=field.metadata["choices"], help=help_text)
         else:
             add(flag, type=kind, metavar=_METAVARS.get(field.name, "N" if kind is int else "X"), help=help_text)
 
@@ -132,11 +140,21 @@ def given_values(args: argparse.Namespace) -> dict[str, Any]:
     return {**file_values, **explicit_values(args)}
 
 
+def config_of(values: dict[str, Any], source: str = "command line") -> Any:
+    """The config for the given values: their recipe's values first (``reference`` unless
+    ``recipe`` is given), the given values over them."""
+    from bsrnn.config import config_from_dict, recipe_values
+    from bsrnn.recipes import DEFAULT_RECIPE
+
+    recipe = values.get("recipe", DEFAULT_RECIPE)
+    preset = recipe_values(recipe) if isinstance(recipe, str) else {}
+    return config_from_dict({**preset, **values}, source=source)
+
+
 def run(args: argparse.Namespace) -> int:
-    from bsrnn.config import config_from_dict
     from bsrnn.training import train
 
     values = given_values(args)
-    config = config_from_dict(values, source=f"{args.config} + flags" if args.config else "command line")
+    config = config_of(values, source=f"{args.config} + flags" if args.config else "command line")
     result = train(config, explicit=set(values))
     return result.exit_code

@@ -9,6 +9,11 @@ Rules (ARCHITECTURE.md, "life of a resume"):
   learning rate, batch size, ...) may change, and every change is logged.
 - Invocation fields (``max_steps``, the resume source, device, workers) are never taken from a
   checkpoint.
+- The recipe: a recipe's values sit below the checkpoint's config (which already holds the
+  run's resolved ingredients), so a resume trains on with the run's recipe. A ``--recipe``
+  other than the checkpoint's is refused, naming the fields whose values it would change,
+  unless ``allow_recipe_change`` says so; then its values replace the run's (file and flags
+  still win). A checkpoint from before recipes is a ``reference`` run.
 """
 
 from __future__ import annotations
@@ -20,16 +25,56 @@ from typing import Any
 
 from bsrnn import keys
 from bsrnn.checkpoint import StateMismatchError
-from bsrnn.config import ARCHITECTURE_FIELDS, EXECUTION_FIELDS, INVOCATION_FIELDS, Config, field_names
+from bsrnn.config import (
+    ARCHITECTURE_FIELDS,
+    EXECUTION_FIELDS,
+    INVOCATION_FIELDS,
+    RECIPE_FIELDS,
+    Config,
+    field_names,
+    recipe_values,
+)
 from bsrnn.errors import ConfigError
+from bsrnn.recipes import DEFAULT_RECIPE
 
 log = logging.getLogger(__name__)
 
 
 def explicit_fields_of(config: Config) -> set[str]:
-    """For the Python API: fields whose value differs from the default count as set."""
-    default = Config().to_dict()
-    return {key for key, value in config.to_dict().items() if value != default[key]}
+    """For the Python API: fields whose value differs from the default count as set.
+
+    The default of an ingredient field is its recipe's value (``Config.from_recipe``), so that
+    a resume with ``Config.from_recipe(name, ...)`` keeps the run's own values; a recipe other
+    than the reference counts as set.
+    """
+    default = {**Config().to_dict(), **recipe_values(config.recipe)}
+    explicit = {key for key, value in config.to_dict().items() if value != default[key]}
+    return explicit | ({"recipe"} if config.recipe != DEFAULT_RECIPE else set())
+
+
+def recipe_change(config: Config, explicit: set[str], checkpoint_config: Mapping[str, Any], source: str) -> bool:
+    """Whether this resume switches the run to another recipe; ConfigError if not allowed.
+
+    Refused unless ``allow_recipe_change``, like an architecture change: the message names
+    every ingredient whose value the new recipe would change.
+    """
+    run_recipe = checkpoint_config.get("recipe", DEFAULT_RECIPE)
+    if "recipe" not in explicit or config.recipe == run_recipe:
+        return False
+    if config.allow_recipe_change:
+        return True
+    defaults = Config().to_dict()
+    new_values = recipe_values(config.recipe)
+    differing = [
+        f"{name}: checkpoint {checkpoint_config.get(name, defaults[name])!r}, {config.recipe} {new_values[name]!r}"
+        for name in RECIPE_FIELDS if checkpoint_config.get(name, defaults[name]) != new_values[name]
+    ]
+    raise ConfigError(
+        f"The checkpoint {source} was trained with recipe {run_recipe!r}, not {config.recipe!r}; the recipes "
+        f"differ in:\n  " + ("\n  ".join(differing) or "(no values)")
+        + f"\nDrop --recipe to train on with {run_recipe!r}, add --allow-recipe-change to continue this run "
+        f"with {config.recipe!r} from here, or start a new run in another --run-dir."
+    )
 
 
 # Top-level entries that the resume code reads as tables or as integers.
@@ -91,8 +136,17 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
             + "\n  ".join(conflicts)
             + "\nDrop these settings to take them from the checkpoint, or start a new run in another --run-dir."
         )
+    if recipe_change(config, explicit, checkpoint_config, source):
+        explicit = explicit | set(RECIPE_FIELDS)  # the new recipe's values (file and flags over them)
+        log.info("  recipe change on resume: %r -> %r (--allow-recipe-change)",
+                 checkpoint_config.get("recipe", DEFAULT_RECIPE), config.recipe)
     known = set(field_names())
     merged = {key: value for key, value in checkpoint_config.items() if key in known}
+    defaults = Config().to_dict()
+    for key in (*RECIPE_FIELDS, "recipe"):
+        # A checkpoint from before a field existed trained with its reference value.
+        if key not in merged and key not in explicit:
+            merged[key] = defaults[key]
     if merged.get("gan_start_epoch") is None and isinstance(merged.get("epochs"), int):
         # A run from before the GAN start was recorded: it used half of ITS epochs target.
         merged["gan_start_epoch"] = (merged["epochs"] + 1) // 2

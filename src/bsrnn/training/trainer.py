@@ -38,6 +38,7 @@ from bsrnn.data.datasets import FixedCrops, TrainSet
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import EpochBatches
 from bsrnn.errors import RunFailedError, UserError
+from bsrnn.losses import Objective
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
@@ -65,8 +66,49 @@ class TrainResult:
     stopped_by: str  # "completed", "max_steps", "already_done", or a signal name
 
 
+def objective_of(config: Config) -> Objective:
+    """The loss ingredients of ``config`` (its recipe's, and any field given over them)."""
+    return Objective(
+        complex_loss=config.complex_loss,  # type: ignore[arg-type]
+        magnitude_loss=config.magnitude_loss,  # type: ignore[arg-type]
+        phase_weight=config.phase_loss_weight,
+        time_weight=config.time_loss_weight,
+        consistency_weight=config.consistency_loss_weight,
+        compress_factor=config.compress_factor,
+        metric_target=config.metric_target,  # type: ignore[arg-type]
+        disc_noisy_term=config.disc_noisy_term,  # type: ignore[arg-type]
+    )
+
+
+def make_optimizer(parameters: Any, config: Config) -> torch.optim.Optimizer:
+    """Adam or AdamW as the config says; the reference's ``Adam(lr)`` is ``adam`` with betas
+    (0.9, 0.999) and no weight decay, torch's defaults, so its updates are unchanged."""
+    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return kind(parameters, lr=config.init_lr, betas=(config.adam_betas[0], config.adam_betas[1]),
+                weight_decay=config.weight_decay)
+
+
+def apply_optimizer_settings(optimizer: torch.optim.Optimizer, config: Config) -> list[str]:
+    """Give a restored optimizer the config's betas, weight decay and kind; say what changed.
+
+    ``Optimizer.load_state_dict`` brings back the saved hyper-parameters with the moments, so
+    without this a resume that changes them (a recipe switch, an explicit ``--adam-betas``)
+    would silently keep the checkpoint's. The learning rate has its own rule (``schedule``).
+    Adam and AdamW keep the same moments; AdamW is Adam with decoupled weight decay.
+    """
+    wanted = {"betas": (config.adam_betas[0], config.adam_betas[1]), "weight_decay": config.weight_decay,
+              "decoupled_weight_decay": config.optimizer == "adamw"}
+    changes = []
+    for group in optimizer.param_groups:
+        for key, value in wanted.items():
+            if key in group and group[key] != value:
+                changes.append(f"{key} {group[key]!r} -> {value!r}")
+                group[key] = value
+    return sorted(set(changes))
+
+
 def build_networks(config: Config, device: torch.device) -> Networks:
-    """Both networks (seeded), their Adam optimizers, and forward passes as ``amp``/``compile`` ask.
+    """Both networks (seeded), their optimizers, and forward passes as ``amp``/``compile`` ask.
 
     ``compile`` applies to the generator only: the discriminator's step is ~3 % of the
     generator's on CPU (BENCHMARKS.md), and its spectral norm updates its power-iteration
@@ -79,8 +121,8 @@ def build_networks(config: Config, device: torch.device) -> Networks:
     return Networks(
         generator,
         discriminator,
-        torch.optim.Adam(generator.parameters(), lr=config.init_lr),
-        torch.optim.Adam(discriminator.parameters(), lr=config.init_lr),
+        make_optimizer(generator.parameters(), config),
+        make_optimizer(discriminator.parameters(), config),
         run_generator=forward_of(generator, device, config.amp, config.compile),
         run_discriminator=forward_of(discriminator, device, config.amp, compile=False),
     )
@@ -159,6 +201,7 @@ class Trainer:
         self.run_dir = Path(config.save_model_dir)
         self.files = files
         self.nets = build_networks(config, device)
+        self.objective = objective_of(config)
         self.scheduler_g = step_decay(self.nets.optimizer_g, config)
         self.scheduler_d = step_decay(self.nets.optimizer_d, config)
         self.progress = TrainingProgress()
@@ -205,7 +248,13 @@ class Trainer:
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
                              monitor=config.monitor)
         else:
-            self.files.event("start", global_step=0, gan_start_epoch=config.gan_epoch, monitor=config.monitor)
+            self.files.event("start", global_step=0, gan_start_epoch=config.gan_epoch, monitor=config.monitor,
+                             recipe=config.recipe)
+        if context.is_main:
+            overrides = config.recipe_overrides()
+            log.info("Recipe %s%s; checkpoint_best.pt by %s (%s)", config.recipe,
+                     f" with {len(overrides)} field(s) of its own: {', '.join(overrides)}" if overrides else "",
+                     config.monitor, config.monitor_mode)
         self.files.write_config(config)
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
@@ -215,6 +264,9 @@ class Trainer:
         missing = restored.missing
         for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
             check_adam_state_shapes(optimizer, name, loaded.path)
+        for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
+            for change in apply_optimizer_settings(optimizer, self.config):
+                log.info("  %s: %s", name, change)
         self.superseded = restored.superseded
         if keys.PROGRESS in missing:  # a migrated checkpoint: only weights and the epoch
             self.progress.epoch = int(loaded.get("epoch", -1))
@@ -289,7 +341,7 @@ class Trainer:
                     result = train_step(
                         self.nets, clean.to(self.device, non_blocking=True), noisy.to(self.device, non_blocking=True),
                         use_gan=use_gan, loss_weights=config.loss_weights, grad_clip=config.grad_clip,
-                        pesq_pool=self.pesq_pool, context=self.context,
+                        pesq_pool=self.pesq_pool, context=self.context, objective=self.objective,
                     )
                     pesq_wait += result.pesq_wait_s
                     self._account(result, epoch)
@@ -379,13 +431,13 @@ class Trainer:
             items = [self.val_set[i] for i in indices[start:start + batch]]
             batches.append((torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])))
         sums = validate(self.nets, batches, use_gan=use_gan, loss_weights=self.config.loss_weights,
-                        pesq_pool=self.pesq_pool, device=self.device)
+                        pesq_pool=self.pesq_pool, device=self.device, objective=self.objective)
         keys = sorted(sums)
         totals = dict(zip(keys, all_sum([sums[k] for k in keys], self.context, self.device)))
         val = finish_validation(totals)
         means = self.progress.epoch_means()
-        log.info("TEST - Generator loss: %.4f, Discriminator loss: %.4f, PESQ: %.2f",
-                 val["val_loss"], val["val_disc_loss"], val["val_pesq"])
+        log.info("TEST - Generator loss: %.4f (without GAN term: %.4f), Discriminator loss: %.4f, PESQ: %.2f",
+                 val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"])
         lrs = self.learning_rates()
         self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
@@ -393,6 +445,9 @@ class Trainer:
         self.scheduler_d.step()
         self.progress.record_validation(val["val_loss"], val["val_pesq"])
         self.progress.finish_epoch()
+        # The monitored value must mean the same thing in every epoch: validation PESQ does; the
+        # validation loss gains the GAN term at the GAN start, after which it can rarely beat
+        # the epochs before (selectable, and kept by runs that chose it).
         metric = val["val_loss"] if self.config.monitor == "val_loss" else val["val_pesq"]
         self._save(metric=metric)
 
