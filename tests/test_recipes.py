@@ -18,7 +18,7 @@ from bsrnn.recipes import read_recipe, recipe_names
 from bsrnn.training.resume import explicit_fields_of, reconcile
 from bsrnn.training.trainer import apply_optimizer_settings, build_networks, make_optimizer
 
-from e2e import TINY, bsrnn, checkpoint, events
+from e2e import TINY, TINY_DEFAULT_MONITOR, bsrnn, checkpoint, events
 
 IMPROVED_CHANGES = {key: value for key, value in recipe_values("improved").items() if value != getattr(Config(), key)}
 
@@ -151,7 +151,7 @@ def test_the_best_checkpoint_is_updated_after_the_gan_term_starts(tmp_path: Path
     """The validation loss jumps when the GAN term starts; validation PESQ, the default monitor,
     does not, so an epoch after the start can still be the best."""
     run = tmp_path / "run"
-    result = bsrnn("train", *TINY, "--epochs", "3", "--gan-start-epoch", "1", "--run-dir", str(run))
+    result = bsrnn("train", *TINY_DEFAULT_MONITOR, "--epochs", "3", "--gan-start-epoch", "1", "--run-dir", str(run))
     assert result.returncode == 0, result.stderr
     epochs = events(run, "epoch")
     assert [e["use_gan"] for e in epochs] == [False, True, True]
