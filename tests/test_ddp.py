@@ -8,14 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from e2e import TINY, assert_same_training_state, checkpoint, env, losses_by_step
+from e2e import TINY, TINY_DEFAULT_MONITOR, assert_same_training_state, checkpoint, env, losses_by_step
 
 pytestmark = pytest.mark.slow
 
 
 def _torchrun(*args: str) -> subprocess.CompletedProcess:
     command = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2",
-               "-m", "bsrnn", "train", *TINY, "--device", "cpu", *args]
+               "-m", "bsrnn", "train", *TINY_DEFAULT_MONITOR, "--device", "cpu", *args]
     return subprocess.run(command, capture_output=True, text=True, timeout=600, env=env(), check=False)
 
 

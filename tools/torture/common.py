@@ -296,7 +296,10 @@ class Workspace:
 
     def ddp_args(self, run_dir: Path, *extra: str) -> list[str]:
         """Arguments after ``bsrnn train`` for 2 ranks: batch 4 keeps 3 steps per epoch per rank."""
-        args = [*TINY_ARGS, "--data-dir", str(self.data_dir), "--epochs", str(EPOCHS),
+        # torchrun's own parser takes "--monitor" for an abbreviation of its --monitor-interval
+        # (ambiguous), so the 2-rank runs keep the default monitor.
+        tiny = TINY_ARGS[: TINY_ARGS.index("--monitor")]
+        args = [*tiny, "--data-dir", str(self.data_dir), "--epochs", str(EPOCHS),
                 "--save-every-steps", "1", "--run-dir", str(run_dir), *extra]
         args[args.index("--batch-size") + 1] = "4"
         return args
