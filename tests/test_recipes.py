@@ -44,13 +44,13 @@ def test_the_shipped_recipes_are_reference_and_improved_and_improved_sets_every_
 def test_the_recipe_sits_below_the_config_file_and_the_flags(tmp_path: Path) -> None:
     path = tmp_path / "c.toml"
     path.write_text("time_loss_weight = 0.5\nepochs = 4\n")
-    values = _given("--recipe", "improved", "--config", str(path), "--phase-loss-weight", "0")
+    values = _given("--recipe", "improved", "--config", str(path), "--consistency-loss-weight", "0")
     config = config_of(values)
-    assert (config.recipe, config.time_loss_weight, config.phase_loss_weight, config.epochs) == ("improved", 0.5, 0.0, 4)
+    assert (config.recipe, config.time_loss_weight, config.consistency_loss_weight, config.epochs) == ("improved", 0.5, 0.0, 4)
     assert config.complex_loss == "compressed_mse" and config.optimizer == "adamw"
     # The recipe's own values are not "set by the user": on resume the checkpoint's win over them.
-    assert set(values) == {"recipe", "time_loss_weight", "epochs", "phase_loss_weight"}
-    assert config.recipe_overrides() == ["phase_loss_weight: 0.0", "time_loss_weight: 0.5"]
+    assert set(values) == {"recipe", "time_loss_weight", "epochs", "consistency_loss_weight"}
+    assert config.recipe_overrides() == ["time_loss_weight: 0.5", "consistency_loss_weight: 0.0"]
 
 
 def test_an_unknown_recipe_is_a_config_error_naming_the_recipes() -> None:
@@ -78,7 +78,7 @@ def test_a_resume_with_another_recipe_is_refused_naming_the_differing_fields() -
     assert "recipe 'reference', not 'improved'" in message and "--allow-recipe-change" in message
     for name in IMPROVED_CHANGES:
         assert f"{name}: checkpoint " in message, name
-    assert "phase_loss_weight: checkpoint 0.0, improved 0.3" in message
+    assert "complex_loss: checkpoint 'linear_l1', improved 'compressed_mse'" in message
     assert "epochs" not in message
 
 
@@ -87,7 +87,7 @@ def test_an_explicit_recipe_change_on_resume_takes_the_new_recipe_below_the_flag
     values = {"recipe": "improved", "allow_recipe_change": True, "time_loss_weight": 0.0}
     resumed = reconcile(config_of(values), set(values), run, "ckpt")
     assert resumed.recipe == "improved" and resumed.epochs == 10
-    assert resumed.phase_loss_weight == 0.3 and resumed.optimizer == "adamw" and resumed.time_loss_weight == 0.0
+    assert resumed.complex_loss == "compressed_mse" and resumed.optimizer == "adamw" and resumed.time_loss_weight == 0.0
     back = reconcile(config_of({"recipe": "reference", "allow_recipe_change": True}),
                      {"recipe", "allow_recipe_change"}, resumed.to_dict(), "ckpt")
     assert back.replace(gan_start_epoch=None) == Config(epochs=10, allow_recipe_change=True)
@@ -142,8 +142,8 @@ def test_the_improved_recipe_trains_and_its_run_records_every_ingredient(tmp_pat
     assert {key: saved[key] for key in IMPROVED_CHANGES} == IMPROVED_CHANGES
     assert 'recipe = "improved"' in (run / "config.toml").read_text()
     step = events(run, "step")[-1]
-    assert {"loss_phase", "loss_time", "loss_consistency", "loss_gan"} <= set(step)
-    assert all(isinstance(step[key], float) and step[key] == step[key] for key in ("loss", "loss_phase", "disc_loss"))
+    assert {"loss_time", "loss_consistency", "loss_gan"} <= set(step)
+    assert all(isinstance(step[key], float) and step[key] == step[key] for key in ("loss", "loss_time", "disc_loss"))
 
 
 @pytest.mark.slow
@@ -170,7 +170,7 @@ def test_resuming_with_another_recipe_is_refused_unless_explicit(tmp_path: Path)
     assert bsrnn("train", *TINY, "--epochs", "2", "--max-steps", "2", "--run-dir", str(run)).returncode == 0
     refused = bsrnn("train", "--run-dir", str(run), "--resume", "--recipe", "improved", "--max-steps", "1")
     assert refused.returncode == 2
-    assert "phase_loss_weight: checkpoint 0.0, improved 0.3" in refused.stderr
+    assert "complex_loss: checkpoint 'linear_l1', improved 'compressed_mse'" in refused.stderr
     assert "--allow-recipe-change" in refused.stderr
     assert checkpoint(run)["global_step"] == 2  # nothing trained
     same = bsrnn("train", "--run-dir", str(run), "--resume", "--recipe", "reference", "--max-steps", "1")
@@ -180,5 +180,5 @@ def test_resuming_with_another_recipe_is_refused_unless_explicit(tmp_path: Path)
     assert switched.returncode == 0, switched.stderr
     saved = checkpoint(run)
     assert saved["global_step"] == 4 and saved["config"]["recipe"] == "improved"
-    assert saved["config"]["phase_loss_weight"] == 0.3 and saved["config"]["num_channel"] == 4
+    assert saved["config"]["complex_loss"] == "compressed_mse" and saved["config"]["num_channel"] == 4
     assert saved["optimizer_state_dict"]["param_groups"][0]["betas"] == (0.8, 0.99)
