@@ -305,7 +305,7 @@ def read_run(run_dir: Path) -> tuple[list[Event], dict[str, Any]]:
 
 _COLOURS = {"generator": "tab:blue", "discriminator": "tab:orange", "validation": "tab:green",
             "validation discriminator": "tab:red"}
-_MARKER_STYLE = {"gan": ("black", "--"), "best": ("tab:purple", ":"), "resume": ("0.5", "-.")}
+_MARKER_LOOKS = {"gan": ("black", "--"), "best": ("tab:purple", ":"), "resume": ("0.5", "-.")}
 
 
 def draw(curves: Curves, title: str, out: Path) -> Path:
@@ -329,7 +329,7 @@ def draw(curves: Curves, title: str, out: Path) -> Path:
             else:
                 axis.plot(line.x, line.y, "o-", color=colour, markersize=3, label=label)
         for marker in curves.markers:
-            colour, style = _MARKER_STYLE[marker.kind]
+            colour, style = _MARKER_LOOKS[marker.kind]
             # Labelled once, in the first panel: the same lines cross every panel.
             axis.axvline(marker.x, color=colour, linestyle=style, linewidth=1,
                          label=marker.label if name == LOSSES else "_" + marker.label)
