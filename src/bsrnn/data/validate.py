@@ -70,15 +70,20 @@ def check_pair(pair: Pair, deep: bool = False) -> ProblemReport:
         for side in ("clean", "noisy"):
             if not sound[side]:
                 continue
-            source = getattr(pair, side)
-            try:
-                samples, _ = source.load()
-            except DataProblem as problem:
-                report.add(problem)
-                continue
-            for problem in sample_problems(samples, source.describe()):
+            for problem in decoded_problems(getattr(pair, side)):
                 report.add(problem)
     return report
+
+
+def decoded_problems(source: AudioSource, kinds: Iterable[str] | None = None) -> list[DataProblem]:
+    """What decoding one clip finds: that it cannot be decoded, or its samples' problems
+    (all of them, or only those of ``kinds``)."""
+    try:
+        samples, _ = source.load()
+    except DataProblem as problem:
+        return [problem]
+    found = sample_problems(samples, source.describe())
+    return [problem for problem in found if kinds is None or problem.kind in kinds]
 
 
 def validate_corpus(corpus: Corpus, splits: Iterable[str] = SPLITS, deep: bool = False) -> ProblemReport:
@@ -111,14 +116,8 @@ def check_finite_samples(corpus: Corpus, splits: Iterable[str] = SPLITS) -> None
     for split in splits:
         for pair in corpus.split(split):
             for source in (pair.clean, pair.noisy):
-                try:
-                    samples, _ = source.load()
-                except DataProblem as problem:
+                for problem in decoded_problems(source, kinds=("non_finite",)):
                     report.add(problem)
-                    continue
-                for problem in sample_problems(samples, source.describe()):
-                    if problem.kind == "non_finite":
-                        report.add(problem)
     report.raise_if_any(f"Dataset {corpus.describe()}")
 
 
