@@ -71,7 +71,9 @@ def test_sigkill_at_random_instants_never_loses_a_committed_checkpoint(
         # leave a better, unreported one (the same allowance as for last above).
         best_loss = 1.0 / (1 + best_epoch) + (0.5 if best_epoch % 3 else 0.0)
         assert best_loss <= best_reported[0], (kill, best_epoch, best_reported, newest_reported)
-        assert best_epoch <= last_epoch
+        # Best is renamed before last (manager._commit says why), so a kill between the two
+        # renames leaves best exactly one save ahead of last; the resumed run re-earns it.
+        assert best_epoch <= last_epoch + 1, (kill, best_epoch, last_epoch)
         assert load_checkpoint(tmp_path, "auto").payload["epoch"] == last_epoch
     leftovers = [p.name for p in tmp_path.iterdir() if p.name.endswith(".partial")]
     # At most the temporaries of the last kill (last's, and for a best save its copy); the next

@@ -94,17 +94,17 @@ def test_clean_clips_have_silences_and_syllables() -> None:
 
 
 def test_write_corpus_round_trips_through_the_on_disk_layout(tmp_path) -> None:
-    corpus = demo_corpus(seed=0, num_train=3, num_test=2)
+    corpus = demo_corpus(seed=0, num_train=3, num_test=2, num_valid=1)
     write_corpus(corpus, tmp_path / "demo")
-    found = check_data_dir(tmp_path / "demo", deep=True)
-    assert sorted(p.name for p in found.train) == sorted(p.name for p in corpus.train)
-    assert sorted(p.name for p in found.test) == sorted(p.name for p in corpus.test)
-    by_name = {pair.name: pair for pair in found.train + found.test}
-    for pair in corpus.train + corpus.test:
+    found = check_data_dir(tmp_path / "demo", splits=("train", "test", "valid"), deep=True)
+    for split in ("train", "test", "valid"):
+        assert sorted(p.name for p in found.split(split)) == sorted(p.name for p in corpus.split(split))
+    by_name = {pair.name: pair for pair in found.train + found.test + found.valid}
+    for pair in corpus.train + corpus.test + corpus.valid:
         for original, restored in zip(_arrays(pair), _arrays(by_name[pair.name]), strict=True):
             assert np.max(np.abs(original - restored)) <= 1 / 32768
     written = sorted(p.relative_to(tmp_path / "demo").as_posix() for p in (tmp_path / "demo").rglob("*") if p.is_file())
-    assert len(written) == 10 and all(path.endswith(".wav") for path in written)
+    assert len(written) == 12 and all(path.endswith(".wav") for path in written)
 
 
 def test_write_corpus_refuses_to_overwrite_and_leaves_files_alone(tmp_path) -> None:

@@ -52,12 +52,12 @@ def _utterance(rng: np.random.Generator, rate: int, seconds: float) -> np.ndarra
 
 
 def make_release(root: Path, rate: int = 48000, seconds: float = SECONDS, speakers: int = 28,
-                 zipped: bool = True) -> Path:
+                 zipped: bool = True, train: dict[str, int] = TRAIN) -> Path:
     """The release under ``root``: four zips (each with its top folder) or the folders."""
     rng = np.random.default_rng(0)
     root.mkdir(parents=True, exist_ok=True)
     for release in release_sets(speakers):
-        names = [f"{speaker}_{index:03d}" for speaker, count in (TRAIN if release.split == "train" else TEST).items()
+        names = [f"{speaker}_{index:03d}" for speaker, count in (train if release.split == "train" else TEST).items()
                  for index in range(1, count + 1)]
         files = {}
         for name in names:
@@ -129,6 +129,7 @@ def test_the_manifest_matches_what_was_written(release: Path, reference: Path) -
     train, test = manifest["splits"]["train"], manifest["splits"]["test"]
     assert (train["pairs"], test["pairs"]) == (PAIRS["train"], PAIRS["test"])
     assert train["speakers"] == ["p226", "p227"] and test["speakers"] == ["p232"]
+    assert manifest["validation"] == {"speakers": ["p226"], "from_split": "train"}
     assert train["frames"] == {"clean": 5 * 4800, "noisy": 5 * 4800}
     assert test["duration_s"] == {"clean": 0.6, "noisy": 0.6}
     assert train["source_rates"] == {"48000": 10} and train["resampled_files"] == 10
@@ -506,3 +507,28 @@ def test_a_prepared_release_trains(tmp_path: Path) -> None:
                     "--run-dir", str(tmp_path / "run"))
     assert trained.returncode == 0, trained.stdout + trained.stderr
     assert (tmp_path / "run" / "checkpoint_last.pt").exists()
+
+
+@pytest.mark.slow
+def test_prepare_then_train_on_held_out_speakers_then_evaluate_on_the_test_split(tmp_path: Path) -> None:
+    """The README's path from a release to a test score, through the real command line."""
+    release = make_release(tmp_path / "release", seconds=1.0, train={"p226": 2, "p227": 8, "p287": 2})
+    data, run_dir = tmp_path / "vbd16k", tmp_path / "run"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+    def bsrnn(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "bsrnn", *args], capture_output=True, text=True,
+                              env=env, timeout=600, check=False)
+
+    assert bsrnn("data", "prepare", "vbd", str(release), "--out", str(data)).returncode == 0
+    assert json.loads((data / "prepare.json").read_text())["validation"]["speakers"] == ["p226", "p287"]
+    result = bsrnn("train", "--data-dir", str(data), "--run-dir", str(run_dir), "--epochs", "1",
+                   "--num-channel", "4", "--num-layer", "1", "--batch-size", "4", "--cut-len", "8000",
+                   "--pesq-workers", "1")
+    assert result.returncode == 0, result.stderr
+    assert ("Validation: 4 pairs, speakers p226, p287 held out of the training split (prepare.json); "
+            "training on 8 pairs") in result.stderr
+    result = bsrnn("evaluate", str(run_dir), "--data-dir", str(data), "--csv", str(tmp_path / "test.csv"))
+    assert result.returncode == 0, result.stderr
+    rows = (tmp_path / "test.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 and all(row.split(",")[0].startswith(("file", "p232")) for row in rows)

@@ -95,10 +95,36 @@ def test_the_python_api_logs_like_the_command_and_train_log_holds_it(tmp_path: P
     """))
     result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env(), timeout=300)
     assert result.returncode == 0, result.stderr
-    for line in ("GAN term from epoch", "TEST - Generator loss", "Training complete", "steps/s, ETA"):
+    for line in ("GAN term from epoch", "VALID - Generator loss", "Training complete", "steps/s, ETA"):
         assert line in result.stderr
         assert line in (run_dir / "train.log").read_text()
     # Logged by time although log_interval was never reached; the records carry the rate.
     steps = events(run_dir, "step")
     assert len(steps) == STEPS_PER_EPOCH and all(step["steps_per_s"] > 0 for step in steps)
     assert result.stderr.index("Saved checkpoint_last.pt (epoch 0") < result.stderr.index("Training complete")
+
+
+def test_training_validates_on_held_out_training_pairs_and_never_reads_the_test_split(tmp_path: Path) -> None:
+    from bsrnn.data import demo_corpus, write_corpus
+
+    data = write_corpus(demo_corpus(seed=0, num_train=20, num_test=2, num_valid=0), tmp_path / "data")
+    broken = next((data / "test" / "noisy").iterdir())
+    broken.write_bytes(b"not audio at all")  # only a command that reads the test split can notice
+    run_dir = tmp_path / "run"
+    tiny = [arg for arg in TINY if arg != "--demo"]
+    result = bsrnn("train", "--data-dir", str(data), *tiny, "--valid-fraction", "0.2", "--epochs", "1",
+                   "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stderr
+    assert "of the training split held out (by a hash of each name) (--valid-fraction)" in result.stderr
+    assert "best val_loss so far: this epoch" in result.stderr
+    saved = checkpoint(run_dir)
+    held_out = saved["validation"]["items"]
+    assert saved["validation"]["rule"] == {"kind": "fraction", "fraction": 0.2, "source": "--valid-fraction"}
+    assert 1 <= held_out < 20 and saved["global_step"] == (20 - held_out) // 8
+    # A resume that would validate on other pairs is refused unless told.
+    result = bsrnn("train", "--data-dir", str(data), *tiny, "--valid-fraction", "0.5", "--epochs", "2",
+                   "--run-dir", str(run_dir), "--resume")
+    assert result.returncode == 2 and "validation set changed" in result.stderr, result.stderr
+    # evaluate is the command that reads the test split, and it names the broken file.
+    result = bsrnn("evaluate", str(run_dir), "--data-dir", str(data))
+    assert result.returncode == 2 and broken.name in result.stderr, result.stderr

@@ -34,7 +34,7 @@ def reference_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run_dir = tmp_path_factory.mktemp("reference") / "run"
     result = bsrnn("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir))
     assert result.returncode == 0, result.stdout + result.stderr
-    assert "TEST - Generator loss:" in result.stderr + result.stdout
+    assert "VALID - Generator loss:" in result.stderr + result.stdout
     return run_dir
 
 

@@ -1,17 +1,30 @@
-"""The validation set is fixed for the life of a run: crops, seed and utterances."""
+"""The validation split: held out of the training data, never the test set, fixed for a run."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from bsrnn.checkpoint import LoadedCheckpoint
 from bsrnn.config import Config
-from bsrnn.data import demo_corpus
+from bsrnn.data import ArraySource, Pair, demo_corpus
+from bsrnn.data.holdout import by_fraction, hold_out, speaker_of
 from bsrnn.data.layout import Corpus
 from bsrnn.errors import UserError
-from bsrnn.training.trainer import validation_record
+from bsrnn.training.trainer import validation_record, validation_split
+
+
+def _pairs(names: list[str]) -> list[Pair]:
+    samples = np.zeros(16000, dtype=np.float32)
+    return [Pair(name, ArraySource(samples, 16000, name), ArraySource(samples, 16000, name)) for name in names]
+
+
+def _voicebank_like() -> Corpus:
+    names = [f"{speaker}_{i:03d}" for speaker in ("p226", "p227", "p287", "p999") for i in range(1, 4)]
+    return Corpus(train=_pairs(names), test=_pairs(["p232_001", "p257_001"]))
 
 
 def _checkpoint(record: dict | None, config: Config) -> LoadedCheckpoint:
@@ -21,24 +34,78 @@ def _checkpoint(record: dict | None, config: Config) -> LoadedCheckpoint:
     return LoadedCheckpoint(Path("run/checkpoint_last.pt"), "last", payload, "0" * 64)
 
 
+def test_voicebank_holds_out_speakers_p226_and_p287_and_never_touches_the_test_split() -> None:
+    split = hold_out(_voicebank_like())
+    assert {speaker_of(pair.name) for pair in split.valid} == {"p226", "p287"}
+    assert {speaker_of(pair.name) for pair in split.train} == {"p227", "p999"}
+    assert split.rule["kind"] == "speakers" and "p226, p287" in split.describe()
+
+
+def test_named_speakers_are_held_out_and_an_absent_speaker_is_refused_by_name() -> None:
+    split = hold_out(_voicebank_like(), valid_speakers=["p999"])
+    assert [pair.name for pair in split.valid] == ["p999_001", "p999_002", "p999_003"]
+    with pytest.raises(UserError, match=r"p111: expected pairs .* speakers present: p226, p227, p287, p999"):
+        hold_out(_voicebank_like(), valid_speakers=["p226", "p111"])
+
+
+def test_a_fraction_depends_on_each_name_alone_so_adding_files_moves_no_old_pair() -> None:
+    names = [f"utt{i}" for i in range(1000)]
+    small = by_fraction(_pairs(names), 0.1)
+    large = by_fraction(_pairs(names + [f"new{i}" for i in range(1000)]), 0.1)
+    assert 70 <= len(small.valid) <= 130 and len(small.valid) + len(small.train) == 1000
+    assert {pair.name for pair in large.valid} & set(names) == {pair.name for pair in small.valid}
+    assert [p.name for p in by_fraction(_pairs(names), 0.1).valid] == [p.name for p in small.valid]
+
+
+def test_without_speakers_the_default_is_five_percent_and_at_least_one_pair() -> None:
+    split = hold_out(Corpus(train=_pairs([f"ast_en_{i}" for i in range(847)])))
+    assert 25 <= len(split.valid) <= 60
+    assert split.rule == {"kind": "fraction", "fraction": 0.05,
+                          "source": "the default for corpora without speakers p226/p287"}
+    assert len(hold_out(Corpus(train=_pairs(["a", "b", "c"]))).valid) == 1
+
+
+def test_the_corpus_s_own_valid_split_and_prepared_speakers_come_before_the_defaults(tmp_path: Path) -> None:
+    demo = demo_corpus(seed=0, num_train=4, num_test=2, num_valid=3)
+    split = hold_out(demo)
+    assert split.rule == {"kind": "folder"} and len(split.valid) == 3 and len(split.train) == 4
+    corpus = _voicebank_like()
+    corpus.root = tmp_path
+    (tmp_path / "prepare.json").write_text(json.dumps({"validation": {"speakers": ["p227"]}}))
+    assert {speaker_of(pair.name) for pair in hold_out(corpus).valid} == {"p227"}
+
+
 def test_a_resume_with_another_cut_len_keeps_the_runs_validation_crops() -> None:
     corpus = demo_corpus(seed=0, num_train=4, num_test=3)
     run = Config(cut_len=8000, seed=3)
-    recorded = validation_record(corpus, run, None)
-    resumed = validation_record(corpus, run.replace(cut_len=16000), _checkpoint(recorded, run))
+    split = validation_split(corpus, run, None)
+    recorded = validation_record(split, run, None)
+    resumed_config = run.replace(cut_len=16000)
+    checkpoint = _checkpoint(recorded, run)
+    resumed = validation_record(validation_split(corpus, resumed_config, checkpoint), resumed_config, checkpoint)
     assert resumed == recorded and resumed["cut_len"] == 8000
 
 
-def test_an_old_checkpoint_without_a_record_keeps_its_configs_crops() -> None:
+def test_a_run_from_before_validation_splits_keeps_validating_on_its_test_split() -> None:
     corpus = demo_corpus(seed=0, num_train=4, num_test=3)
     old = Config(cut_len=8000)
-    assert validation_record(corpus, old.replace(cut_len=4000), _checkpoint(None, old))["cut_len"] == 8000
+    legacy_record = {"cut_len": 8000, "seed": 0, "items": 3, "names_sha256": "x"}
+    split = validation_split(corpus, old, _checkpoint(legacy_record, old))
+    assert split.rule == {"kind": "test"} and split.valid == corpus.test and "TEST split" in split.describe()
+    allowed = old.replace(allow_validation_change=True)
+    assert validation_split(corpus, allowed, _checkpoint(legacy_record, old)).rule == {"kind": "folder"}
+    # No record at all (older still): its config's crops.
+    assert validation_record(split, old.replace(cut_len=4000), _checkpoint(None, old))["cut_len"] == 8000
 
 
-def test_a_resume_whose_validation_utterances_differ_is_refused() -> None:
-    corpus = demo_corpus(seed=0, num_train=4, num_test=3)
+def test_a_resume_whose_validation_utterances_differ_is_refused_unless_allowed() -> None:
+    corpus = _voicebank_like()
     run = Config(cut_len=8000)
-    recorded = validation_record(corpus, run, None)
-    fewer = Corpus(train=corpus.train, test=corpus.test[:2])
-    with pytest.raises(UserError, match="validation set changed"):
-        validation_record(fewer, run, _checkpoint(recorded, run))
+    recorded = validation_record(validation_split(corpus, run, None), run, None)
+    other = run.replace(valid_speakers=["p999"])
+    checkpoint = _checkpoint(recorded, run)
+    with pytest.raises(UserError, match="validation set changed.*--allow-validation-change"):
+        validation_record(validation_split(corpus, other, checkpoint), other, checkpoint)
+    allowed = other.replace(allow_validation_change=True)
+    switched = validation_record(validation_split(corpus, allowed, checkpoint), allowed, checkpoint)
+    assert switched["rule"]["speakers"] == ["p999"] and switched["items"] == 3

@@ -35,7 +35,7 @@ ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
 # The run directory is where this invocation writes: a copied or moved run resumes in place.
 INVOCATION_FIELDS = (
     "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
-    "amp", "compile", "cache_audio", "allow_recipe_change",
+    "amp", "compile", "cache_audio", "allow_recipe_change", "allow_validation_change",
 )
 # amp, compile and cache_audio say how this machine computes, like device and workers: a run
 # trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
@@ -74,6 +74,8 @@ _TYPE_CHECKS: dict[str, tuple[str, Callable[[Any], bool]]] = {
     "str": ("a string", lambda value: isinstance(value, str)),
     "list[float]": ("a list of finite numbers", lambda value: isinstance(value, list) and all(map(_is_number, value))),
     "list[int]": ("a list of integers", lambda value: isinstance(value, list) and all(map(_is_integer, value))),
+    "list[str]": ("a list of strings", lambda value: isinstance(value, list)
+                  and all(isinstance(item, str) for item in value)),
 }
 
 
@@ -165,6 +167,17 @@ class Config:
     weight_decay: float = _field(0.0, "weight decay of both optimizers (decoupled with adamw)")
     data_dir: str | None = _field(None, "dataset root (DATA/train|test/clean|noisy or VoiceBank+DEMAND names)")
     demo: bool = _field(False, "train on the built-in generated demo set instead of data_dir")
+    valid_speakers: list[str] = _field(
+        [], "speakers held out of the training split to validate on (a name's part before the first '_': "
+        "p226 for p226_001), e.g. p226,p287; default: see valid_fraction"
+    )
+    valid_fraction: float = _field(
+        0.0, "fraction of the training split held out to validate on, chosen by a hash of each name (0: the "
+        "default: the data's valid/ folder, else prepare.json's speakers, else p226,p287 when present, else 0.05)"
+    )
+    allow_validation_change: bool = _field(
+        False, "on resume, accept a validation set other than the run's (best-so-far values then mix two sets)"
+    )
     save_model_dir: str = _field("runs/bsrnn", "run directory: checkpoints, config.toml, metrics.jsonl, train.log")
     resume_from_checkpoint: str | None = _field(
         None, "run directory to resume from; 'auto' = save_model_dir if it holds a checkpoint"
@@ -241,6 +254,9 @@ class Config:
         for name in ("save_every_steps", "workers", "pesq_workers", "seed"):
             rules[name] = (lambda value: value >= 0, "an integer >= 0")
         rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")
+        rules["valid_fraction"] = (lambda value: 0 <= value < 1, "a number in [0, 1) (e.g. 0.05; 0: the default rule)")
+        rules["valid_speakers"] = (lambda value: all(item.strip() and "," not in item for item in value),
+                                   "a list of speaker names (e.g. ['p226', 'p287'])")
         for name in ("phase_loss_weight", "time_loss_weight", "consistency_loss_weight", "weight_decay"):
             rules[name] = (lambda value: value >= 0, "a finite number >= 0 (0: off)")
         for spec in dataclasses.fields(self):

@@ -171,7 +171,7 @@ def phase_of(output: str, saving: bool) -> str:
         return "validation"
     if last.startswith("✓ Saved checkpoint_last.pt (epoch") and "step" in last:
         return "mid-step"
-    if last.startswith(("TEST - ", "✓ Saved checkpoint_last.pt (epoch", "NEW BEST")):
+    if last.startswith(("VALID - ", "✓ Saved checkpoint_last.pt (epoch", "NEW BEST")):
         return "epoch-end"
     if any(line.startswith("Epoch ") for line in lines):
         return "mid-step"

@@ -25,7 +25,9 @@ _SPECIAL = {"data_dir", "demo", "resume_from_checkpoint", "load_checkpoint_type"
             "device"}
 _METAVARS = {"epochs": "N", "batch_size": "N", "init_lr": "LR", "cut_len": "SAMPLES", "num_layer": "L",
              "seed": "S", "gan_start_epoch": "EPOCH", "save_model_dir": "DIR", "loss_weights": "W",
-             "recipe": "NAME", "adam_betas": "BETA"}
+             "recipe": "NAME", "adam_betas": "BETA", "valid_speakers": "S1,S2"}
+# List fields whose flag also takes comma-separated values.
+_COMMA_LISTS = {"valid_speakers"}
 
 DESCRIPTION = """\
 Train a BSRNN generator against a MetricGAN discriminator, or resume a run.
@@ -128,6 +130,8 @@ def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     for key, value in vars(args).items():
         field = _RENAMED.get(key, key)
         if field in known and value is not None:
+            if field in _COMMA_LISTS:  # --valid-speakers p226,p287 or p226 p287
+                value = [item for given in value for item in given.split(",") if item]
             values[field] = value
     return values
 

@@ -4,14 +4,15 @@
 ``layout.write_corpus`` puts it on disk in the ``DATA/{train,test}/{clean,noisy}`` layout when
 a command needs files; ``write_demo_audio`` writes a few test pairs for trying ``bsrnn enhance``
 and ``bsrnn score`` by hand. Defaults: 48 training pairs of 1.5-3 s and 8 test pairs of 2-3 s at
-16 kHz, small enough that an epoch of a tiny model takes seconds.
+16 kHz, and 8 validation pairs like the test pairs; small enough that an epoch of a tiny model
+takes seconds.
 
 Item ``i`` of a split is a function of (seed, split, i) only, so asking for more items keeps
 the first ones unchanged. Its noise kind and SNR cycle through every combination: kind
 ``i % K``, SNR ``(i + i // K) % S`` for K kinds and S SNRs (with five of each, every 25 items
 hold each combination once). The SNR is exact over the whole clip, silences included:
 ``10 log10(sum(clean^2) / sum((noisy - clean)^2))``. Names read like
-``train_007_babble_+10dB``; training and test use different synthetic speakers.
+``train_007_babble_+10dB``; training, validation and test use different synthetic speakers.
 """
 
 from __future__ import annotations
@@ -31,8 +32,8 @@ from bsrnn.data.synth import NOISE_KINDS, make_noise, random_speaker, speech_lik
 logger = logging.getLogger(__name__)
 
 DEFAULT_SNRS_DB: tuple[float, ...] = (-5.0, 0.0, 5.0, 10.0, 15.0)
-_SPLIT_IDS = {"train": 0, "test": 1}
-_SPEAKERS_PER_SPLIT = {"train": 6, "test": 2}
+_SPLIT_IDS = {"train": 0, "test": 1, "valid": 2}
+_SPEAKERS_PER_SPLIT = {"train": 6, "test": 2, "valid": 2}
 _PEAK_LIMIT = 0.95
 
 
@@ -83,14 +84,20 @@ def demo_corpus(
     seed: int = 0,
     num_train: int = 48,
     num_test: int = 8,
+    num_valid: int = 8,
     train_seconds: tuple[float, float] = (1.5, 3.0),
     test_seconds: tuple[float, float] = (2.0, 3.0),
     snrs_db: Sequence[float] = DEFAULT_SNRS_DB,
     noise_kinds: Sequence[str] = NOISE_KINDS,
 ) -> Corpus:
-    """A deterministic in-memory corpus of synthetic speech in noise (about a second to make)."""
-    if num_train < 0 or num_test < 0:
-        raise ValueError(f"pair counts must be >= 0, got num_train={num_train}, num_test={num_test}")
+    """A deterministic in-memory corpus of synthetic speech in noise (about a second to make).
+
+    Its ``valid`` split (other utterances, the test split's lengths) is what a ``--demo`` run
+    validates on, so that its test split stays for ``evaluate``.
+    """
+    if min(num_train, num_test, num_valid) < 0:
+        raise ValueError(f"pair counts must be >= 0, got num_train={num_train}, num_test={num_test}, "
+                         f"num_valid={num_valid}")
     for bounds in (train_seconds, test_seconds):
         if not 0.04 <= bounds[0] <= bounds[1]:
             raise ValueError(f"clip lengths must satisfy 0.04 <= low <= high seconds, got {bounds}")
@@ -101,6 +108,7 @@ def demo_corpus(
     corpus = Corpus(
         train=[demo_pair(seed, "train", i, train_seconds, snrs_db, noise_kinds) for i in range(num_train)],
         test=[demo_pair(seed, "test", i, test_seconds, snrs_db, noise_kinds) for i in range(num_test)],
+        valid=[demo_pair(seed, "valid", i, test_seconds, snrs_db, noise_kinds) for i in range(num_valid)],
         layout=f"demo corpus, seed {seed}",
     )
     logger.info("Generated %s in %.1f s", corpus.describe(), time.monotonic() - started)

@@ -2,7 +2,8 @@
 
 Two on-disk layouts are recognised under a data directory DATA:
 
-- split folders (the reference recipe's): ``DATA/train/{clean,noisy}``, ``DATA/test/{clean,noisy}``;
+- split folders (the reference recipe's): ``DATA/train/{clean,noisy}``, ``DATA/test/{clean,noisy}``,
+  and optionally ``DATA/valid/{clean,noisy}``, a validation split of the user's own;
 - VoiceBank+DEMAND as distributed: ``DATA/clean_trainset_28spk_wav``,
   ``DATA/noisy_trainset_28spk_wav``, ``DATA/clean_testset_wav``, ``DATA/noisy_testset_wav``.
 
@@ -30,6 +31,9 @@ from bsrnn.errors import DataError, UserError
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "test")
+VALID_SPLIT = "valid"
+"""An optional split: a validation set the user chose. Without one, ``holdout`` carves the
+validation set out of ``train``."""
 SIDES = ("clean", "noisy")
 
 
@@ -44,7 +48,7 @@ class Layout:
 LAYOUTS: tuple[Layout, ...] = (
     Layout(
         "split folders",
-        {(split, side): f"{split}/{side}" for split in SPLITS for side in SIDES},
+        {(split, side): f"{split}/{side}" for split in (*SPLITS, VALID_SPLIT) for side in SIDES},
     ),
     Layout(
         "VoiceBank+DEMAND",
@@ -60,22 +64,28 @@ LAYOUTS: tuple[Layout, ...] = (
 
 @dataclass
 class Corpus:
-    """Pairs per split; ``root``/``layout`` say where they came from (None: in memory)."""
+    """Pairs per split; ``root``/``layout`` say where they came from (None: in memory).
+
+    ``valid`` is empty unless the corpus brings its own validation split (a ``valid`` folder,
+    or the demo corpus).
+    """
 
     train: list[Pair] = field(default_factory=list)
     test: list[Pair] = field(default_factory=list)
+    valid: list[Pair] = field(default_factory=list)
     root: Path | None = None
     layout: str = "in memory"
 
     def split(self, name: str) -> list[Pair]:
-        """The pairs of split ``name`` ("train" or "test")."""
-        if name not in SPLITS:
-            raise ValueError(f"unknown split {name!r}; expected one of {SPLITS}")
-        return self.train if name == "train" else self.test
+        """The pairs of split ``name`` ("train", "test" or "valid")."""
+        if name not in (*SPLITS, VALID_SPLIT):
+            raise ValueError(f"unknown split {name!r}; expected one of {(*SPLITS, VALID_SPLIT)}")
+        return {"train": self.train, "test": self.test, VALID_SPLIT: self.valid}[name]
 
     def describe(self) -> str:
         where = str(self.root) if self.root is not None else "in-memory corpus"
-        return f"{where} ({self.layout}: {len(self.train)} train, {len(self.test)} test pairs)"
+        valid = f", {len(self.valid)} valid" if self.valid else ""
+        return f"{where} ({self.layout}: {len(self.train)} train{valid}, {len(self.test)} test pairs)"
 
 
 def natural_key(name: str) -> list[int | str]:
@@ -86,7 +96,8 @@ def natural_key(name: str) -> list[int | str]:
 def _layouts_looked_for(data_dir: Path, splits: Iterable[str]) -> str:
     lines = ["Layouts looked for:"]
     for layout in LAYOUTS:
-        folders = ", ".join(str(data_dir / layout.folders[(split, side)]) for split in splits for side in SIDES)
+        folders = ", ".join(str(data_dir / layout.folders[(split, side)])
+                            for split in splits for side in SIDES if (split, side) in layout.folders)
         lines.append(f"  {layout.name}: {folders}")
     return "\n".join(lines)
 
@@ -95,7 +106,8 @@ def _choose_layout(data_dir: Path, splits: tuple[str, ...]) -> Layout:
     """The layout with the most of its folders present (the first one on a tie)."""
 
     def present(layout: Layout) -> int:
-        return sum((data_dir / layout.folders[(s, side)]).is_dir() for s in splits for side in SIDES)
+        return sum((data_dir / layout.folders[(s, side)]).is_dir()
+                   for s in splits for side in SIDES if (s, side) in layout.folders)
 
     return max(LAYOUTS, key=present)
 
@@ -122,6 +134,9 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     report = ProblemReport()
     name_clashes: list[list[Path]] = []
     for split in wanted:
+        if (split, SIDES[0]) not in layout.folders:
+            report.add(DataProblem.of("missing_folder", str(root / split), f"no {split} split in the {layout.name} layout"))
+            continue
         folders = {side: root / layout.folders[(split, side)] for side in SIDES}
         missing = [folder for folder in folders.values() if not folder.is_dir()]
         for folder in missing:
@@ -156,6 +171,11 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     return corpus, report
 
 
+def splits_present(data_dir: str | Path) -> tuple[str, ...]:
+    """``SPLITS``, plus ``valid`` where ``data_dir`` holds a ``valid`` folder of its own."""
+    return (*SPLITS, VALID_SPLIT) if (Path(data_dir) / VALID_SPLIT).is_dir() else SPLITS
+
+
 def find_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> Corpus:
     """The corpus under ``data_dir``; one DataError lists every structural problem.
 
@@ -168,7 +188,9 @@ def find_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> Corpus:
 
 
 def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, subtype: str = "PCM_16") -> Path:
-    """Write ``corpus`` as ``out_dir/{train,test}/{clean,noisy}/NAME.wav`` and return out_dir.
+    """Write ``corpus`` as ``out_dir/{train,test,valid}/{clean,noisy}/NAME.wav`` and return out_dir.
+
+    The ``valid`` folders are written only when the corpus has a validation split.
 
     Writes nothing else. Existing files are never replaced unless ``overwrite``: the check
     runs before the first write, so a refusal leaves ``out_dir`` untouched.
@@ -176,7 +198,7 @@ def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, s
     root = Path(out_dir)
     targets = [
         (root / split / side / f"{pair.name}.wav", getattr(pair, side))
-        for split in SPLITS
+        for split in (*SPLITS, VALID_SPLIT)
         for pair in corpus.split(split)
         for side in SIDES
     ]

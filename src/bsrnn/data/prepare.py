@@ -88,6 +88,7 @@ from bsrnn.audio import SAMPLE_RATE
 from bsrnn.checkpoint.atomic import fsync_directory, remove_stale_temporaries, temporary_path
 from bsrnn.checkpoint.errors import CheckpointError
 from bsrnn.checkpoint.lock import LOCK_NAME, RunDirectoryBusyError, RunDirectoryLock
+from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
@@ -548,6 +549,7 @@ def build_manifest(speakers: int, sources: list[dict[str, Any]], fingerprint: di
       MD5, the checksum DataShare publishes); for a folder each file's name, size and SHA-256;
     - ``resampler``: soxr and libsoxr versions, quality, precision, quantization;
     - ``output``: format, subtype, rate, layout, ``SHA256SUMS`` and its SHA-256;
+    - ``validation``: the training speakers ``bsrnn train`` holds out to validate on (p226, p287);
     - ``splits``: per split the pairs, frames and seconds per side, speakers and their count,
       the source files' rates (``{"48000": 23144}``), how many were resampled, clipped samples;
     - ``fingerprint``: what a resume compares (sources' digests, resampler, output format).
@@ -570,10 +572,14 @@ def build_manifest(speakers: int, sources: list[dict[str, Any]], fingerprint: di
             "resampled_files": sum(r.source_rate != SAMPLE_RATE for _, r in chosen),
             "clipped_samples": {side: sum(r.clipped for t, r in chosen if t.side == side) for side in SIDES},
         }
+    held_out = [speaker for speaker in VOICEBANK_VALID_SPEAKERS if speaker in splits["train"]["speakers"]]
     return {
         "format": MANIFEST_FORMAT,
         "bsrnn_version": __version__,
         "dataset": {"name": NAME, "doi": DOI, "url": f"https://doi.org/{DOI}", "speakers": speakers},
+        # What ``bsrnn train`` validates on (``bsrnn.data.holdout``): whole training speakers,
+        # never the test split.
+        "validation": {"speakers": held_out, "from_split": "train"},
         "sources": sources,
         "resampler": resampler_settings(),
         "output": {

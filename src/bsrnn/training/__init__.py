@@ -49,7 +49,14 @@ from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, init_distributed, shutdown_distributed
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
-from bsrnn.training.trainer import TrainingDivergedError, TrainResult, Trainer
+from bsrnn.data.holdout import ValidationSplit
+from bsrnn.training.trainer import (
+    TrainingDivergedError,
+    TrainResult,
+    Trainer,
+    validation_split,
+    validation_split_is_legacy,
+)
 
 __all__ = ["TrainResult", "TrainingDivergedError", "train"]
 
@@ -149,16 +156,30 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _corpus(config: Config):  # -> Corpus
+def _validation_data(config: Config, loaded: LoadedCheckpoint | None) -> ValidationSplit:
+    """The corpus, checked, split into the pairs to train on and the pairs to validate on.
+
+    Training reads no test file: ``evaluate`` is the one command that does (a run from before
+    validation splits is the exception: it keeps validating on its test split).
+    """
     from bsrnn.data import check_data_dir, demo_corpus
+    from bsrnn.data.layout import splits_present
 
     if config.demo:
-        return demo_corpus(seed=0)
-    if not config.data_dir:
+        corpus = demo_corpus(seed=0)
+    elif not config.data_dir:
         raise UserError("No training data: pass --data-dir DIR (a dataset root) or --demo (built-in demo set).")
-    # Every file is decoded once here (NaN samples, silence, rates, names...): a bad file stops
-    # the run now, with one message naming them all, not hours into the first epoch.
-    return check_data_dir(config.data_dir, deep=True)
+    else:
+        splits = [split for split in splits_present(config.data_dir) if split != "test"]
+        if loaded is not None and validation_split_is_legacy(loaded) and not config.allow_validation_change:
+            splits.append("test")
+        # Every file is decoded once here (NaN samples, silence, rates, names...): a bad file stops
+        # the run now, with one message naming them all, not hours into the first epoch.
+        corpus = check_data_dir(config.data_dir, splits=splits, deep=True)
+    log.info("Data: %s", corpus.describe())
+    split = validation_split(corpus, config, loaded)
+    log.info("%s", split.describe())
+    return split
 
 
 @contextlib.contextmanager
@@ -249,10 +270,13 @@ def held_log_records() -> Iterator[list[logging.LogRecord]]:
 def _train_with_files(config: Config, explicit: set[str], device: torch.device, context: DistributedContext,
                       lock: RunDirectoryLock | None, files: RunFiles, loaded: LoadedCheckpoint | None) -> TrainResult:
     if loaded is None:
+        halfway = config.gan_start_epoch is None  # not given, and not set by the recipe
         config = config.with_gan_start_fixed()
-        if "gan_start_epoch" not in explicit:
+        if halfway:
             log.info("GAN term from epoch %d (half of --epochs %d; fixed for the life of this run)",
                      config.gan_start_epoch, config.epochs)
+        elif "gan_start_epoch" not in explicit:
+            log.info("GAN term from epoch %d (recipe %s)", config.gan_start_epoch, config.recipe)
     else:
         log.info("=" * 70)
         log.info("RESUMING FROM CHECKPOINT")
@@ -268,13 +292,12 @@ def _train_with_files(config: Config, explicit: set[str], device: torch.device, 
             )
             return TrainResult(0, Path(config.save_model_dir), completed - 1, int(loaded.get("global_step", 0)),
                                "already_done")
-    corpus = _corpus(config)
-    log.info("Data: %s", corpus.describe())
-    trainer = Trainer(config, corpus, device, context, loaded, lock, files,
+    split = _validation_data(config, loaded)
+    trainer = Trainer(config, split, device, context, loaded, lock, files,
                       init_lr_given=loaded is not None and "init_lr" in explicit)
     if loaded is not None:
         log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
         for line in summary_lines(loaded.kind, str(loaded.path), loaded.payload, config,
-                                  trainer.learning_rates(), trainer.superseded):
+                                  trainer.learning_rates(), trainer.superseded, split.describe()):
             log.info("%s", line)
     return trainer.run(config.max_steps)

@@ -170,7 +170,7 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 
 
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
-                  learning_rates: Mapping[str, float], superseded: Path | None) -> list[str]:
+                  learning_rates: Mapping[str, float], superseded: Path | None, validation: str = "") -> list[str]:
     """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter."""
     epoch = int(payload.get("epoch", -1))
     step_in_epoch = int(payload.get("step_in_epoch", 0))
@@ -194,6 +194,8 @@ def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Conf
         f"  Monitored: {monitor.get('name', config.monitor)} ({monitor.get('mode', config.monitor_mode)}), "
         f"best {_fmt(monitor.get('best'))}",
     ]
+    if validation:
+        lines.append(f"  {validation}")
     for name, rate in learning_rates.items():
         lines.append(f"  Current learning rate ({name}): {rate:.6g}")
     if superseded is not None:

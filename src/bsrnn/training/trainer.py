@@ -35,6 +35,7 @@ from bsrnn.checkpoint import (
 from bsrnn.config import Config
 from bsrnn.data.cache import cache_pairs
 from bsrnn.data.datasets import FixedCrops, TrainSet
+from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import EpochBatches
 from bsrnn.errors import RunFailedError, UserError
@@ -159,16 +160,37 @@ def check_adam_state_shapes(optimizer: torch.optim.Optimizer, name: str, path: P
                     )
 
 
-def validation_record(corpus: Corpus, config: Config, loaded: LoadedCheckpoint | None) -> dict[str, Any]:
-    """The validation set of this run: its crop length and seed, and which utterances it holds.
+def validation_split_is_legacy(loaded: LoadedCheckpoint) -> bool:
+    """Whether ``loaded`` comes from a run that validated on the test split (no recorded rule)."""
+    recorded = loaded.get("validation")
+    return not (isinstance(recorded, dict) and "rule" in recorded)
+
+
+def validation_split(corpus: Corpus, config: Config, loaded: LoadedCheckpoint | None) -> ValidationSplit:
+    """The pairs this run validates on (``bsrnn.data.holdout`` has the rules).
+
+    A run keeps the split it started with. Runs from before validation splits (their record has
+    no ``rule``) validated on the test split and keep doing so, with a warning, unless the user
+    allows the change: a best checkpoint chosen on one set cannot be compared with another's.
+    """
+    if loaded is not None and validation_split_is_legacy(loaded) and not config.allow_validation_change:
+        log.warning("WARNING: this run started before validation splits and validates on the test split; it "
+                    "keeps doing so, so that its best checkpoint stays comparable. A new run (or "
+                    "--allow-validation-change) holds out training data instead.")
+        return legacy_test_split(corpus)
+    return hold_out(corpus, config.valid_speakers, config.valid_fraction)
+
+
+def validation_record(split: ValidationSplit, config: Config, loaded: LoadedCheckpoint | None) -> dict[str, Any]:
+    """The validation set of this run: how it was chosen, its crops, which utterances it holds.
 
     Fixed for the life of a run and saved in every checkpoint, because ``checkpoint_best.pt`` is
     chosen by comparing validation values across epochs: a resume with another ``cut_len`` (or
     ``seed``) keeps the run's crops, and a resume whose validation utterances differ is refused
-    rather than compare losses over different sets.
+    (unless ``allow_validation_change``) rather than compare values over different sets.
     """
-    names = sorted(pair.name for pair in corpus.test)
-    current = {"cut_len": config.cut_len, "seed": config.seed, "items": len(names),
+    names = sorted(pair.name for pair in split.valid)
+    current = {"rule": split.rule, "cut_len": config.cut_len, "seed": config.seed, "items": len(names),
                "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
     if loaded is None:
         return current
@@ -177,12 +199,18 @@ def validation_record(corpus: Corpus, config: Config, loaded: LoadedCheckpoint |
         previous = loaded.get(keys.CONFIG) or {}
         return {**current, "cut_len": previous.get("cut_len", config.cut_len), "seed": previous.get("seed", config.seed)}
     if (recorded.get("items"), recorded.get("names_sha256")) != (current["items"], current["names_sha256"]):
-        raise UserError(
-            f"The validation set changed since {loaded.path} was saved: it held {recorded.get('items')} utterances, "
-            f"the data now gives {current['items']} (or other names). checkpoint_best.pt is chosen by comparing "
-            "validation values across epochs, which needs the same set. Resume with the run's data, or start a "
-            "new run in another --run-dir."
-        )
+        change = (f"it held {recorded.get('items')} utterances ({recorded.get('rule', {'kind': 'test'})}), the data "
+                  f"and options now give {current['items']} ({split.rule})")
+        if not config.allow_validation_change:
+            raise UserError(
+                f"The validation set changed since {loaded.path} was saved: {change}. checkpoint_best.pt is chosen "
+                "by comparing validation values across epochs, which needs the same set. Resume with the run's "
+                "data and --valid-* options, start a new run in another --run-dir, or pass "
+                "--allow-validation-change to switch sets (best-so-far values then mix the two sets)."
+            )
+        log.warning("WARNING: the validation set changes (--allow-validation-change): %s. The best value so far "
+                    "was measured on the old set.", change)
+        return current
     if (recorded["cut_len"], recorded["seed"]) != (config.cut_len, config.seed):
         log.info("Validation keeps the run's crops (cut_len %s, seed %s); training uses cut_len %s, seed %s",
                  recorded["cut_len"], recorded["seed"], config.cut_len, config.seed)
@@ -192,7 +220,7 @@ def validation_record(corpus: Corpus, config: Config, loaded: LoadedCheckpoint |
 class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
 
-    def __init__(self, config: Config, corpus: Corpus, device: torch.device, context: DistributedContext,
+    def __init__(self, config: Config, split: ValidationSplit, device: torch.device, context: DistributedContext,
                  loaded: LoadedCheckpoint | None, lock: RunDirectoryLock | None, files: RunFiles,
                  init_lr_given: bool) -> None:
         self.config = config
@@ -205,18 +233,23 @@ class Trainer:
         self.scheduler_g = step_decay(self.nets.optimizer_g, config)
         self.scheduler_d = step_decay(self.nets.optimizer_d, config)
         self.progress = TrainingProgress()
+        self.steps_this_run = 0  # training steps taken by this invocation (``max_steps`` counts these)
         self.rate = StepRate()
         execution = describe_execution(device, config.amp, config.compile)
         if execution and context.is_main:
             log.info(execution)
-        self.train_set = TrainSet(corpus.train, cut_len=config.cut_len, seed=config.seed)
-        self.validation = validation_record(corpus, config, loaded)
-        self.val_set = FixedCrops(corpus.test, cut_len=self.validation["cut_len"], seed=self.validation["seed"])
+        self.train_set = TrainSet(split.train, cut_len=config.cut_len, seed=config.seed)
+        self.validation = validation_record(split, config, loaded)
+        self.val_set = FixedCrops(split.valid, cut_len=self.validation["cut_len"], seed=self.validation["seed"])
         if len(self.train_set) < config.batch_size * context.world_size:
             raise UserError(
                 f"The training split has {len(self.train_set)} pairs, fewer than one batch "
-                f"({config.batch_size} x {context.world_size} process(es)). Lower --batch-size."
+                f"({config.batch_size} x {context.world_size} process(es)) after holding out {len(split.valid)} "
+                "for validation. Lower --batch-size, or hold out less (--valid-fraction, --valid-speakers)."
             )
+        if not split.valid:
+            raise UserError("The validation split is empty: there is nothing to choose checkpoint_best.pt by. "
+                            "Hold out pairs with --valid-fraction or --valid-speakers, or add a valid/ folder.")
         self.manager = CheckpointManager(
             self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
             async_save=config.async_save, writer=context.is_main, lock=lock,
@@ -318,7 +351,7 @@ class Trainer:
     def run(self, max_steps: int | None) -> TrainResult:
         config, progress = self.config, self.progress
         guard = PreemptionGuard().install()
-        steps_this_run = 0
+        self.steps_this_run = 0
         started = time.perf_counter()
         pesq_wait = 0.0
         try:
@@ -344,14 +377,14 @@ class Trainer:
                         pesq_pool=self.pesq_pool, context=self.context, objective=self.objective,
                     )
                     pesq_wait += result.pesq_wait_s
+                    self.steps_this_run += 1
                     self._account(result, epoch)
-                    steps_this_run += 1
                     bar.set_postfix(loss=f"{result.values['loss']:.4f}", refresh=False)
                     signum = agree_on_stop(guard.requested, self.context, self.device)
                     if signum is not None:
                         return self._preempted(signum)
                     save_due = bool(config.save_every_steps) and progress.global_step % config.save_every_steps == 0
-                    stop = max_steps is not None and steps_this_run >= max_steps
+                    stop = max_steps is not None and self.steps_this_run >= max_steps
                     if stop and progress.step_in_epoch == len(batches):
                         stop_at_epoch_end = True  # validate and save the epoch, as a longer run would
                         break
@@ -371,7 +404,7 @@ class Trainer:
             return self._result(0, "completed")
         finally:
             elapsed = time.perf_counter() - started
-            if steps_this_run:
+            if self.steps_this_run:
                 log.debug("PESQ wait: %.1f%% of %.1fs", 100 * pesq_wait / max(elapsed, 1e-9), elapsed)
             try:
                 self.close()  # waits for the last async save: still under the guard, so a
@@ -416,11 +449,15 @@ class Trainer:
             self.rate.logged()
 
     def _steps_left(self) -> int:
-        """Training steps from here to the target epochs (validation time not included)."""
+        """Training steps from here to the target epochs, or to ``max_steps`` of this invocation if
+        that comes first (validation time not included)."""
         per_epoch = len(EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, 0,
                                      rank=self.context.rank, world_size=self.context.world_size))
         epochs_after = self.config.epochs - self.progress.current_epoch - 1
-        return max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch
+        to_target = max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch
+        if self.config.max_steps is None:
+            return to_target
+        return min(to_target, max(self.config.max_steps - self.steps_this_run, 0))
 
     def _end_epoch(self, epoch: int, use_gan: bool) -> None:
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
@@ -436,8 +473,12 @@ class Trainer:
         totals = dict(zip(keys, all_sum([sums[k] for k in keys], self.context, self.device)))
         val = finish_validation(totals)
         means = self.progress.epoch_means()
-        log.info("TEST - Generator loss: %.4f (without GAN term: %.4f), Discriminator loss: %.4f, PESQ: %.2f",
-                 val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"])
+        # The monitored value must mean the same thing in every epoch: validation PESQ does; the
+        # validation loss gains the GAN term at the GAN start, after which it can rarely beat
+        # the epochs before (selectable, and kept by runs that chose it).
+        metric = val["val_loss"] if self.config.monitor == "val_loss" else val["val_pesq"]
+        log.info("VALID - Generator loss: %.4f (without GAN term: %.4f), Discriminator loss: %.4f, PESQ: %.2f; %s",
+                 val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"], self._best_so_far(metric))
         lrs = self.learning_rates()
         self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
@@ -445,11 +486,17 @@ class Trainer:
         self.scheduler_d.step()
         self.progress.record_validation(val["val_loss"], val["val_pesq"])
         self.progress.finish_epoch()
-        # The monitored value must mean the same thing in every epoch: validation PESQ does; the
-        # validation loss gains the GAN term at the GAN start, after which it can rarely beat
-        # the epochs before (selectable, and kept by runs that chose it).
-        metric = val["val_loss"] if self.config.monitor == "val_loss" else val["val_pesq"]
         self._save(metric=metric)
+
+    def _best_so_far(self, metric: float) -> str:
+        """'best so far: ...' for the epoch's validation line: this epoch, or the value and its epoch."""
+        monitor = self.config.monitor
+        if self.manager.is_improvement(metric):
+            return f"best {monitor} so far: this epoch"
+        entry = self.manager.best()
+        where = f" (epoch {entry.epoch})" if entry is not None and entry.epoch is not None else ""
+        best = self.manager.best_value
+        return f"best {monitor} so far: {best:.4f}{where}" if best is not None else f"no finite {monitor} yet"
 
     def _preempted(self, signum: int) -> TrainResult:
         self._save(metric=None)
