@@ -8,7 +8,17 @@ from pathlib import Path
 import torch
 
 from bsrnn.checkpoint import CheckpointManager
-from bsrnn.checkpoint.index import INDEX_NAME, read_index
+from bsrnn.checkpoint.index import INDEX_NAME, read_index, trailer_digest
+
+FORMAT_1_FILE = Path(__file__).parent / "fixtures" / "checkpoint_v1_sha256.pt"  # see test_checkpoint_integrity
+_V1_ENTRY = {"created": "2026-12-01T19:05:25+00:00", "epoch": 2, "global_step": 7, "save_sequence": 1, "size": 4200,
+             "metric": {"best": 0.25, "mode": "min", "name": "val_loss", "value": 0.25},
+             "sha256": "9409eae52b06e026a5466f3ddd5a9fc195360bd120c9defa3dd1e8516e6be420"}
+FORMAT_1_INDEX = {  # what the format-1 engine wrote beside FORMAT_1_FILE (as last and best)
+    "format": "bsrnn-checkpoint-index", "version": 1,
+    "last": {**_V1_ENTRY, "file": "checkpoint_last.pt"}, "best": {**_V1_ENTRY, "file": "checkpoint_best.pt"},
+    "digest": "3db4601c628a2a7c299519f34b7c184c433c4704c678088cdf7d10a0f17e378a",
+}
 
 
 def _manager(run_dir: Path) -> CheckpointManager:
@@ -53,3 +63,23 @@ def test_a_stale_or_edited_index_falls_back_to_the_checkpoints_themselves(tmp_pa
     index.unlink()
     with _manager(tmp_path) as manager:
         assert manager.latest_step() == 10 and manager.best_metric() == 0.5
+
+
+def test_an_index_and_checkpoints_of_format_1_are_read_through_the_files_then_indexed_anew(tmp_path: Path) -> None:
+    import shutil
+
+    for name in ("checkpoint_last.pt", "checkpoint_best.pt"):
+        shutil.copy(FORMAT_1_FILE, tmp_path / name)
+    (tmp_path / INDEX_NAME).write_text(json.dumps(FORMAT_1_INDEX))
+    assert read_index(tmp_path) == {}  # another version: not used, the files decide
+    assert trailer_digest(tmp_path / "checkpoint_last.pt") == (
+        "sha256:9409eae52b06e026a5466f3ddd5a9fc195360bd120c9defa3dd1e8516e6be420")
+    with _manager(tmp_path) as manager:
+        assert (manager.latest_step(), manager.best_step(), manager.best_metric()) == (7, 7, 0.25)
+    with _manager(tmp_path) as manager:
+        manager.save(values={"epoch": 3, "global_step": 8})  # a step save: last only
+    entries = read_index(tmp_path)
+    assert entries["last"].global_step == 8 and entries["last"].digest.startswith("xxh3-128:")
+    with _manager(tmp_path) as manager:  # best (still format 1) from its file when the index lacks it
+        best = manager.best()
+        assert best is not None and best.global_step == 7 and best.digest.startswith("sha256:")

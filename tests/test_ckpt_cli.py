@@ -79,7 +79,7 @@ def test_verify_says_ok_once_and_lists_superseded_files_that_inspect_also_lists(
     shutil.copy(run_dir / "checkpoint_last.pt", kept)
     assert main(["ckpt", "verify", str(run_dir)]) == 0
     out = capsys.readouterr().out
-    assert f"OK   {kept}: sha256 " in out and "OK sha256" not in out
+    assert f"OK   {kept}: xxh3-128:" in out and "OK xxh3-128" not in out
     assert main(["ckpt", "inspect", str(run_dir)]) == 0
     assert f"superseded (kept, never overwritten): {kept}" in capsys.readouterr().out
 
@@ -153,3 +153,24 @@ def test_a_safetensors_file_that_is_not_a_bundle_is_refused_clearly(tmp_path: Pa
     save_file({"w": torch.zeros(2)}, str(other))
     with pytest.raises(UserError, match="without bsrnn's metadata"):
         load_generator(other)
+
+
+def test_inspect_and_verify_name_the_digest_algorithm_of_new_and_format_1_files(
+    run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    import re
+    import shutil
+
+    old = tmp_path / "old" / "checkpoint_last.pt"
+    old.parent.mkdir()
+    shutil.copy(Path(__file__).parent / "fixtures" / "checkpoint_v1_sha256.pt", old)  # format 1 (SHA-256)
+    for path, algorithm, digits in ((run_dir / "checkpoint_last.pt", "xxh3-128", 32), (old, "sha256", 64)):
+        assert main(["ckpt", "verify", str(path)]) == 0
+        out = capsys.readouterr().out
+        assert re.search(rf"^OK   {re.escape(str(path))}: {algorithm}:[0-9a-f]{{16}}\.\.\. epoch", out, re.MULTILINE)
+        assert main(["ckpt", "inspect", str(path)]) == 0
+        assert re.search(rf"integrity: OK \({algorithm}:[0-9a-f]{{{digits}}}\)", capsys.readouterr().out)
+        assert main(["ckpt", "inspect", str(path), "--json"]) == 0
+        summary = json.loads(capsys.readouterr().out)
+        assert summary["digest"].startswith(f"{algorithm}:") and summary["digest"] in summary["integrity"]
+    assert summary["format_version"] == 1

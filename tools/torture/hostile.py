@@ -9,11 +9,9 @@ running, before any training step.
 
 from __future__ import annotations
 
-import hashlib
 import pickle
 import random
 import shutil
-import struct
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -50,8 +48,8 @@ def hashed_bytes(data: bytes, path: Path) -> Path:
     """Any zip's bytes given a valid bsrnn digest trailer (a forged, well-formed trailer)."""
     assert data[-22:-18] == b"PK\x05\x06" and data[-2:] == b"\0\0"
     body = data[:-2]
-    digest = hashlib.sha256(body).hexdigest().encode()
-    path.write_bytes(body + struct.pack("<H", len(fileformat.MAGIC) + 64) + fileformat.MAGIC + digest)
+    digest = fileformat.DIGEST
+    path.write_bytes(body + digest.comment_field(digest.hexdigest(body)))
     return path
 
 

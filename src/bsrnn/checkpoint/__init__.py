@@ -1,4 +1,4 @@
-"""The checkpoint engine: crash-proof, verified, exact. Imports torch and the standard library only.
+"""The checkpoint engine: crash-proof, verified, exact. Imports torch, xxhash and the standard library only.
 
 - ``CheckpointManager``: registered state -> ``checkpoint_last.pt`` / ``checkpoint_best.pt``.
 - ``load_checkpoint``/``verify``: open or check a run directory or file, digest first.

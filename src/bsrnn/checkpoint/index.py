@@ -4,15 +4,19 @@ Knowing where a run stands (``latest_step()``, ``best_step()``, ``best_metric()`
 script, a dashboard or ``status`` asks) should not cost reading and hashing gigabytes. After
 every commit the manager writes ``checkpoint_index.json`` beside the checkpoints: for each of
 ``last`` and ``best``, the fields that say where it stands (save sequence, epoch, global step,
-the monitored metric, creation time), the file's size and its SHA-256 as recorded in its
-trailer. The index is written atomically (temporary, fsync, rename) and carries a digest of
-its own content.
+the monitored metric, creation time), the file's size and its digest as recorded in its
+trailer (labelled with its algorithm: ``"xxh3-128:<hex>"``). The index is written atomically
+(temporary, fsync, rename) and carries a digest of its own content.
 
 An index is only a hint about files that may have changed since (a crash between a checkpoint's
 rename and the index's, a copied run, an edited file), so each entry is trusted only while its
 file still has the recorded size and trailer digest: a read of the last few dozen bytes, not of
 the file. An entry that does not match, or a missing or damaged index, falls back to loading
 (and verifying) the file itself. Loading for a resume never uses the index.
+
+Version 2 (with checkpoint format 2) records ``digest`` where version 1 recorded ``sha256``;
+an index of another version is not used, so the first read after an upgrade loads the files
+and the next commit writes a version 2 index (with the entries the manager knows then).
 """
 
 from __future__ import annotations
@@ -26,11 +30,11 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import atomic
-from bsrnn.checkpoint.trailer import MAGIC, TRAILER_SIZE
+from bsrnn.checkpoint.trailer import LONGEST_TRAILER, find_trailer
 
 INDEX_NAME = "checkpoint_index.json"
 INDEX_FORMAT = "bsrnn-checkpoint-index"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 RECORDED = ("save_sequence", "epoch", "global_step", "created")
 
 
@@ -40,7 +44,7 @@ class IndexEntry:
 
     file: str
     size: int
-    sha256: str
+    digest: str  # labelled, as ``trailer_digest`` reads it
     save_sequence: int | None
     epoch: int | None
     global_step: int | None
@@ -55,15 +59,16 @@ def entry_for(path: Path, digest: str, payload: Mapping[str, Any]) -> IndexEntry
 
 
 def trailer_digest(path: Path) -> str | None:
-    """The SHA-256 a checkpoint's trailer records (read from its last bytes), or None."""
+    """The labelled digest a checkpoint's trailer records (read from its last bytes), or None."""
     try:
         with open(path, "rb") as handle:
-            handle.seek(-TRAILER_SIZE, os.SEEK_END)
-            tail = handle.read(TRAILER_SIZE)
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(max(0, size - LONGEST_TRAILER))
+            tail = handle.read(LONGEST_TRAILER)
     except OSError:
         return None
-    start = tail.find(MAGIC)
-    return tail[start + len(MAGIC):].decode("ascii", errors="replace") if start >= 0 else None
+    trailer = find_trailer(tail, size)
+    return trailer.recorded_label if trailer is not None else None
 
 
 def write_index(run_dir: Path, entries: Mapping[str, IndexEntry]) -> None:
@@ -91,7 +96,9 @@ def read_index(run_dir: Path) -> dict[str, IndexEntry]:
         body = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
     except (OSError, ValueError):
         return {}
-    if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT or body.get("digest") != _digest(body):
+    if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:
+        return {}
+    if body.get("digest") != _digest(body):
         return {}
     entries = {}
     for kind in ("last", "best"):
@@ -107,7 +114,7 @@ def read_index(run_dir: Path) -> dict[str, IndexEntry]:
             size = path.stat().st_size
         except OSError:
             continue
-        if size == entry.size and trailer_digest(path) == entry.sha256:
+        if size == entry.size and trailer_digest(path) == entry.digest:
             entries[kind] = entry
     return entries
 

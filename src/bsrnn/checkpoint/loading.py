@@ -19,7 +19,7 @@ from bsrnn.checkpoint.errors import (
     CheckpointForeignError,
     CheckpointNotFoundError,
 )
-from bsrnn.checkpoint.fileformat import load_verified
+from bsrnn.checkpoint.fileformat import load_verified, short_digest
 
 log = logging.getLogger(__name__)
 
@@ -141,5 +141,5 @@ def verify(location: Path | str) -> list[VerifyResult]:
             results.append(VerifyResult(path, False, str(error)))
         else:
             where = ", ".join(f"{key} {payload[key]}" for key in ("epoch", "global_step") if key in payload)
-            results.append(VerifyResult(path, True, f"sha256 {digest[:16]}... {where}".rstrip()))
+            results.append(VerifyResult(path, True, f"{short_digest(digest)} {where}".rstrip()))
     return results

@@ -8,13 +8,11 @@ independent of the write side; both share only the trailer layout (``trailer``) 
 
 from __future__ import annotations
 
-import hashlib
 import io
 import mmap
 import os
 import pickle
 import stat
-import struct
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,23 +29,38 @@ from bsrnn.checkpoint.errors import (
 from bsrnn.checkpoint.structure import check_structure
 from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
 from bsrnn.checkpoint.trailer import (
-    COMMENT_LENGTH,
     EOCD_SIGNATURE,
     EOCD_SIZE,
-    MAGIC,
     FORMAT_NAME,
     FORMAT_VERSION,
-    TRAILER_SIZE,
+    LONGEST_TRAILER,
+    SHORTEST_TRAILER,
     Buffer,
+    Trailer,
+    find_trailer,
+    short_digest,
+    trailer_damage,
 )
+
 
 @dataclass(frozen=True)
 class VerifiedBytes:
-    """A checkpoint's bytes whose digest matched (a private buffer nothing else writes to)."""
+    """A checkpoint's bytes whose digest matched (a private buffer nothing else writes to).
+
+    ``digest`` is labelled with its algorithm (``"xxh3-128:<hex>"``, ``"sha256:<hex>"``).
+    """
 
     path: Path
     data: Buffer
     digest: str
+
+
+@dataclass(frozen=True)
+class _Hashed:
+    """The digest computed while reading, and the trailer (algorithm, extent) it was computed for."""
+
+    trailer: Trailer
+    hexdigest: str
 
 
 def read_verified_bytes(path: Path | str) -> VerifiedBytes:
@@ -58,10 +71,10 @@ def read_verified_bytes(path: Path | str) -> VerifiedBytes:
     if path.is_dir():
         raise CheckpointForeignError(path, "it is a directory, not a file")
     try:
-        data, digest = _read_hashing(path)
+        data, hashed = _read_hashing(path)
     except OSError as error:
         raise CheckpointCorruptError(path, f"cannot be read ({error.strerror or error})") from error
-    return VerifiedBytes(path, data, _check_digest(path, data, digest))
+    return VerifiedBytes(path, data, _check_digest(path, data, hashed))
 
 
 def _open_regular_file(path: Path) -> io.FileIO:
@@ -81,24 +94,29 @@ def _open_regular_file(path: Path) -> io.FileIO:
     return io.FileIO(fd, "rb", closefd=True)
 
 
-def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
-    """The file's bytes and the SHA-256 of all but its last ``COMMENT_LENGTH + 2`` bytes.
+def _read_hashing(path: Path) -> tuple[Buffer, _Hashed | None]:
+    """The file's bytes and their digest, computed while reading, as the file's trailer asks.
 
-    The file is read piece by piece into one buffer while the background thread hashes the
-    pieces already read, so hashing overlaps reading. The digest is None when it does not
-    apply (a file shorter than the trailer) or when the file changed size while being read;
-    ``_check_digest`` then computes it over the bytes returned.
+    The trailer is read first (the last few dozen bytes) to learn the algorithm and what it
+    covers; then the file is read piece by piece into one buffer while the background thread
+    hashes the pieces already read, so hashing overlaps reading. No digest (None) when there
+    is no well-formed trailer or when the file changed size while being read; ``_check_digest``
+    then judges the bytes returned on their own, so only they are ever trusted.
     """
     with _open_regular_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
-        if size < TRAILER_SIZE:
+        trailer = None
+        if size >= SHORTEST_TRAILER:
+            tail_size = min(size, LONGEST_TRAILER)
+            trailer = find_trailer(os.pread(handle.fileno(), tail_size, size - tail_size), size)
+        if trailer is None:
             return handle.readall(), None
         if hasattr(os, "posix_fadvise"):
             os.posix_fadvise(handle.fileno(), 0, 0, os.POSIX_FADV_SEQUENTIAL)  # larger readahead
-        hashed_end = size - COMMENT_LENGTH - 2
+        hashed_end = trailer.hashed_end
         data = _private_buffer(size)
         view = memoryview(data)
-        hasher = BackgroundHasher()
+        hasher = BackgroundHasher(trailer.algorithm)
         offset = 0
         try:
             while offset < size:
@@ -112,11 +130,11 @@ def _read_hashing(path: Path) -> tuple[Buffer, str | None]:
         finally:
             hasher.stop()
             view.release()
-        digest = hasher.hexdigest()
+        hexdigest = hasher.hexdigest()
         if not complete:  # the file changed size under us: read it again whole, hash it the slow way
             handle.seek(0)
             return handle.readall(), None
-    return data, digest
+    return data, _Hashed(trailer, hexdigest)
 
 
 def _private_buffer(size: int) -> bytearray | mmap.mmap:
@@ -135,28 +153,30 @@ def _private_buffer(size: int) -> bytearray | mmap.mmap:
     return bytearray(size)
 
 
-def _check_digest(path: Path, data: Buffer, actual: str | None = None) -> str:
-    """Check the trailer and the digest (``actual`` if already computed); return the digest."""
+def _check_digest(path: Path, data: Buffer, hashed: _Hashed | None = None) -> str:
+    """Check the trailer and the digest of ``data``; return the labelled digest.
+
+    The trailer is parsed again from ``data`` itself, and ``hashed`` (computed while reading)
+    is used only if it was computed for that very trailer; otherwise the digest is computed now.
+    """
     size = len(data)
     if size == 0:
         raise CheckpointCorruptError(path, "the file is empty (0 bytes)")
-    if size < TRAILER_SIZE:
-        raise _damaged_or_foreign(path, data, f"only {size} bytes, shorter than the integrity trailer (truncated)")
-    trailer = bytes(data[-TRAILER_SIZE:])
-    comment = trailer[EOCD_SIZE:]
-    if not trailer.startswith(EOCD_SIGNATURE):
-        raise _damaged_or_foreign(path, data, "the end of the file is not a checkpoint trailer (truncated?)")
-    (declared,) = struct.unpack("<H", trailer[EOCD_SIZE - 2 : EOCD_SIZE])
-    if declared != COMMENT_LENGTH or not comment.startswith(MAGIC):
-        raise _damaged_or_foreign(path, data, "the integrity trailer is malformed")
-    recorded = comment[len(MAGIC) :].decode("ascii", errors="replace")
-    if actual is None:
-        actual = hashlib.sha256(memoryview(data)[: size - COMMENT_LENGTH - 2]).hexdigest()
-    if actual != recorded:
+    tail = bytes(data[-LONGEST_TRAILER:])
+    trailer = find_trailer(tail, size)
+    if trailer is None:
+        raise _damaged_or_foreign(path, data, trailer_damage(data))
+    if hashed is not None and hashed.trailer == trailer:
+        actual = hashed.hexdigest
+    else:
+        actual = trailer.algorithm.hexdigest(memoryview(data)[: trailer.hashed_end])
+    if actual != trailer.recorded:
         raise CheckpointCorruptError(
-            path, f"content hash mismatch (recorded sha256 {recorded[:16]}..., actual {actual[:16]}...)"
+            path,
+            f"content hash mismatch (recorded {short_digest(trailer.recorded_label)}, "
+            f"actual {short_digest(trailer.algorithm.label(actual))})",
         )
-    return actual
+    return trailer.algorithm.label(actual)
 
 
 def _damaged_or_foreign(path: Path, data: Buffer, damage: str) -> Exception:

@@ -58,7 +58,8 @@ def summarize(loaded: LoadedCheckpoint) -> dict[str, Any]:
     return {
         "path": str(loaded.path),
         "kind": loaded.kind,
-        "integrity": f"OK (sha256 {loaded.digest})",
+        "integrity": f"OK ({loaded.digest})",  # labelled with its algorithm: "xxh3-128:<hex>"
+        "digest": loaded.digest,
         "format_version": payload.get("format_version"),
         "progress": {key: payload[key] for key in _PROGRESS_KEYS if key in payload},
         "monitor": payload.get("monitor"),

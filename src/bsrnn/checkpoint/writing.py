@@ -8,12 +8,10 @@ The format and the reasons for verified writes are in ``fileformat``'s docstring
 
 from __future__ import annotations
 
-import hashlib
 import io
 import os
 import queue
 import stat
-import struct
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -24,7 +22,7 @@ import torch
 from bsrnn.checkpoint.atomic import WRITEBACK_EVERY, start_writeback
 from bsrnn.checkpoint.errors import CheckpointWriteError
 from bsrnn.checkpoint.hashing import PIECE_SIZE, BackgroundHasher
-from bsrnn.checkpoint.trailer import COMMENT_LENGTH, EOCD_SIGNATURE, EOCD_SIZE, MAGIC
+from bsrnn.checkpoint.trailer import DIGEST, EOCD_SIGNATURE, EOCD_SIZE, DigestAlgorithm, digest_algorithm
 
 _READ_BACK_BUFFERS = 4  # read-back buffers in flight between the writer and the hashing thread
 
@@ -36,8 +34,9 @@ class _TrailerWriter(io.RawIOBase):
     comment length and append the digest comment; everything before them goes to ``_emit``.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, algorithm: DigestAlgorithm) -> None:
         super().__init__()
+        self.algorithm = algorithm
         self._tail = bytearray()
         self.error: Exception | None = None  # the cause of a failed write (torch hides it)
 
@@ -73,18 +72,17 @@ class _TrailerWriter(io.RawIOBase):
             raise RuntimeError("torch.save did not end with a comment-less zip EOCD record")
         return eocd
 
-    @staticmethod
-    def _trailer(eocd: bytes, hexdigest: str) -> bytes:
-        return eocd[:-2] + struct.pack("<H", COMMENT_LENGTH) + MAGIC + hexdigest.encode()
+    def _trailer(self, eocd: bytes, hexdigest: str) -> bytes:
+        return eocd[:-2] + self.algorithm.comment_field(hexdigest)
 
 
 class _DigestingWriter(_TrailerWriter):
     """Hashes what passes through into any binary stream (no read-back: the sink may not read)."""
 
-    def __init__(self, sink: BinaryIO) -> None:
-        super().__init__()
+    def __init__(self, sink: BinaryIO, algorithm: DigestAlgorithm) -> None:
+        super().__init__(algorithm)
         self._sink = sink
-        self._digest = hashlib.sha256()
+        self._digest = algorithm.new()
 
     def _emit(self, data: bytes | memoryview) -> None:
         if len(data):
@@ -92,12 +90,12 @@ class _DigestingWriter(_TrailerWriter):
             self._sink.write(data)
 
     def finish(self) -> str:
-        """Write the EOCD with its comment; return the hex digest."""
+        """Write the EOCD with its comment; return the labelled digest."""
         eocd = self._held_back_eocd()
         self._digest.update(eocd[:-2])
         hexdigest = self._digest.hexdigest()
         self._sink.write(self._trailer(eocd, hexdigest))
-        return hexdigest
+        return self.algorithm.label(hexdigest)
 
     def close_pipeline(self) -> None:
         """Nothing runs in the background here (same interface as ``_FileWriter``)."""
@@ -116,8 +114,8 @@ class _FileWriter(_TrailerWriter):
     disk, so the caller's final fsync does not start from a whole file of dirty pages.
     """
 
-    def __init__(self, sink: BinaryIO, verify: bool) -> None:
-        super().__init__()
+    def __init__(self, sink: BinaryIO, verify: bool, algorithm: DigestAlgorithm) -> None:
+        super().__init__(algorithm)
         if verify and not sink.readable():
             raise ValueError("a verified write needs a sink opened for reading too (mode 'xb+' or 'wb+')")
         sink.flush()
@@ -129,7 +127,7 @@ class _FileWriter(_TrailerWriter):
         if verify:
             for _ in range(_READ_BACK_BUFFERS):
                 self._buffers.put(bytearray(PIECE_SIZE))
-        self._hasher = BackgroundHasher()  # last: nothing after it can fail and leave it running
+        self._hasher = BackgroundHasher(algorithm)  # last: nothing after it can fail and leave it running
 
     def _emit(self, data: bytes | memoryview) -> None:
         view = memoryview(data)
@@ -189,7 +187,7 @@ class _FileWriter(_TrailerWriter):
         return CheckpointWriteError(f"the {size} bytes read back at offset {self._offset} differ from those written")
 
     def finish(self) -> str:
-        """Write the EOCD with its comment (read back and compared too); return the hex digest."""
+        """Write the EOCD with its comment (read back and compared too); return the labelled digest."""
         eocd = self._held_back_eocd()
         self._hasher.submit(eocd[:-2])
         hexdigest = self._hasher.hexdigest()
@@ -198,29 +196,37 @@ class _FileWriter(_TrailerWriter):
             size = os.fstat(self._fd).st_size
             if size != self._offset:
                 raise CheckpointWriteError(f"the file holds {size} bytes, {self._offset} were written")
-        return hexdigest
+        return self.algorithm.label(hexdigest)
 
     def close_pipeline(self) -> None:
         """End the hashing thread, whatever happened (idempotent)."""
         self._hasher.stop()
 
 
-def write_checkpoint(payload: dict[str, Any], sink: BinaryIO, verify: bool = False) -> str:
+def write_checkpoint(
+    payload: dict[str, Any], sink: BinaryIO, verify: bool = False, digest: str = DIGEST.name
+) -> str:
     """Serialize ``payload`` with ``torch.save`` into ``sink`` with the digest trailer.
 
-    Returns the hex digest. The caller owns flushing/fsyncing ``sink``. A real file (with a
-    ``fileno``) is written through its descriptor, hashing in a background thread; with
-    ``verify`` (which needs the file opened for reading too) every piece is read back and
-    compared, and the digest is computed over the read-back bytes (see ``fileformat``'s docstring).
-    A ``CheckpointWriteError`` says the file does not hold what was written.
+    Returns the labelled digest (``"xxh3-128:<hex>"``), as ``reading`` reports it for the file.
+    ``digest`` names the algorithm (``trailer.DIGESTS``), and the trailer gets the version that
+    algorithm belongs to. Only tests and tools pass another one than the default: with
+    ``"sha256"`` the file has format 1's trailer, which proves that such files still load (the
+    payload's own ``format_version`` is the caller's). The caller owns flushing/fsyncing
+    ``sink``. A real file (with a ``fileno``) is written through its descriptor, hashing in a
+    background thread; with ``verify`` (which needs the file opened for reading too) every piece
+    is read back and compared, and the digest is computed over the read-back bytes (see
+    ``fileformat``'s docstring). A ``CheckpointWriteError`` says the file does not hold what was
+    written.
     """
+    algorithm = digest_algorithm(digest)
     writer: _DigestingWriter | _FileWriter
     if _is_file(sink):
-        writer = _FileWriter(sink, verify)
+        writer = _FileWriter(sink, verify, algorithm)
     elif verify:
         raise ValueError("a verified write needs a real file opened for reading and writing")
     else:
-        writer = _DigestingWriter(sink)
+        writer = _DigestingWriter(sink, algorithm)
     try:
         try:
             torch.save(payload, writer)
