@@ -15,10 +15,19 @@ the default model (N 64, L 5):
 3. how far chunked output is from whole-input output, away from the seams, as a function of
    chunk length, for random weights and (if present) the reference fixture's weights. The
    network's GroupNorms normalise over the whole input, time included, so the two can never
-   agree exactly; this is what chooses ``DEFAULT_CHUNK_SECONDS``.
+   agree exactly; this is what chooses ``DEFAULT_CHUNK_SECONDS``;
+4. each ``--precision`` (fp32, bf16, int8; ``bsrnn.enhancement.prepare_for_inference``): RTF
+   of ``enhance_waveform`` and peak resident memory, each run in a fresh process (the peak is
+   a per-process high-water mark: ``VmHWM`` of /proc/self/status, see ``peak_rss_bytes``),
+   the precisions interleaved round-robin, with the ratio to fp32 from the same run and the
+   SNR of each output against fp32's (default model, fixture weights if present, else random).
+   A precision this machine cannot run (bf16 on a CPU without AVX512-BF16/AMX) is reported
+   as refused, with the reason. Load averages are printed at its start and end.
 
-    .venv/bin/python benchmarks/enhance.py                         # all three, ~10 min
+    .venv/bin/python benchmarks/enhance.py                         # all four, ~15 min
     .venv/bin/python benchmarks/enhance.py --seconds 60 --skip-accuracy   # quick
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/enhance.py --threads 1 --skip-rtf --skip-rss \\
+        --skip-accuracy --precision-seconds 30        # the precision table only
 """
 
 from __future__ import annotations
@@ -30,6 +39,7 @@ import resource
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -43,10 +53,14 @@ from bsrnn.enhancement import (
     DEFAULT_BATCH_SECONDS,
     DEFAULT_CHUNK_SECONDS,
     DEFAULT_OVERLAP_SECONDS,
+    PRECISIONS,
+    check_precision,
     chunk_starts,
     enhance_segment,
     enhance_waveform,
+    prepare_for_inference,
 )
+from bsrnn.errors import UserError
 from bsrnn.models import BSRNN, generator_state_dict_from_reference
 
 TARGET_RTF = 0.05
@@ -226,6 +240,81 @@ def fixture_model() -> BSRNN | None:
     return model.eval()
 
 
+# ------------------------------------------------------------------------- 4. precision
+def precision_child(precision: str, seconds: float, threads: int, output: Path) -> None:
+    """Subprocess body: enhance ``seconds`` of audio at ``precision`` once (after a warm-up), save
+    the output to ``output`` (.npy) and print JSON with the RTF and peak RSS at each stage."""
+    torch.set_num_threads(threads)
+    after_imports = peak_rss_bytes()
+    loaded = fixture_model()
+    model = loaded if loaded is not None else BSRNN().eval()
+    enhancer = prepare_for_inference(model, precision, "cpu")
+    after_model = peak_rss_bytes()
+    audio = long_signal(seconds)
+    enhance_waveform(enhancer, audio[: min(len(audio), 2 * SAMPLE_RATE)])  # warm-up (oneDNN/fbgemm set-up)
+    started = time.perf_counter()
+    result = enhance_waveform(enhancer, audio)
+    elapsed = time.perf_counter() - started
+    np.save(output, result)
+    print(json.dumps({"imports": after_imports, "model": after_model, "peak": peak_rss_bytes(),
+                      "rtf": elapsed / seconds, "weights": "fixture" if loaded is not None else "random"}))
+
+
+def measure_precisions(precisions: list[str], seconds: float, threads: int, repeats: int) -> dict[str, dict]:
+    """Per precision: median RTF and peak RSS over ``repeats`` fresh processes, run round-robin
+    (repeat r starts at the r-th precision), and the output's SNR against fp32's."""
+    runs: dict[str, list[dict]] = {precision: [] for precision in precisions}
+    with tempfile.TemporaryDirectory() as folder:
+        for repeat in range(repeats):
+            shift = repeat % len(precisions)
+            for precision in precisions[shift:] + precisions[:shift]:
+                output = Path(folder) / f"{precision}.npy"
+                command = [sys.executable, str(Path(__file__).resolve()), "--precision-child", precision,
+                           "--precision-seconds", str(seconds), "--threads", str(threads),
+                           "--precision-output", str(output)]
+                result = subprocess.run(command, capture_output=True, text=True, check=True)
+                runs[precision].append(json.loads(result.stdout.strip().splitlines()[-1]))
+        outputs = {precision: np.load(Path(folder) / f"{precision}.npy") for precision in precisions}
+    summary = {}
+    reference = outputs.get("fp32")
+    for precision, measured in runs.items():
+        summary[precision] = {key: statistics.median(run[key] for run in measured)
+                              for key in ("imports", "model", "peak", "rtf")}
+        summary[precision]["weights"] = measured[0]["weights"]
+        if reference is not None:
+            difference = np.sum((outputs[precision] - reference) ** 2)
+            summary[precision]["snr_db"] = (float("inf") if difference == 0 else
+                                            float(10 * np.log10(np.sum(reference**2) / difference)))
+    return summary
+
+
+def report_precisions(wanted: list[str], seconds: float, threads: int, repeats: int) -> None:
+    """Print section 4: one row per precision, ratios against fp32 measured in the same run."""
+    print(f"\n4. precision: RTF on {seconds:g} s (one pass after a warm-up, median of {repeats} fresh "
+          f"process(es) each, precisions round-robin, {threads} thread(s)), peak RSS = VmHWM of each process")
+    print(f"  load average at the start: {load_average()}")
+    runnable = []
+    for precision in wanted:
+        try:
+            check_precision(precision, "cpu")
+            runnable.append(precision)
+        except UserError as error:
+            print(f"  {precision:<6} not run here: {error}")
+    if "fp32" not in runnable:
+        runnable.insert(0, "fp32")  # the baseline every ratio is taken against
+    summary = measure_precisions(runnable, seconds, threads, repeats)
+    base = summary["fp32"]
+    print(f"  weights: {base['weights']}; peak above imports = peak RSS - RSS after importing torch and bsrnn")
+    print(f"  {'precision':<10}{'RTF':>8}{'x fp32':>8}{'peak MiB':>10}{'x fp32':>8}"
+          f"{'above imports MiB':>19}{'x fp32':>8}{'SNR vs fp32 dB':>16}")
+    for precision, row in summary.items():
+        above, base_above = row["peak"] - row["imports"], base["peak"] - base["imports"]
+        print(f"  {precision:<10}{row['rtf']:>8.3f}{row['rtf'] / base['rtf']:>8.2f}{row['peak'] / MIB:>10.0f}"
+              f"{row['peak'] / base['peak']:>8.2f}{above / MIB:>19.0f}{above / base_above:>8.2f}"
+              f"{row['snr_db']:>16.1f}")
+    print(f"  load average at the end: {load_average()}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -241,10 +330,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--skip-rtf", action="store_true")
     parser.add_argument("--skip-rss", action="store_true")
     parser.add_argument("--skip-accuracy", action="store_true")
+    parser.add_argument("--precisions", default=",".join(PRECISIONS),
+                        help=f"precisions for section 4 (default {','.join(PRECISIONS)}; fp32 always runs)")
+    parser.add_argument("--precision-seconds", type=float, default=60.0,
+                        help="audio length for section 4's RTF (default 60)")
+    parser.add_argument("--precision-repeats", type=int, default=1,
+                        help="fresh processes per precision in section 4 (default 1)")
+    parser.add_argument("--skip-precision", action="store_true")
     parser.add_argument("--rss-child", type=float, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision-child", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--precision-output", type=Path, default=None, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.rss_child is not None:
         rss_child(args.rss_child, args.rss_batches)
+        return 0
+    if args.precision_child is not None:
+        precision_child(args.precision_child, args.precision_seconds, args.threads, args.precision_output)
         return 0
 
     torch.set_num_threads(args.threads)
@@ -280,6 +381,9 @@ def main(argv: list[str] | None = None) -> int:
         else:
             print("\n(fixture weights not found: accuracy study with random weights only)")
         measure_accuracy(models, args.accuracy_seconds, [float(v) for v in args.chunks.split(",")])
+    if not args.skip_precision:
+        report_precisions([p for p in args.precisions.split(",") if p], args.precision_seconds, args.threads,
+                          args.precision_repeats)
     print(f"\nload average at the end: {load_average()}")
     return status
 

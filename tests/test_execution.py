@@ -12,7 +12,7 @@ from bsrnn.config import Config
 from bsrnn.errors import ConfigError, UserError
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.training.distributed import DistributedContext
-from bsrnn.training.execution import Autocast, bf16_runs_here
+from bsrnn.models.precision import Autocast, bf16_runs_here
 from bsrnn.training.steps import Networks, train_step
 from bsrnn.training.trainer import build_networks
 from e2e import TINY, bsrnn, checkpoint

@@ -37,6 +37,21 @@ generator groups LSTM rows on CPU anyway, see ``bsrnn.models.bsrnn.ResidualRNNLa
 each extra chunk costs ~0.15 GiB. On GPU, where the sequential LSTM steps rather than the
 arithmetic bound the speed, 300 s per pass runs 10 chunks side by side (an expectation, not
 measured: no GPU was available).
+
+Precision (``--precision``; ``prepare_for_inference`` decides, for every command and every kind
+of model file): ``fp32``, the default, is the network itself, bit for bit. ``bf16`` runs it under
+bfloat16 autocast, where the device has a bfloat16 LSTM (the check ``--amp bf16`` uses).
+``int8`` dynamically quantizes its LSTMs and the Linears after them, on CPU only. The STFT,
+chunking and output stay float32 in every case. Measured with ``benchmarks/enhance.py``
+(section 4) on an AMD EPYC with AVX2 but no AVX-512/VNNI/AMX, 1 thread, default model with the
+fixture weights, on a host loaded ~5 on 2 cores (so +-20 %): int8 RTF 1.00x and 1.22x fp32's
+(30 s and 20 s runs), i.e. no gain here, since PyTorch's dynamically quantized LSTM is slower
+than oneDNN's float32 LSTM on the long time-axis sequences (891 against 659 ms for one 30 s
+chunk's time LSTM) and only slightly faster on the short band-axis ones (37 against 42 ms);
+peak RSS 1.3-1.4x (+150-220 MiB: the quantized time LSTM holds ~200 MiB more per 30 s chunk);
+output 25-28 dB SNR against fp32's. Its effect on PESQ/STOI is what
+``benchmarks/precision_quality.py`` measures on a trained model. bf16 has not been measured (no
+processor with bfloat16 instructions or GPU was available).
 """
 
 from __future__ import annotations
@@ -44,7 +59,8 @@ from __future__ import annotations
 import json
 import logging
 import math
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -78,8 +94,23 @@ from bsrnn.checkpoint import (
 )
 from bsrnn.errors import DataError, UserError
 from bsrnn.models import BSRNN
+from bsrnn.models.precision import Autocast, bf16_runs_here
 
 log = logging.getLogger(__name__)
+
+SpectrumEnhancer = Callable[[torch.Tensor], torch.Tensor]
+"""What the enhance functions run: complex STFT ``[B, 257, T]`` -> enhanced complex64 STFT, same
+shape. A ``BSRNN`` in eval mode, or what ``prepare_for_inference`` made of one."""
+
+PRECISIONS = ("fp32", "bf16", "int8")
+"""The arithmetic a generator can run in (``prepare_for_inference``); ``--precision`` choices."""
+DEFAULT_PRECISION = "fp32"
+PRECISION_DESCRIPTIONS = {
+    "fp32": "float32",
+    "bf16": "bfloat16 autocast of the generator (numerically a different function from float32)",
+    "int8": "int8 dynamic quantization of the generator's LSTMs and Linears (numerically a different "
+            "function from float32)",
+}
 
 DEFAULT_CHUNK_SECONDS = 30.0
 DEFAULT_OVERLAP_SECONDS = 1.0
@@ -108,11 +139,25 @@ class LoadedGenerator:
     reason: str = ""
     """Why this file was chosen, e.g. "auto: checkpoint_best.pt verifies"."""
     step_in_epoch: int = 0
+    precision: str = DEFAULT_PRECISION
+    """The arithmetic ``enhancer`` runs in (``PRECISIONS``)."""
+    prepared: SpectrumEnhancer | None = None
+    """``model`` as ``prepare_for_inference`` made it for ``precision``; None: ``model`` itself."""
+
+    @property
+    def enhancer(self) -> SpectrumEnhancer:
+        """What to pass to ``enhance_audio`` / ``enhance_waveform``: the generator prepared for
+        ``precision`` (``model`` itself for fp32). ``model`` stays the float32 network."""
+        return self.model if self.prepared is None else self.prepared
 
     def describe(self) -> str:
-        """One line for the user: which file, why, and how far its training got."""
+        """One line for the user: which file, why, how far its training got, and any precision
+        other than float32 (fp32 adds nothing, so the line reads as it always has)."""
         why = f" ({self.reason})" if self.reason else ""
-        return f"Using {self.path}{why}, {trained_for(self.epoch, self.step_in_epoch)}"
+        line = f"Using {self.path}{why}, {trained_for(self.epoch, self.step_in_epoch)}"
+        if self.precision != DEFAULT_PRECISION:
+            line += f"; running in {self.precision}: {PRECISION_DESCRIPTIONS[self.precision]}"
+        return line
 
 
 def _why_unusable(error: CheckpointError) -> str:
@@ -174,18 +219,24 @@ def choose_checkpoint(location: Path | str, which: str = "auto") -> tuple[Loaded
     return loaded, f"auto: {why_not_best}, so the last"
 
 
-def load_generator(location: Path | str, which: str = "auto", device: str | torch.device = "cpu") -> LoadedGenerator:
-    """The generator of a checkpoint file or run directory, verified, in eval mode.
+def load_generator(location: Path | str, which: str = "auto", device: str | torch.device = "cpu",
+                   precision: str = DEFAULT_PRECISION) -> LoadedGenerator:
+    """The generator of a checkpoint file, run directory or bundle, verified, in eval mode, and
+    prepared to run in ``precision`` (``LoadedGenerator.enhancer``; see ``prepare_for_inference``).
 
     ``which`` chooses within a run directory (see ``choose_checkpoint``: ``auto`` prefers best).
+    The precision is checked against the device first, so a combination that cannot run is
+    refused before a large checkpoint is read.
     """
+    check_precision(precision, device)
     if is_bundle(location):
         model, metadata = read_bundle(Path(location))
         model.to(device)
         epoch = metadata.get("epoch", "")
         epoch = int(epoch) if epoch.lstrip("-").isdigit() else -1
         return LoadedGenerator(model, Path(location), epoch, json.loads(metadata.get("model", "{}")),
-                               "a model bundle exported from " + metadata.get("source", "a checkpoint"))
+                               "a model bundle exported from " + metadata.get("source", "a checkpoint"),
+                               precision=precision, prepared=_prepared_or_none(model, precision, device))
     loaded, reason = choose_checkpoint(location, which)
     weights = loaded.get(keys.GENERATOR)
     if not isinstance(weights, Mapping) or not weights:
@@ -206,7 +257,89 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
         ) from error
     model.to(device).eval()
     return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
-                           max(_as_int(loaded.get("step_in_epoch"), 0), 0))
+                           max(_as_int(loaded.get("step_in_epoch"), 0), 0), precision=precision,
+                           prepared=_prepared_or_none(model, precision, device))
+
+
+def _prepared_or_none(model: BSRNN, precision: str, device: str | torch.device) -> SpectrumEnhancer | None:
+    prepared = prepare_for_inference(model, precision, device)
+    return None if prepared is model else prepared
+
+
+def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
+    """Refuse, with the fix, a precision this device cannot run; cheap (no model needed).
+
+    - ``int8``: PyTorch's dynamic quantization of LSTM and Linear has CPU kernels only (fbgemm /
+      x86 / qnnpack); on CUDA the first forward pass would fail inside torch.
+    - ``bf16``: on a CPU, oneDNN has a bfloat16 LSTM only where the processor has bfloat16
+      instructions (AVX512-BF16 or AMX): the same probe as ``--amp bf16`` in training
+      (``bsrnn.models.precision.bf16_runs_here``).
+    """
+    if precision not in PRECISIONS:
+        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}, found {precision!r}. "
+                        f"Fix: pass --precision {DEFAULT_PRECISION} (the default), bf16 or int8")
+    device_type = torch.device(device).type
+    if precision == "int8":
+        if device_type != "cpu":
+            raise UserError(
+                f"--precision int8: expected --device cpu, found --device {device}: PyTorch's dynamic int8 "
+                "quantization of LSTM and Linear layers has CPU kernels only. Fix: add --device cpu to run "
+                f"int8, or keep --device {device} with --precision fp32 or bf16"
+            )
+        if torch.backends.quantized.engine in (None, "none"):
+            raise UserError(
+                f"--precision int8: expected a PyTorch build with a quantized CPU engine, found torch "
+                f"{torch.__version__} with none (supported engines: {torch.backends.quantized.supported_engines}). "
+                "Fix: use --precision fp32, or install the official CPU or CUDA wheel of torch"
+            )
+    elif precision == "bf16":
+        if not bf16_runs_here(device_type):
+            raise UserError(
+                "--precision bf16: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for "
+                "the LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: use --precision fp32 "
+                "(or int8), or run on a GPU or a CPU that has them"
+            )
+
+
+def prepare_for_inference(model: BSRNN, precision: str = DEFAULT_PRECISION,
+                          device: str | torch.device = "cpu") -> SpectrumEnhancer:
+    """The one place that decides how a loaded generator runs in ``precision`` on ``device``.
+
+    Whatever the precision, the STFT, the inverse STFT, chunking and cross-fades stay float32 and
+    the result is complex64: only the network's arithmetic changes, and the weights on disk
+    (checkpoint or bundle) are the same float32 file for every precision.
+
+    - ``fp32``: ``model`` itself, untouched, so the output is bit-identical to calling it.
+    - ``bf16``: ``model`` called under ``torch.autocast(device, bfloat16)`` (the same wrapper as
+      training's ``--amp bf16``): LSTMs and matrix products in bfloat16, the other operations
+      as autocast's own rules say. Refused where the device cannot (``check_precision``).
+    - ``int8``: a copy of ``model`` with every ``nn.LSTM`` and ``nn.Linear`` dynamically quantized
+      (``torch.ao.quantization.quantize_dynamic``, qint8 weights, activations quantized per
+      call). That is where ~90 % of the FLOPs are (``benchmarks/enhance.py``,
+      ``model_flops_per_second``); the band split and mask decoder hold packed per-band
+      parameters, not ``nn.Linear``s, and stay float32. CPU only. ``model`` is left float32.
+      torch 2.13 marks ``torch.ao.quantization`` deprecated in favour of torchao, but still
+      ships and runs it; its deprecation warnings are silenced here since users cannot act on
+      them, and a torch without it is refused with the fix.
+    """
+    check_precision(precision, device)
+    if precision == "fp32":
+        return model
+    if precision == "bf16":
+        return Autocast(model, torch.device(device).type, torch.bfloat16)
+    try:
+        from torch.ao.quantization import quantize_dynamic
+    except ImportError as error:
+        raise UserError(
+            f"--precision int8: expected torch.ao.quantization.quantize_dynamic, found that torch "
+            f"{torch.__version__} no longer has it ({error}). Fix: use --precision fp32 or bf16, or a torch "
+            "release that still ships it (2.13 does)"
+        ) from error
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", r".*torch\.ao\.quantization is deprecated", DeprecationWarning)
+        warnings.filterwarnings("ignore", r".*quantized tensor creation functions.*deprecated", UserWarning)
+        quantized = quantize_dynamic(model, {torch.nn.LSTM, torch.nn.Linear}, dtype=torch.qint8, inplace=False)
+    return quantized.eval()
 
 
 def check_length(frames: int, rate: int, where: str | Path) -> None:
@@ -260,7 +393,7 @@ def check_input_audio(audio: np.ndarray, rate: int, where: str | Path) -> None:
 
 
 @torch.no_grad()
-def enhance_segment(model: BSRNN, audio: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+def enhance_segment(model: SpectrumEnhancer, audio: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
     """Enhance one mono 16 kHz segment as a whole (reference evaluation: reflect pad one hop)."""
     length = audio.shape[-1]
     signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)[None]
@@ -310,7 +443,7 @@ def _cross_fade_windows(starts: list[int], chunk: int, overlap: int) -> list[tup
 
 
 @torch.no_grad()
-def enhance_batch(model: BSRNN, segments: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
+def enhance_batch(model: SpectrumEnhancer, segments: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
     """Enhance equal-length mono segments ``[chunks, samples]`` in one forward pass.
 
     Each row is treated exactly like ``enhance_segment`` treats one signal (reflect pad one hop,
@@ -325,7 +458,7 @@ def enhance_batch(model: BSRNN, segments: np.ndarray, device: torch.device | str
     return estimate[:, pad : pad + length].cpu().numpy()
 
 
-def enhance_waveform(model: BSRNN, audio: np.ndarray, device: torch.device | str = "cpu",
+def enhance_waveform(model: SpectrumEnhancer, audio: np.ndarray, device: torch.device | str = "cpu",
                      chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
                      overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
                      batch_seconds: float | None = None) -> np.ndarray:
@@ -371,7 +504,7 @@ def enhance_waveform(model: BSRNN, audio: np.ndarray, device: torch.device | str
     return output
 
 
-def enhance_audio(model: BSRNN, audio: np.ndarray, rate: int, device: torch.device | str = "cpu",
+def enhance_audio(model: SpectrumEnhancer, audio: np.ndarray, rate: int, device: torch.device | str = "cpu",
                   where: str | Path = "the input audio") -> np.ndarray:
     """Any rate, mono [samples] or multi-channel [channels, samples]: same shape and rate out.
 

@@ -21,6 +21,18 @@ from pathlib import Path
 
 log = logging.getLogger(__name__)
 
+PRECISION_CHOICES = ("fp32", "bf16", "int8")
+"""``bsrnn.enhancement.PRECISIONS``, written out so that parsing this command's flags does not
+import torch; tests/test_precision.py checks that the two agree."""
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision``, shared by ``enhance`` and ``evaluate``: they run the generator alike."""
+    parser.add_argument("--precision", choices=PRECISION_CHOICES, default="fp32",
+                        help="arithmetic of the generator: fp32 (default), bf16 (bfloat16 autocast; "
+                             "a GPU or a CPU with AVX512-BF16/AMX), int8 (dynamic quantization of the "
+                             "LSTMs and Linears; CPU only). The STFT and the output stay float32")
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
@@ -32,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
                              "verifies, else checkpoint_last.pt)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_precision_argument(parser)
 
 
 def collect_audio_files(inputs: list[Path]) -> list[Path]:
@@ -108,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         except UserError as error:
             skip(path, error)
     if usable:
-        generator = load_generator(args.checkpoint, args.load, args.device)
+        generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
         print(generator.describe())
         print(f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
               f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
@@ -122,7 +135,7 @@ def run(args: argparse.Namespace) -> int:
         container, subtype = formats[path]
         try:
             audio, rate = read_audio(path)
-            enhanced = enhance_audio(generator.model, audio, rate, args.device, where=path)
+            enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path)
             write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container)
         except UserError as error:
             skip(path, error)

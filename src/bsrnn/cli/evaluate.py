@@ -10,6 +10,8 @@ import argparse
 import os
 from pathlib import Path
 
+from bsrnn.cli.enhance import add_precision_argument
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
@@ -23,6 +25,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, help="write one row per file here")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_precision_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -38,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.csv is not None:
         check_csv_path(args.csv)
-    generator = load_generator(args.checkpoint, args.load, args.device)
+    generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
     print(generator.describe())
     corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
     if not args.demo:
@@ -48,7 +51,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = []
     for pair in tqdm(pairs, desc="enhance", disable=None):
         clean, noisy = load_pair(pair)
-        jobs.append((pair.name, clean, enhance_waveform(generator.model, noisy, args.device)))
+        jobs.append((pair.name, clean, enhance_waveform(generator.enhancer, noisy, args.device)))
     scores = score_files(jobs, workers=max(1, args.workers))
     print(format_table(scores))
     if args.csv is not None:
