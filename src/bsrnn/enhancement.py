@@ -52,6 +52,13 @@ peak RSS 1.3-1.4x (+150-220 MiB: the quantized time LSTM holds ~200 MiB more per
 output 25-28 dB SNR against fp32's. Its effect on PESQ/STOI is what
 ``benchmarks/precision_quality.py`` measures on a trained model. bf16 has not been measured (no
 processor with bfloat16 instructions or GPU was available).
+
+Perceptual contrast stretching (``--pcs``, off by default; ``perceptual_contrast_stretch``):
+the enhanced spectrum of every chunk is stretched before its inverse STFT, by exponents that
+follow the SII band importance (Chao et al., Interspeech 2022), and the signal is then scaled
+back to the peak the network's output had. A post-processing step at inference only: the
+network and its checkpoints are the same. Its effect on PESQ/STOI is what
+``benchmarks/pcs_quality.py`` measures on a trained model.
 """
 
 from __future__ import annotations
@@ -72,6 +79,7 @@ from bsrnn import keys
 from bsrnn.audio import (
     HOP_LENGTH,
     N_FFT,
+    NUM_BINS,
     SAMPLE_RATE,
     AudioInfo,
     audio_info,
@@ -392,15 +400,109 @@ def check_input_audio(audio: np.ndarray, rate: int, where: str | Path) -> None:
     check_length(int(audio.shape[-1]), rate, where)
 
 
+# ------------------------------------------------------------------ perceptual contrast stretching
+SII_CRITICAL_BANDS: tuple[tuple[float, float, float], ...] = (
+    (100, 200, 0.0103), (200, 300, 0.0261), (300, 400, 0.0419), (400, 510, 0.0577),
+    (510, 630, 0.0577), (630, 770, 0.0577), (770, 920, 0.0577), (920, 1080, 0.0577),
+    (1080, 1270, 0.0577), (1270, 1480, 0.0577), (1480, 1720, 0.0577), (1720, 2000, 0.0577),
+    (2000, 2320, 0.0577), (2320, 2700, 0.0577), (2700, 3150, 0.0577), (3150, 3700, 0.0577),
+    (3700, 4400, 0.0577), (4400, 5300, 0.0460), (5300, 6400, 0.0343), (6400, 7700, 0.0226),
+    (7700, 9500, 0.0110),
+)
+"""The band-importance function of the Speech Intelligibility Index: ANSI S3.5-1997 (R2017),
+*Methods for Calculation of the Speech Intelligibility Index*, Table 1 (critical-band
+procedure, average speech): ``(lower Hz, upper Hz, importance)`` of its 21 bands, importances
+summing to 1. Perceptual contrast stretching derives its exponents from it."""
+
+PCS_MAX_EXPONENT = 1.4
+"""The exponent of the most important bands (Chao et al., "Perceptual Contrast Stretching on
+Target Feature for Speech Enhancement", Interspeech 2022: their preset maximum)."""
+
+
+def pcs_exponents(n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
+                  max_exponent: float = PCS_MAX_EXPONENT) -> torch.Tensor:
+    """The exponent of each STFT bin ``[n_fft // 2 + 1]`` (float32) for perceptual contrast stretching.
+
+    Chao et al. (Interspeech 2022) stretch the spectrum more where speech matters more to
+    intelligibility, by the SII band-importance function (``SII_CRITICAL_BANDS``): a bin takes
+    the importance of the critical band its centre frequency ``k * sample_rate / n_fft`` falls in
+    (``lower <= f < upper``; 0 below 100 Hz and from 9500 Hz), scaled linearly so that the most
+    important bands (400-4400 Hz) get ``max_exponent`` and unimportant ones 1 (no change):
+
+        gamma(f) = 1 + (max_exponent - 1) * importance(f) / max(importance)
+
+    For the 512-point STFT at 16 kHz: 1 from 0 to 94 Hz, rising through 1.07, 1.18, 1.29 over
+    100-400 Hz, 1.4 over 400-4400 Hz, then 1.32, 1.24, 1.16 and 1.08 up to 8 kHz. The curve
+    the paper's authors published for a 512-point STFT agrees within 0.005 on 234 of the 257
+    bins; the other 23 lie at band edges, which theirs place 1-5 bins lower (one step of the
+    staircase, at most 0.11), and at 8 kHz, which theirs leaves at 1.
+    """
+    if n_fft < 2 or sample_rate <= 0 or max_exponent < 1:
+        raise ValueError(f"pcs_exponents: expected n_fft >= 2, sample_rate > 0 and max_exponent >= 1, "
+                         f"found {n_fft}, {sample_rate} and {max_exponent}")
+    frequencies = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
+    importance = np.zeros_like(frequencies)
+    for lower, upper, band_importance in SII_CRITICAL_BANDS:
+        importance[(frequencies >= lower) & (frequencies < upper)] = band_importance
+    top = max(band_importance for _, _, band_importance in SII_CRITICAL_BANDS)
+    return torch.from_numpy(1 + (max_exponent - 1) * importance / top).float()
+
+
+def perceptual_contrast_stretch(spectrum: torch.Tensor, exponents: torch.Tensor | None = None) -> torch.Tensor:
+    """Perceptual contrast stretching (PCS) of a complex spectrum ``[..., 257, frames]``; phase kept.
+
+    Chao et al., "Perceptual Contrast Stretching on Target Feature for Speech Enhancement"
+    (Interspeech 2022) multiply the log-magnitude ``log(1 + |X|)`` of each bin by an exponent
+    ``gamma(f) >= 1`` that follows the SII band importance (``pcs_exponents``), i.e. raise
+    ``1 + |X|`` to it:
+
+        |Y| = (1 + |X|) ** gamma(f) - 1,    angle(Y) = angle(X)
+
+    Above ~1 the magnitude grows faster than linearly, so strong speech components rise above
+    the weak residual noise around them (more contrast) most in the bands that carry speech;
+    near 0 it is a gain of ``gamma``. It acts on the magnitude of the unnormalised STFT of
+    samples in [-1, 1] (``bsrnn.audio.stft``), as in the paper, so its effect depends on the
+    level. Used here after the generator, at inference only (``enhance_waveform(pcs=True)``);
+    the paper also trains on stretched targets, which this package does not.
+    ``exponents`` (``[257]``) overrides the SII curve. A bin of magnitude 0 stays 0.
+    """
+    if not spectrum.is_complex() or spectrum.ndim < 2 or spectrum.shape[-2] != NUM_BINS:
+        raise ValueError(f"perceptual_contrast_stretch: expected a complex spectrum [..., {NUM_BINS}, frames], "
+                         f"found {spectrum.dtype} {tuple(spectrum.shape)}")
+    magnitude = spectrum.abs()
+    gamma = (pcs_exponents() if exponents is None else exponents).to(magnitude.device, magnitude.dtype)
+    if gamma.shape != (NUM_BINS,):
+        raise ValueError(f"perceptual_contrast_stretch: expected {NUM_BINS} exponents, found {tuple(gamma.shape)}")
+    stretched = torch.expm1(gamma[:, None] * torch.log1p(magnitude))
+    return spectrum * (stretched / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny))
+
+
+def _with_peak(audio: np.ndarray, peak: float) -> np.ndarray:
+    """``audio`` scaled to peak at ``peak`` (unchanged if silent), in place."""
+    own_peak = float(np.max(np.abs(audio))) if audio.size else 0.0
+    if own_peak > 0 and math.isfinite(own_peak) and peak > 0:
+        audio *= np.float32(peak / own_peak)
+    return audio
+
+
 @torch.no_grad()
-def enhance_segment(model: SpectrumEnhancer, audio: np.ndarray, device: torch.device | str = "cpu") -> np.ndarray:
-    """Enhance one mono 16 kHz segment as a whole (reference evaluation: reflect pad one hop)."""
+def enhance_segment(model: SpectrumEnhancer, audio: np.ndarray, device: torch.device | str = "cpu",
+                    pcs: bool = False) -> np.ndarray:
+    """Enhance one mono 16 kHz segment as a whole (reference evaluation: reflect pad one hop).
+
+    ``pcs``: perceptual contrast stretching of the network's output spectrum before the inverse
+    STFT, then scaled to the peak level the network's own output has (see ``enhance_waveform``).
+    """
     length = audio.shape[-1]
     signal = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32)).to(device)[None]
     pad = HOP_LENGTH if length > HOP_LENGTH else 0
     padded = torch.nn.functional.pad(signal[None], (pad, pad), mode="reflect")[0] if pad else signal
-    estimate = istft(model(stft(padded)), length=padded.shape[-1])
-    return estimate[0, pad : pad + length].cpu().numpy()
+    spectrum = model(stft(padded))
+    estimate = istft(spectrum, length=padded.shape[-1])[0, pad : pad + length].cpu().numpy()
+    if not pcs:
+        return estimate
+    stretched = istft(perceptual_contrast_stretch(spectrum), length=padded.shape[-1])
+    return _with_peak(stretched[0, pad : pad + length].cpu().numpy(), float(np.max(np.abs(estimate))))
 
 
 def chunk_starts(length: int, chunk: int, hop: int) -> list[int]:
@@ -449,19 +551,51 @@ def enhance_batch(model: SpectrumEnhancer, segments: np.ndarray, device: torch.d
     Each row is treated exactly like ``enhance_segment`` treats one signal (reflect pad one hop,
     STFT, network, inverse STFT); rows do not interact (every norm is per example).
     """
+    return _enhance_batch(model, segments, device)[0]
+
+
+@torch.no_grad()
+def _enhance_batch(model: SpectrumEnhancer, segments: np.ndarray, device: torch.device | str = "cpu",
+                   pcs: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    """``enhance_batch``'s rows, and with ``pcs`` the rows of the stretched spectra (not yet levelled)."""
     signal = torch.from_numpy(np.ascontiguousarray(segments, dtype=np.float32)).to(device)
     length = signal.shape[-1]
     pad = HOP_LENGTH if length > HOP_LENGTH else 0
     if pad:
         signal = torch.nn.functional.pad(signal[:, None], (pad, pad), mode="reflect")[:, 0]
-    estimate = istft(model(stft(signal)), length=signal.shape[-1])
-    return estimate[:, pad : pad + length].cpu().numpy()
+    spectrum = model(stft(signal))
+    estimate = istft(spectrum, length=signal.shape[-1])[:, pad : pad + length].cpu().numpy()
+    if not pcs:
+        return estimate, None
+    stretched = istft(perceptual_contrast_stretch(spectrum), length=signal.shape[-1])
+    return estimate, stretched[:, pad : pad + length].cpu().numpy()
+
+
+class _CrossFader:
+    """Joins chunk outputs in order (``_cross_fade_windows``): each ``join`` returns where the
+    chunk's finished samples go and the samples; the faded-out tail waits for the next chunk."""
+
+    def __init__(self, windows: list[tuple[int, int, np.ndarray | None, np.ndarray | None]]) -> None:
+        self.windows = windows
+        self.pending_fade: np.ndarray | None = None  # the previous chunk's faded-out tail
+
+    def join(self, index: int, start: int, piece: np.ndarray) -> tuple[int, np.ndarray]:
+        first, stop, fade_in, fade_out = self.windows[index]
+        part = piece[first - start : stop - start]
+        if fade_in is not None:
+            assert self.pending_fade is not None, "chunks are joined in order"
+            part[: len(fade_in)] *= fade_in
+            part[: len(fade_in)] += self.pending_fade
+        if fade_out is not None:
+            self.pending_fade = part[-len(fade_out) :] * fade_out
+            part = part[: -len(fade_out)]
+        return first, part
 
 
 def enhance_waveform(model: SpectrumEnhancer, audio: np.ndarray, device: torch.device | str = "cpu",
                      chunk_seconds: float = DEFAULT_CHUNK_SECONDS,
                      overlap_seconds: float = DEFAULT_OVERLAP_SECONDS,
-                     batch_seconds: float | None = None) -> np.ndarray:
+                     batch_seconds: float | None = None, pcs: bool = False) -> np.ndarray:
     """Enhance a mono 16 kHz signal of any length (see the module docstring for the chunking).
 
     Signals up to ``chunk_seconds`` are processed whole. Longer ones are cut into chunks of
@@ -470,6 +604,14 @@ def enhance_waveform(model: SpectrumEnhancer, audio: np.ndarray, device: torch.d
     products per LSTM step, bounded memory; default by device, ``DEFAULT_BATCH_SECONDS``),
     and neighbours are joined by a raised-cosine cross-fade of ``overlap_seconds``. Returns
     float32 of the input's length.
+
+    ``pcs`` (``--pcs``; off by default, and then the output is bit-identical to before): perceptual contrast
+    stretching (``perceptual_contrast_stretch``) of every chunk's enhanced spectrum before its
+    inverse STFT, chunks joined alike; then the whole signal is scaled so that its peak is the
+    peak of the network's own output. Stretching alone raises loud bins most (magnitude 50
+    becomes 51 ** 1.4 - 1 = 245, +14 dB) and would clip; scaling every output to full scale
+    instead would turn a quiet recording loud. PESQ and STOI do not depend on this gain; SSNR,
+    and so CBAK, does.
     """
     audio = np.asarray(audio, dtype=np.float32)
     chunk = int(chunk_seconds * SAMPLE_RATE)
@@ -478,7 +620,7 @@ def enhance_waveform(model: SpectrumEnhancer, audio: np.ndarray, device: torch.d
         raise ValueError(f"need 0 < overlap_seconds < chunk_seconds, got {overlap_seconds} and {chunk_seconds}")
     length = audio.shape[-1]
     if length <= chunk:
-        return enhance_segment(model, audio, device)
+        return enhance_segment(model, audio, device, pcs=pcs)
     starts = chunk_starts(length, chunk, chunk - overlap)
     windows = _cross_fade_windows(starts, chunk, overlap)
     if batch_seconds is None:
@@ -486,27 +628,29 @@ def enhance_waveform(model: SpectrumEnhancer, audio: np.ndarray, device: torch.d
         batch_seconds = DEFAULT_BATCH_SECONDS.get(kind, DEFAULT_BATCH_SECONDS["cpu"])
     per_batch = max(1, int(batch_seconds // chunk_seconds))
     output = np.empty(length, dtype=np.float32)
-    pending_fade: np.ndarray | None = None  # the previous chunk's faded-out tail
+    joined = _CrossFader(windows)
+    joined_plain, plain_peak = _CrossFader(windows), 0.0  # with pcs: the network's own output, for its peak
     for first_chunk in range(0, len(starts), per_batch):
         batch = starts[first_chunk : first_chunk + per_batch]
-        pieces = enhance_batch(model, np.stack([audio[start : start + chunk] for start in batch]), device)
-        for index, (start, piece) in enumerate(zip(batch, pieces), start=first_chunk):
-            first, stop, fade_in, fade_out = windows[index]
-            part = piece[first - start : stop - start]
-            if fade_in is not None:
-                assert pending_fade is not None, "chunks are joined in order"
-                part[: len(fade_in)] *= fade_in
-                part[: len(fade_in)] += pending_fade
-            if fade_out is not None:
-                pending_fade = part[-len(fade_out) :] * fade_out
-                part = part[: -len(fade_out)]
+        pieces, stretched = _enhance_batch(model, np.stack([audio[start : start + chunk] for start in batch]),
+                                           device, pcs)
+        for index, start in enumerate(batch, start=first_chunk):
+            piece = pieces[index - first_chunk]
+            if stretched is not None:
+                _, plain = joined_plain.join(index, start, piece)
+                plain_peak = max(plain_peak, float(np.max(np.abs(plain), initial=0.0)))
+                piece = stretched[index - first_chunk]
+            first, part = joined.join(index, start, piece)
             output[first : first + len(part)] = part
-    return output
+    return _with_peak(output, plain_peak) if pcs else output
 
 
 def enhance_audio(model: SpectrumEnhancer, audio: np.ndarray, rate: int, device: torch.device | str = "cpu",
-                  where: str | Path = "the input audio") -> np.ndarray:
+                  where: str | Path = "the input audio", pcs: bool = False) -> np.ndarray:
     """Any rate, mono [samples] or multi-channel [channels, samples]: same shape and rate out.
+
+    ``pcs``: perceptual contrast stretching at 16 kHz, each channel scaled to its own
+    enhanced peak (``enhance_waveform``).
 
     Input that cannot give a meaningful output (NaN/inf samples, shorter than 32 ms) raises
     DataError naming ``where``, and an output with NaN/inf samples raises UserError: whatever
@@ -517,7 +661,7 @@ def enhance_audio(model: SpectrumEnhancer, audio: np.ndarray, rate: int, device:
     enhanced = []
     for channel in channels:
         mono = resample(channel, rate, SAMPLE_RATE) if rate != SAMPLE_RATE else channel
-        result = enhance_waveform(model, mono, device)
+        result = enhance_waveform(model, mono, device, pcs=pcs)
         if rate != SAMPLE_RATE:
             result = resample(result, SAMPLE_RATE, rate)
             result = _fit_length(result, channel.shape[-1])

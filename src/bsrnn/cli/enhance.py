@@ -4,7 +4,8 @@ Files of any format libsndfile reads (WAV, FLAC, OGG, ...), any length (processe
 any sample rate (resampled to 16 kHz and back), mono or multi-channel (each channel enhanced).
 Each output keeps its input's file name and format in ``--out``: ``x.flac`` gives ``x.flac``,
 16-bit PCM where the format stores PCM, else the input's own encoding (an Ogg Vorbis stays
-Vorbis).
+Vorbis). ``--pcs`` adds perceptual contrast stretching after the network
+(``bsrnn.enhancement.perceptual_contrast_stretch``); names and formats are the same.
 
 An input that cannot be enhanced (unreadable, truncated, no samples, shorter than 32 ms,
 NaN/inf samples, a format libsndfile cannot write back) is never turned into an output. Given alone, it stops the command with its
@@ -34,6 +35,18 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
                              "LSTMs and Linears; CPU only). The STFT and the output stay float32")
 
 
+def add_pcs_argument(parser: argparse.ArgumentParser) -> None:
+    """``--pcs``, shared by ``enhance`` and ``evaluate``: both enhance through ``enhance_waveform``."""
+    parser.add_argument("--pcs", action="store_true",
+                        help="perceptual contrast stretching of the enhanced spectrum (Chao et al., Interspeech "
+                             "2022): magnitudes raised per frequency by the SII band importance, phase kept, "
+                             "then scaled back to the enhanced peak level. Off by default")
+
+
+PCS_ON = "Perceptual contrast stretching (--pcs) of the enhanced spectra: on"
+"""What ``enhance`` and ``evaluate`` print with ``--pcs`` (nothing without it)."""
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
                         help="checkpoint file, run directory, or model bundle from `bsrnn ckpt export`")
@@ -45,6 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "verifies, else checkpoint_last.pt)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
+    add_pcs_argument(parser)
 
 
 def collect_audio_files(inputs: list[Path]) -> list[Path]:
@@ -123,6 +137,8 @@ def run(args: argparse.Namespace) -> int:
     if usable:
         generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
         print(generator.describe())
+        if args.pcs:
+            print(PCS_ON)
         print(f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
               f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
         try:
@@ -135,7 +151,7 @@ def run(args: argparse.Namespace) -> int:
         container, subtype = formats[path]
         try:
             audio, rate = read_audio(path)
-            enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path)
+            enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path, pcs=args.pcs)
             write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container)
         except UserError as error:
             skip(path, error)

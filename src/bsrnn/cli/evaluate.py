@@ -2,6 +2,8 @@
 
 Every test utterance is enhanced at full length and scored with the same code as
 ``bsrnn score`` (PESQ, CSIG, CBAK, COVL, SSNR, STOI): a table of means, one CSV row per file.
+``--pcs`` scores the outputs of perceptual contrast stretching, as ``bsrnn enhance --pcs``
+writes them.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bsrnn.cli.enhance import add_precision_argument
+from bsrnn.cli.enhance import PCS_ON, add_pcs_argument, add_precision_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -26,6 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
+    add_pcs_argument(parser)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -43,6 +46,8 @@ def run(args: argparse.Namespace) -> int:
         check_csv_path(args.csv)
     generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
     print(generator.describe())
+    if args.pcs:
+        print(PCS_ON)
     corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
     if not args.demo:
         check_finite_samples(corpus, splits=("test",))
@@ -51,7 +56,7 @@ def run(args: argparse.Namespace) -> int:
     jobs = []
     for pair in tqdm(pairs, desc="enhance", disable=None):
         clean, noisy = load_pair(pair)
-        jobs.append((pair.name, clean, enhance_waveform(generator.enhancer, noisy, args.device)))
+        jobs.append((pair.name, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
     scores = score_files(jobs, workers=max(1, args.workers))
     print(format_table(scores))
     if args.csv is not None:
