@@ -1,4 +1,4 @@
-"""GPU check: training steps/s of the per-band baseline and ``BSRNN``, eager/compiled, fp32/bf16.
+"""GPU check: training steps/s of the reference recipe and ours, eager/compiled, fp32/bf16, PESQ wait.
 
 Why: the CPU benchmarks cannot say how the generator, PESQ and checkpointing behave on a GPU,
 where the LSTMs run in cuDNN and PESQ (on CPU worker processes) may become the bottleneck.
@@ -9,8 +9,13 @@ ends in under 5 minutes on one GPU), this prints for batch 6 x 2 s:
   term, PESQ through ``PesqPool``, both Adam updates) and steps/s, for baseline and ours, in
   fp32 and with ``--amp bf16``, eager and with ``--compile``, applied as the trainer applies
   them (``bsrnn.training.execution.forward_of``); variants that do not fit in the budget are listed as skipped;
+- the reference recipe as the reference runs it (per-band baseline, fp32, eager, PESQ scored
+  synchronously in the step: ``PesqPool(workers=0)``) against ours (``BSRNN``, PESQ in the
+  pool), and ours with the one-step-delayed discriminator (``--delayed-discriminator``);
 - the share of each step spent waiting for PESQ (``StepResult.pesq_wait_s`` / step time) and
-  the step time without that wait (what the GPU work alone would allow);
+  the step time without that wait (what the GPU work alone would allow), with and without the
+  delayed discriminator: on a GPU the generator step may be shorter than the step's PESQ work,
+  and the wait is what the delayed option removes;
 - the checkpoint stall: how long ``CheckpointManager.save`` (async) blocks the training loop
   for the full training state (both networks and both Adam states), and how long the
   background commit takes.
@@ -35,15 +40,21 @@ from torch import nn
 
 from bench_common import describe_machine, load_average, load_baseline_module, speech_pairs
 from bsrnn.checkpoint import CheckpointManager
+from bsrnn.errors import UserError
 from bsrnn.losses import DEFAULT_LOSS_WEIGHTS
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator, generator_state_dict_from_reference
 from bsrnn.training.distributed import DistributedContext
 from bsrnn.training.execution import forward_of
-from bsrnn.training.steps import Networks, train_step
+from bsrnn.training.steps import DelayedDiscriminator, Networks, train_step
 
 GRAD_CLIP = 5.0
 LEARNING_RATE = 1e-3
+
+
+PESQ_MODES = ("pool", "sync", "delayed")
+"""How a step gets its PESQ: the pool, collected before D's update (the trainer's default);
+scored in the step (0 workers: the reference); the pool with the one-step-delayed discriminator."""
 
 
 @dataclass(frozen=True)
@@ -51,11 +62,16 @@ class Variant:
     model: str  # "baseline" or "ours"
     amp: bool
     compiled: bool
+    pesq: str = "pool"  # one of PESQ_MODES
 
     @property
     def label(self) -> str:
         return (f"{self.model:<8} {'bf16 autocast' if self.amp else 'fp32':<13} "
-                f"{'compiled' if self.compiled else 'eager':<8}")
+                f"{'compiled' if self.compiled else 'eager':<8} PESQ {self.pesq:<7}")
+
+
+REFERENCE_RECIPE = Variant("baseline", amp=False, compiled=False, pesq="sync")
+"""The reference's training step: its per-band network, fp32, eager, PESQ computed in the step."""
 
 
 @dataclass
@@ -95,8 +111,13 @@ def run_variant(variant: Variant, nets: Networks, clean: torch.Tensor, noisy: to
     """Warm up (compiling if asked), then time ``steps`` full training steps.
 
     AMP and compilation are applied exactly as ``bsrnn train --amp bf16 --compile`` applies
-    them (``bsrnn.training.execution.forward_of``: both networks' forward passes).
+    them (``bsrnn.training.execution.forward_of``: both networks' forward passes). A delayed
+    variant's first step (no discriminator update) is among the warm-up steps, and its last
+    pending PESQ is collected before the next variant starts.
     """
+    if warmup < 1 and variant.pesq == "delayed":
+        raise ValueError("a delayed-discriminator variant needs --warmup >= 1: its first step has no update")
+    delayed = DelayedDiscriminator() if variant.pesq == "delayed" else None
     amp = "bf16" if variant.amp else "off"
     nets = Networks(nets.generator, nets.discriminator, nets.optimizer_g, nets.optimizer_d,
                     run_generator=forward_of(nets.generator, device, amp, variant.compiled, backend),
@@ -108,7 +129,7 @@ def run_variant(variant: Variant, nets: Networks, clean: torch.Tensor, noisy: to
         synchronize(device)
         started = time.perf_counter()
         result = train_step(nets, clean, noisy, use_gan=True, loss_weights=list(DEFAULT_LOSS_WEIGHTS),
-                            grad_clip=GRAD_CLIP, pesq_pool=pool, context=context)
+                            grad_clip=GRAD_CLIP, pesq_pool=pool, context=context, delayed=delayed)
         synchronize(device)
         elapsed = time.perf_counter() - started
         if index == 0:
@@ -117,6 +138,8 @@ def run_variant(variant: Variant, nets: Networks, clean: torch.Tensor, noisy: to
             times.append(elapsed)
             shares.append(result.pesq_wait_s / elapsed)
             computes.append(elapsed - result.pesq_wait_s)
+    if delayed is not None:
+        delayed.wait()
     return Outcome(statistics.median(times), statistics.median(shares), statistics.median(computes), first)
 
 
@@ -162,6 +185,32 @@ def checkpoint_stall(nets: Networks, clean: torch.Tensor, noisy: torch.Tensor, p
             "step_alone": statistics.median(alone), "step_during_save": statistics.median(overlapped)}
 
 
+def report_reference_and_delayed(outcomes: dict[Variant, Outcome | str], workers: int) -> None:
+    """The reference recipe's steps/s against ours; the PESQ-wait share with and without the
+    delayed discriminator (eager, fp32 and bf16)."""
+    def steps_per_s(variant: Variant) -> str:
+        outcome = outcomes.get(variant)
+        return f"{1 / outcome.step_s:6.2f}" if isinstance(outcome, Outcome) else "   n/a"
+
+    reference = outcomes.get(REFERENCE_RECIPE)
+    print(f"\nsteps/s: reference recipe (per-band baseline, fp32 eager, PESQ in the step) "
+          f"{steps_per_s(REFERENCE_RECIPE)}")
+    for amp in (False, True):
+        precision = "bf16" if amp else "fp32"
+        for pesq in ("pool", "delayed"):
+            variant = Variant("ours", amp, compiled=False, pesq=pesq)
+            outcome = outcomes.get(variant)
+            speedup = (f"  {reference.step_s / outcome.step_s:5.2f}x the reference recipe"
+                       if isinstance(outcome, Outcome) and isinstance(reference, Outcome) else "")
+            print(f"  ours {precision} eager, PESQ {pesq:<7} ({workers} workers) {steps_per_s(variant)}{speedup}")
+    print("PESQ wait / step time, ours eager, without -> with --delayed-discriminator:")
+    for amp in (False, True):
+        pool, delayed = (outcomes.get(Variant("ours", amp, compiled=False, pesq=pesq)) for pesq in ("pool", "delayed"))
+        if isinstance(pool, Outcome) and isinstance(delayed, Outcome):
+            print(f"  {'bf16' if amp else 'fp32'}: {pool.pesq_share:6.1%} -> {delayed.pesq_share:6.1%}  (step "
+                  f"{1000 * pool.step_s:.1f} -> {1000 * delayed.step_s:.1f} ms)")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -205,10 +254,16 @@ def main(argv: list[str] | None = None) -> int:
     torch.manual_seed(0)
     baseline_state = load_baseline_module().ReferenceBSRNN(num_channel=num_channel, num_layer=num_layer).state_dict()
 
-    variants = [Variant(model, amp, compiled) for compiled in (False, True) for amp in (False, True)
-                for model in ("ours", "baseline")]
+    # Eager first (cheap, and the comparison that matters), the reference recipe first of all;
+    # compiled variants last, as compiling may take most of the budget.
+    variants = [REFERENCE_RECIPE]
+    for compiled in (False, True):
+        for amp in (False, True):
+            variants += [Variant("ours", amp, compiled), Variant("baseline", amp, compiled)]
+            if not compiled:
+                variants.append(Variant("ours", amp, compiled, pesq="delayed"))
     outcomes: dict[Variant, Outcome | str] = {}
-    with PesqPool(workers=args.pesq_workers) as pool:
+    with PesqPool(workers=args.pesq_workers) as pool, PesqPool(workers=0) as in_step:
         for variant in variants:
             if time.perf_counter() - started > args.budget_s:
                 outcomes[variant] = "skipped (time budget)"
@@ -217,9 +272,10 @@ def main(argv: list[str] | None = None) -> int:
             torch.manual_seed(0)
             nets = build(make_generator(variant.model, num_channel, num_layer, baseline_state), device)
             try:
-                outcomes[variant] = run_variant(variant, nets, clean, noisy, pool, args.steps, args.warmup,
+                pesq_pool = in_step if variant.pesq == "sync" else pool
+                outcomes[variant] = run_variant(variant, nets, clean, noisy, pesq_pool, args.steps, args.warmup,
                                                 backend, device)
-            except (RuntimeError, TypeError, ValueError) as error:  # e.g. a compiler failure: report, go on
+            except (RuntimeError, TypeError, ValueError, UserError) as error:  # a compiler failure, no bf16: go on
                 outcomes[variant] = f"failed: {type(error).__name__}: {str(error).splitlines()[0][:120]}"
             outcome = outcomes[variant]
             if isinstance(outcome, Outcome):
@@ -229,9 +285,10 @@ def main(argv: list[str] | None = None) -> int:
             else:
                 print(f"  {variant.label} {outcome}", flush=True)
 
-        print("\nsteps/s, ours / baseline (same precision and compilation):")
+        report_reference_and_delayed(outcomes, args.pesq_workers)
+        print("\nsteps/s, ours / baseline (same precision and compilation, PESQ pool):")
         for variant in variants:
-            if variant.model != "ours":
+            if variant.model != "ours" or variant.pesq != "pool":
                 continue
             base = outcomes.get(Variant("baseline", variant.amp, variant.compiled))
             ours = outcomes[variant]

@@ -1,9 +1,12 @@
 #!/usr/bin/env bash
 # GPU check, under 5 minutes on one GPU: steps/s of the per-band baseline vs BSRNN at batch 6,
-# fp32 / bf16 autocast, eager / torch.compile; PESQ wait share; async checkpoint stall.
+# fp32 / bf16 autocast, eager / torch.compile; the reference recipe (baseline, PESQ computed in
+# the step) vs ours; the PESQ wait share with and without --delayed-discriminator; async
+# checkpoint stall.
 #
 #   benchmarks/gpu_check.sh                 # uses .venv/bin/python, or $PYTHON
 #   PYTHON=python3 benchmarks/gpu_check.sh --pesq-workers 8
+#   benchmarks/gpu_check.sh --device cpu --quick --budget-s 60    # CPU smoke test of this script
 #
 # Extra arguments go to benchmarks/gpu_check.py (see its --help). The Python part stops
 # starting new variants after --budget-s (240 s); the timeout below is the hard stop.

@@ -18,8 +18,22 @@ round-robin, after warm-up, and the medians and ratios ours/baseline are printed
 Before timing, both generators are checked against the reference fixture
 (``reference_default.pt``): max |output - fixture| <= 1e-6 x peak, as in tests/test_models.py.
 
+``--fast-generator`` measures something else, alone: whether PESQ stays off the critical path
+when the generator is fast. On this CPU the default generator's step is 15-20 times its PESQ
+work, so the pool hides PESQ completely; on a GPU the ratio turns around. A small generator
+(N 8, L 1) at batch 6 x 2 s emulates that ratio here: its forward+backward is shorter than the
+CPU time PESQ needs for the step's 2 x 6 utterances (both printed, with the discriminator's
+step). It times the full ``train_step`` with PESQ scored synchronously (0 workers, the
+reference's behaviour), in a pool of 1 and of 2 workers, and with the one-step-delayed
+discriminator (``--delayed-discriminator``) on 1 and 2 workers, and reports the PESQ-wait
+share (``StepResult.pesq_wait_s`` / step time) of each. Variants run in rotating blocks of
+consecutive steps (a delayed step overlaps PESQ with the *next* step of the same run, which
+round-robin single steps would hand to another variant); each block starts with an untimed
+step, and the delayed run's pending PESQ is collected, untimed, at its end.
+
     .venv/bin/python benchmarks/train_step.py                        # batches 2 and 6, 10 steps
     .venv/bin/python benchmarks/train_step.py --batches 2 --steps 3 --warmup 1   # a few minutes
+    OMP_NUM_THREADS=1 .venv/bin/python benchmarks/train_step.py --fast-generator --threads 1 --steps 20
 """
 
 from __future__ import annotations
@@ -47,12 +61,21 @@ from bsrnn.losses import DEFAULT_LOSS_WEIGHTS, discriminator_loss, generator_los
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator, generator_state_dict_from_reference
 from bsrnn.training.distributed import DistributedContext
-from bsrnn.training.steps import Networks, train_step
+from bsrnn.training.steps import DelayedDiscriminator, Networks, train_step
 
 FIDELITY = 1e-6  # max |output - fixture| <= FIDELITY * max |fixture|, as in tests/test_models.py
 TARGET_GENERATOR_RATIO = 0.75  # generator forward+backward, ours / baseline
 GRAD_CLIP = 5.0  # Config.grad_clip's default
 LEARNING_RATE = 1e-3  # Config.init_lr's default
+FAST_GENERATOR = (8, 1)  # N, L: the smallest sensible generator, a step near its PESQ work on this CPU
+FAST_BLOCK = 5  # consecutive timed steps of one variant before the next variant's block
+FAST_VARIANTS = (  # label, PESQ workers, delayed discriminator
+    ("synchronous PESQ (0 workers)", 0, False),
+    ("PESQ pool, 1 worker", 1, False),
+    ("PESQ pool, 2 workers", 2, False),
+    ("delayed discriminator, 1 worker", 1, True),
+    ("delayed discriminator, 2 workers", 2, True),
+)
 
 
 def check_fidelity(baseline_class: type[nn.Module]) -> bool:
@@ -198,6 +221,102 @@ def report(timings: Timings, benches: dict[str, StepBench], batch: int, seconds:
     return ratio
 
 
+class FastRun:
+    """One variant of the fast-generator comparison: its own networks, pool and step times."""
+
+    def __init__(self, nets: Networks, pool: PesqPool, delayed: DelayedDiscriminator | None,
+                 clean: torch.Tensor, noisy: torch.Tensor, use_gan: bool) -> None:
+        self.nets, self.pool, self.delayed = nets, pool, delayed
+        self.clean, self.noisy, self.use_gan = clean, noisy, use_gan
+        self.context = DistributedContext()
+        self.steps: list[float] = []
+        self.waits: list[float] = []
+
+    def step(self, record: bool) -> None:
+        started = time.perf_counter()
+        result = train_step(self.nets, self.clean, self.noisy, use_gan=self.use_gan,
+                            loss_weights=list(DEFAULT_LOSS_WEIGHTS), grad_clip=GRAD_CLIP, pesq_pool=self.pool,
+                            context=self.context, delayed=self.delayed)
+        elapsed = time.perf_counter() - started
+        if result.nonfinite:
+            print(f"  warning: a step had a non-finite loss: {result.values}", file=sys.stderr)
+        if record:
+            self.steps.append(elapsed)
+            self.waits.append(result.pesq_wait_s)
+
+    def settle(self) -> None:
+        """Collect the delayed run's pending PESQ, so that it does not run during another block."""
+        if self.delayed is not None:
+            self.delayed.wait()
+
+
+def fast_generator(args: argparse.Namespace) -> int:
+    """The PESQ-wait share with a generator faster than PESQ (module docstring); 0 if it ran."""
+    print(describe_machine())
+    batch, samples = args.fast_batch, int(args.seconds * 16000)
+    clean, noisy = make_batch(batch, samples, args.seed)
+    torch.manual_seed(args.seed)
+    shape = {"num_channel": args.fast_size[0], "num_layer": args.fast_size[1]}
+    initial = BSRNN(**shape).state_dict()
+
+    def generator() -> BSRNN:
+        model = BSRNN(**shape)
+        model.load_state_dict(initial)
+        return model
+
+    print(f"fast generator N {shape['num_channel']} L {shape['num_layer']}, batch {batch} x "
+          f"{args.seconds:g} s, GAN term: {'yes' if args.gan else 'no'}, {torch.get_num_threads()} intra-op "
+          f"thread(s); blocks of 1 untimed + {FAST_BLOCK} timed steps per variant, rotating")
+    pools = {workers: PesqPool(workers=workers) for workers in sorted({v[1] for v in FAST_VARIANTS})}
+    timings = Timings()
+    try:
+        runs: dict[str, FastRun] = {
+            label: FastRun(build_networks(generator(), args.seed), pools[workers],
+                           DelayedDiscriminator() if delayed else None, clean, noisy, args.gan)
+            for label, workers, delayed in FAST_VARIANTS
+        }
+        # The step's parts, timed in the same rotation: is the generator's step shorter than PESQ?
+        parts = StepBench(build_networks(generator(), args.seed), clean, noisy, args.gan, {}, timings, "fast")
+        for run in runs.values():
+            for _ in range(args.warmup):
+                run.step(record=False)
+            run.settle()
+        counts = [FAST_BLOCK] * (args.steps // FAST_BLOCK) + [args.steps % FAST_BLOCK] * bool(args.steps % FAST_BLOCK)
+        labels = [*runs, "parts"]
+        for index, count in enumerate(counts):
+            shift = index % len(labels)
+            for label in labels[shift:] + labels[:shift]:
+                if label == "parts":
+                    for _ in range(count):
+                        parts.generator_forward_backward()
+                        parts.discriminator_step()
+                    continue
+                runs[label].step(record=False)
+                for _ in range(count):
+                    runs[label].step(record=True)
+                runs[label].settle()
+    finally:
+        for pool in pools.values():
+            pool.close()
+    sync = runs[FAST_VARIANTS[0][0]]
+    pesq_work = float(np.median(sync.waits))  # 0 workers: result() scores the batch in-process
+    generator_ms, discriminator_ms = (1000 * timings.median(f"fast/{name}") for name in ("generator", "discriminator"))
+    ratio = generator_ms / (1000 * pesq_work)
+    print(f"\nPESQ work per step ({2 * batch} utterances scored in-process): {1000 * pesq_work:.0f} ms; generator "
+          f"forward+backward {generator_ms:.0f} ms = {ratio:.2f} x the PESQ work "
+          f"({'a generator faster than PESQ, as on a GPU' if ratio < 1 else 'NOT faster than PESQ'}); "
+          f"discriminator step {discriminator_ms:.0f} ms")
+    print(f"medians of {len(sync.steps)} steps; spread = min..max ms")
+    print(f"  {'':<34}{'step ms':>9}{'steps/s':>9}{'PESQ wait / step':>18}{'wait ms':>9}   spread")
+    for label, run in runs.items():
+        step_s = float(np.median(run.steps))
+        share = float(np.median([wait / elapsed for wait, elapsed in zip(run.waits, run.steps)]))
+        print(f"  {label:<34}{1000 * step_s:>9.0f}{1 / step_s:>9.2f}{share:>18.1%}"
+              f"{1000 * float(np.median(run.waits)):>9.0f}   {1000 * min(run.steps):.0f}..{1000 * max(run.steps):.0f}")
+    print(f"\nload average at the end: {load_average()}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -211,10 +330,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--no-bf16", dest="bf16", action="store_false",
                         help="skip the what-if row: our generator under CPU bf16 autocast")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--fast-generator", action="store_true",
+                        help="only the PESQ-wait comparison with a generator faster than PESQ (N 8 L 1): "
+                             "synchronous, pools of 1 and 2 workers, delayed discriminator")
+    parser.add_argument("--fast-batch", type=int, default=6, help="batch size of --fast-generator (default 6)")
+    parser.add_argument("--fast-size", type=int, nargs=2, default=list(FAST_GENERATOR), metavar=("N", "L"),
+                        help=f"num_channel and num_layer of --fast-generator (default {FAST_GENERATOR[0]} "
+                             f"{FAST_GENERATOR[1]})")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.warmup < 0:
         parser.error("--steps must be >= 1 and --warmup >= 0")
+    if args.fast_batch < 1 or min(args.fast_size) < 1:
+        parser.error("--fast-batch and --fast-size must be >= 1")
     torch.set_num_threads(args.threads)
+    if args.fast_generator:
+        return fast_generator(args)
     batches = [int(value) for value in args.batches.split(",") if value.strip()]
     print(describe_machine())
     baseline_class = load_baseline_module().ReferenceBSRNN

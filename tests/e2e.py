@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -54,6 +55,18 @@ def wait_for_step(run_dir: Path, step: int, process: subprocess.Popen, timeout: 
             raise AssertionError(f"trainer exited early with {process.returncode}: {process.stdout.read()}")
         time.sleep(0.05)
     raise AssertionError(f"no step {step} logged within {timeout}s")
+
+
+def preempted_run(run_dir: Path, step: int, *args: str) -> str:
+    """``bsrnn train ARGS --run-dir RUN_DIR``, sent SIGTERM once step ``step`` is logged; its output.
+
+    The trainer must save and exit 143 (128 + SIGTERM)."""
+    process = start("train", *args, "--run-dir", str(run_dir))
+    wait_for_step(run_dir, step, process)
+    process.send_signal(signal.SIGTERM)
+    output = process.communicate(timeout=120)[0]
+    assert process.returncode == 143, output
+    return output
 
 
 def losses_by_step(run_dir: Path) -> dict[int, tuple[float, float]]:

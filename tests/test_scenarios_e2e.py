@@ -3,6 +3,7 @@ second trainer on the same run directory, train more after the GAN switch, a scr
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -121,6 +122,11 @@ def test_training_validates_on_held_out_training_pairs_and_never_reads_the_test_
     held_out = saved["validation"]["items"]
     assert saved["validation"]["rule"] == {"kind": "fraction", "fraction": 0.2, "source": "--valid-fraction"}
     assert 1 <= held_out < 20 and saved["global_step"] == (20 - held_out) // 8
+    # status.json, for `cat` on a login node: where the run stands, its rate and ETA, its best.
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed" and status["global_step"] == saved["global_step"]
+    assert status["eta"].count(":") == 2
+    assert status["best"]["epoch"] == 0 and status["best"]["metric"]["name"] == "val_loss"
     # A resume that would validate on other pairs is refused unless told.
     result = bsrnn("train", "--data-dir", str(data), *tiny, "--valid-fraction", "0.5", "--epochs", "2",
                    "--run-dir", str(run_dir), "--resume")

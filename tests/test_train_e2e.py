@@ -21,6 +21,7 @@ from e2e import (
     env,
     events,
     losses_by_step,
+    preempted_run,
     start,
     wait_for_step,
 )
@@ -76,11 +77,7 @@ def test_sigkill_after_a_step_save_then_resume_is_bit_identical(tmp_path: Path, 
 
 def test_sigterm_saves_the_mid_epoch_position_and_exits_143(tmp_path: Path, reference_run: Path) -> None:
     run_dir = tmp_path / "run"
-    process = start("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir))
-    wait_for_step(run_dir, 2, process)
-    process.send_signal(signal.SIGTERM)
-    output = process.communicate(timeout=120)[0]
-    assert process.returncode == 143, output
+    output = preempted_run(run_dir, 2, *TINY, "--epochs", "2")
     assert "Preempted by SIGTERM: saved checkpoint_last.pt" in output
     saved = checkpoint(run_dir)
     assert 0 < saved["step_in_epoch"] < STEPS_PER_EPOCH and saved["epoch"] == -1

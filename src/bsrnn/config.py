@@ -35,8 +35,10 @@ ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
 # The run directory is where this invocation writes: a copied or moved run resumes in place.
 INVOCATION_FIELDS = (
     "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
-    "amp", "compile", "cache_audio", "allow_recipe_change", "allow_validation_change",
+    "amp", "compile", "cache_audio", "allow_recipe_change", "allow_validation_change", "tensorboard",
 )
+# tensorboard says how this invocation reports, like workers: a resume without --tensorboard
+# writes no TensorBoard files, whatever the run's earlier invocations did.
 # amp, compile and cache_audio say how this machine computes, like device and workers: a run
 # trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
 # command line to keep them (the documented way to resume); a resume that differs says so.
@@ -127,6 +129,11 @@ class Config:
     log_seconds: float = _field(
         60.0, "also print and log training losses, steps/s and ETA at least every N seconds (0: by steps only)"
     )
+    tensorboard: bool = _field(
+        False, "also write TensorBoard logs to RUN_DIR/tensorboard/: the logged training values, learning "
+        "rates, steps/s, PESQ wait, each epoch's validation values, and audio and spectrograms of 3 fixed "
+        "validation utterances (needs pip install 'bsrnn[tensorboard]'; not kept on resume: pass it again)"
+    )
     decay_epoch: int = _field(10, "StepLR step size in epochs, for both optimizers")
     lr_decay: float = _field(0.98, "StepLR gamma, for both optimizers")
     init_lr: float = _field(1e-3, "initial learning rate of the generator and the discriminator")
@@ -196,6 +203,11 @@ class Config:
     max_steps: int | None = _field(None, "stop this invocation after N training steps (saving last)")
     workers: int = _field(0, "data loading worker processes")
     pesq_workers: int = _field(2, "PESQ worker processes for the discriminator (0: in the training process)")
+    delayed_discriminator: bool = _field(
+        False, "train the discriminator one step late, on the previous batch and its PESQ, so that a step "
+        "never waits for PESQ (for a generator faster than PESQ, e.g. on a GPU; a change of the reference's "
+        "semantics, and the run's first step does not update the discriminator)"
+    )
     max_nonfinite_steps: int = _field(10, "stop after this many consecutive steps with a NaN/inf loss")
     async_save: bool = _field(True, "write checkpoints in a background thread")
     amp: str = _field(

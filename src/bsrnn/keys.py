@@ -23,4 +23,8 @@ NETWORKS = (GENERATOR, DISCRIMINATOR)
 OPTIMIZERS = (GENERATOR_OPTIMIZER, DISCRIMINATOR_OPTIMIZER)
 REGISTERED = (GENERATOR, DISCRIMINATOR, GENERATOR_OPTIMIZER, DISCRIMINATOR_OPTIMIZER, GENERATOR_SCHEDULER,
               DISCRIMINATOR_SCHEDULER, RNG, PROGRESS)
-"""Every stateful object the trainer registers with the engine, in registration order."""
+"""Every stateful object the trainer registers with the engine in every run, in registration order."""
+DELAYED_DISCRIMINATOR = "delayed_discriminator_batch"
+"""The batch a one-step-delayed discriminator learns from next (``training.steps.DelayedDiscriminator``):
+registered after ``REGISTERED`` only in runs with ``delayed_discriminator``, so the checkpoints of
+other runs are unchanged."""

@@ -48,6 +48,7 @@ from bsrnn.config import Config
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, init_distributed, shutdown_distributed
 from bsrnn.training.run_files import RunFiles
+from bsrnn.training.tensorboard import require_tensorboard
 from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
 from bsrnn.data.holdout import ValidationSplit
 from bsrnn.training.trainer import (
@@ -217,6 +218,8 @@ def train(config: Config, explicit: Iterable[str] | None = None) -> TrainResult:
         explicit = set(explicit) if explicit is not None else explicit_fields_of(config)
         config = _run_dir_of(config, explicit)
         _must_exist(config)
+        if config.tensorboard:
+            require_tensorboard()  # before anything is created, on every rank: not after an epoch
         device = _device(config.device)
         context = init_distributed(device.type)
         if device.type == "cuda":

@@ -16,13 +16,29 @@ A step (reference ``train_step``, with PESQ taken off the critical path):
 
 A non-finite loss or gradient norm skips that network's update and is reported to the caller,
 which counts consecutive skips (``max_nonfinite_steps``).
+
+The one-step-delayed discriminator (``Config.delayed_discriminator``, off by default; pass a
+``DelayedDiscriminator`` as ``delayed``) changes step 4 only: the discriminator learns from the
+*previous* step's batch (its compressed magnitudes, the enhanced one detached, and its PESQ),
+whose scores have had a whole generator step to finish, so the step does not wait for PESQ
+even when the generator step is shorter than the PESQ work (a fast GPU). This step's batch is
+held for the next step. The generator's GAN term still uses the current discriminator. The
+first step of a run has no previous batch: the discriminator does not update on it. Why this is
+a change of semantics: the discriminator's update at step t uses an estimate of the generator
+as it was before its step t-1 update, one generator update staler than the reference's. The
+held batch crosses epoch ends (an epoch's last batch is learnt at the next epoch's first step,
+after validation and the scheduler step), and a batch whose generator loss was non-finite
+costs two skipped updates (its generator's, then the discriminator's one step later).
 """
 
 from __future__ import annotations
 
+import logging
 import math
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -40,6 +56,8 @@ from bsrnn.losses import (
 )
 from bsrnn.metrics.pesq_pool import PendingPesq, PesqBatch, PesqPool
 from bsrnn.training.distributed import DistributedContext, average_gradients
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -133,19 +151,154 @@ def _generator_loss(forward: _Forward, discriminator: Callable[..., torch.Tensor
     )
 
 
+def _scored_discriminator_loss(discriminator: Callable[..., torch.Tensor], clean_mag: torch.Tensor,
+                               est_mag: torch.Tensor, noisy_mag: torch.Tensor, enhanced: PesqBatch,
+                               noisy: PesqBatch | None, objective: Objective) -> DiscriminatorLoss:
+    """D's loss on one batch's magnitudes and its collected PESQ (the synchronous and the
+    delayed step share it, so both learn the same function of their inputs)."""
+    return discriminator_loss(
+        discriminator, clean_mag, est_mag, noisy_mag,
+        torch.from_numpy(enhanced.scores), torch.from_numpy(noisy.scores) if noisy is not None else None,
+        torch.from_numpy(enhanced.valid), torch.from_numpy(noisy.valid) if noisy is not None else None,
+        noisy_pair=objective.disc_noisy_term, target=objective.metric_target,
+    )
+
+
 def _discriminator_loss(discriminator: Callable[..., torch.Tensor], forward: _Forward,
                         objective: Objective = REFERENCE_OBJECTIVE) -> tuple[DiscriminatorLoss, PesqBatch, float]:
     """Collect the PESQ scores (blocking only if they are not ready) and compute D's loss."""
     enhanced = forward.pending_enhanced.result()
     noisy = forward.pending_noisy.result() if forward.pending_noisy is not None else None
-    loss = discriminator_loss(
-        discriminator, forward.clean_mag, forward.est_mag.detach(), forward.noisy_mag,
-        torch.from_numpy(enhanced.scores), torch.from_numpy(noisy.scores) if noisy is not None else None,
-        torch.from_numpy(enhanced.valid), torch.from_numpy(noisy.valid) if noisy is not None else None,
-        noisy_pair=objective.disc_noisy_term, target=objective.metric_target,
-    )
+    loss = _scored_discriminator_loss(discriminator, forward.clean_mag, forward.est_mag.detach(), forward.noisy_mag,
+                                      enhanced, noisy, objective)
     wait = forward.pending_enhanced.wait_s + (forward.pending_noisy.wait_s if forward.pending_noisy is not None else 0.0)
     return loss, enhanced, wait
+
+
+def _collect(scores: PendingPesq | PesqBatch) -> tuple[PesqBatch, float]:
+    """The scores, and how long this call blocked for them (0 when they were already here)."""
+    if isinstance(scores, PesqBatch):
+        return scores, 0.0
+    started = time.perf_counter()
+    batch = scores.result()
+    return batch, time.perf_counter() - started
+
+
+@dataclass
+class HeldBatch:
+    """One step's batch as the discriminator learns from it: compressed magnitudes (the
+    enhanced one detached from the generator) and the PESQ of the estimate, pending or scored.
+
+    ``noisy_term`` records which third-term PESQ was submitted (``Objective.disc_noisy_term``),
+    so that a later step under another objective does not read the wrong scores.
+    """
+
+    clean_mag: torch.Tensor
+    est_mag: torch.Tensor
+    noisy_mag: torch.Tensor
+    enhanced: PendingPesq | PesqBatch
+    noisy: PendingPesq | PesqBatch | None
+    noisy_term: str
+
+
+_HELD_TENSORS = ("clean_mag", "est_mag", "noisy_mag")
+
+
+class DelayedDiscriminator:
+    """The one-step-delayed discriminator's memory: the batch the next step's discriminator
+    learns from (module docstring). ``train_step(..., delayed=...)`` swaps it every step.
+
+    Stateful for the checkpoint engine (the trainer registers it as
+    ``keys.DELAYED_DISCRIMINATOR``): ``state_dict`` waits for the held batch's PESQ and saves
+    its tensors and scores, so a resumed run trains its discriminator on exactly the batch the
+    uninterrupted run would have. Under DDP only rank 0 saves, so after a resume every rank's
+    first delayed update uses rank 0's held batch (as every rank restores rank 0's RNG streams).
+    """
+
+    def __init__(self) -> None:
+        self.held: HeldBatch | None = None
+
+    def exchange(self, forward: _Forward, objective: Objective) -> HeldBatch | None:
+        """Hold this step's batch (its PESQ still running); return the previous one, if any."""
+        previous = self.held
+        self.held = HeldBatch(
+            forward.clean_mag.detach().contiguous(), forward.est_mag.detach().contiguous(),
+            forward.noisy_mag.detach().contiguous(), forward.pending_enhanced, forward.pending_noisy,
+            objective.disc_noisy_term,
+        )
+        return previous
+
+    def wait(self) -> float:
+        """Wait for the held batch's PESQ (a save needs the scores); return the seconds blocked."""
+        if self.held is None:
+            return 0.0
+        self.held.enhanced, waited = _collect(self.held.enhanced)
+        if self.held.noisy is not None:
+            self.held.noisy, noisy_wait = _collect(self.held.noisy)
+            waited += noisy_wait
+        return waited
+
+    def state_dict(self) -> dict[str, Any]:
+        """Tensors and plain values only (``torch.load(weights_only=True)`` opens them)."""
+        self.wait()
+        held = self.held
+        if held is None:
+            return {"held": False}
+        assert isinstance(held.enhanced, PesqBatch) and not isinstance(held.noisy, PendingPesq), "wait() scored them"
+        state: dict[str, Any] = {"held": True, "noisy_term": held.noisy_term,
+                                 **{name: getattr(held, name) for name in _HELD_TENSORS},
+                                 "enhanced_scores": torch.from_numpy(held.enhanced.scores.copy()),
+                                 "enhanced_valid": torch.from_numpy(held.enhanced.valid.copy())}
+        if held.noisy is not None:
+            state["noisy_scores"] = torch.from_numpy(held.noisy.scores.copy())
+            state["noisy_valid"] = torch.from_numpy(held.noisy.valid.copy())
+        return state
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Restore the held batch; a malformed state raises ``ValueError`` naming what is wrong."""
+        if not state.get("held"):
+            self.held = None
+            return
+        needed = (*_HELD_TENSORS, "enhanced_scores", "enhanced_valid")
+        missing = [name for name in needed if not isinstance(state.get(name), torch.Tensor)]
+        if missing:
+            raise ValueError(f"the held discriminator batch lacks the tensor(s) {', '.join(missing)}")
+
+        def scored(prefix: str) -> PesqBatch:
+            scores, valid = state[f"{prefix}_scores"].numpy(), state[f"{prefix}_valid"].numpy()
+            if scores.shape != (state["clean_mag"].shape[0],) or valid.shape != scores.shape:
+                raise ValueError(f"the held discriminator batch has {prefix} PESQ of shape {scores.shape} for a "
+                                 f"batch of {state['clean_mag'].shape[0]}")
+            return PesqBatch(scores=scores.astype(np.float32), valid=valid.astype(bool))
+
+        self.held = HeldBatch(
+            *(state[name].contiguous() for name in _HELD_TENSORS), scored("enhanced"),
+            scored("noisy") if isinstance(state.get("noisy_scores"), torch.Tensor) else None,
+            str(state.get("noisy_term", "enhanced")),
+        )
+
+
+def _delayed_discriminator_loss(discriminator: Callable[..., torch.Tensor], held: HeldBatch, device: torch.device,
+                                objective: Objective) -> tuple[DiscriminatorLoss, PesqBatch, float] | None:
+    """D's loss on the previous step's batch (held), or None when it cannot be used: scored for
+    another third term than the objective's (a resume that changed ``disc_noisy_term``)."""
+    if held.noisy_term != objective.disc_noisy_term:
+        log.warning("The held discriminator batch was scored for disc_noisy_term %r, the run now uses %r: the "
+                    "discriminator skips it", held.noisy_term, objective.disc_noisy_term)
+        return None
+    enhanced, wait = _collect(held.enhanced)
+    noisy = None
+    if held.noisy is not None:
+        noisy, noisy_wait = _collect(held.noisy)
+        wait += noisy_wait
+    clean_mag, est_mag, noisy_mag = (getattr(held, name).to(device) for name in _HELD_TENSORS)
+    loss = _scored_discriminator_loss(discriminator, clean_mag, est_mag, noisy_mag, enhanced, noisy, objective)
+    return loss, enhanced, wait
+
+
+_NO_DISCRIMINATOR_UPDATE = {"disc_loss": math.nan, "disc_clean": math.nan, "disc_enhanced": math.nan,
+                            "disc_noisy": math.nan, "pesq": math.nan, "pesq_valid": 0.0}
+"""A delayed step's discriminator values when it had no batch to learn from (a run's first step)."""
 
 
 def _update(loss: torch.Tensor, module: nn.Module, optimizer: torch.optim.Optimizer, grad_clip: float,
@@ -174,16 +327,33 @@ def train_step(
     pesq_pool: PesqPool,
     context: DistributedContext,
     objective: Objective = REFERENCE_OBJECTIVE,
+    delayed: DelayedDiscriminator | None = None,
 ) -> StepResult:
+    """One training step (module docstring); with ``delayed``, the one-step-delayed discriminator.
+
+    With ``delayed``, the discriminator values and ``pesq`` of the result are those of the
+    batch the discriminator learnt from (the previous step's); NaN, with ``pesq_valid`` 0, on a
+    step where it did not update (a run's first).
+    """
     forward = _forward(nets.run_generator, clean, noisy, pesq_pool, objective)
     gen = _generator_loss(forward, nets.run_discriminator if use_gan else None, loss_weights, objective)
     total = gen.total
     # The GAN term also fills D's gradients; _update zeroes them before D's own backward.
     generator_applied = _update(total, nets.generator, nets.optimizer_g, grad_clip, context)
-    disc, enhanced, pesq_wait = _discriminator_loss(nets.run_discriminator, forward, objective)
+    values = {"loss": float(total.detach()), **{k: v for k, v in gen.as_floats().items() if k != "loss"}}
+    if delayed is None:
+        scored: tuple[DiscriminatorLoss, PesqBatch, float] | None = _discriminator_loss(
+            nets.run_discriminator, forward, objective)
+    else:
+        previous = delayed.exchange(forward, objective)
+        scored = None if previous is None else _delayed_discriminator_loss(
+            nets.run_discriminator, previous, forward.clean_mag.device, objective)
+    if scored is None:  # delayed, nothing to learn from: no update, and nothing skipped
+        values.update(_NO_DISCRIMINATOR_UPDATE)
+        return StepResult(values, not generator_applied, False, 0.0)
+    disc, enhanced, pesq_wait = scored
     discriminator_applied = _update(disc.total, nets.discriminator, nets.optimizer_d, grad_clip, context)
 
-    values = {"loss": float(total.detach()), **{k: v for k, v in gen.as_floats().items() if k != "loss"}}
     values.update(disc.as_floats())
     values["pesq"] = _nanmean(enhanced.scores, enhanced.valid)
     values["pesq_valid"] = float(enhanced.valid.sum())

@@ -47,7 +47,8 @@ from bsrnn.training.execution import describe_execution, forward_of
 from bsrnn.training.progress import StepRate, TrainingProgress
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.schedule import apply_resume_rule, step_decay
-from bsrnn.training.steps import Networks, finish_validation, train_step, validate
+from bsrnn.training.steps import DelayedDiscriminator, Networks, finish_validation, train_step, validate
+from bsrnn.training.tensorboard import TensorBoardLog, examples_of
 
 log = logging.getLogger("bsrnn.train")
 
@@ -272,6 +273,13 @@ class Trainer:
             self.scheduler_g, self.scheduler_d, RNGStreams(), self.progress,
         ), strict=True):
             self.manager.register(name, obj)
+        # The held previous batch is part of the run's state (exact resume); only runs with the option have it.
+        self.delayed = DelayedDiscriminator() if config.delayed_discriminator else None
+        if self.delayed is not None:
+            self.manager.register(keys.DELAYED_DISCRIMINATOR, self.delayed)
+            if context.is_main:
+                log.info("Delayed discriminator: it learns from the previous step's batch (the first step of a "
+                         "run does not update it)")
         if config.cache_audio:  # after the lock: a refused second trainer must not decode everything
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
         self.superseded: Path | None = None
@@ -289,6 +297,8 @@ class Trainer:
                      f" with {len(overrides)} field(s) of its own: {', '.join(overrides)}" if overrides else "",
                      config.monitor, config.monitor_mode)
         self.files.write_config(config)
+        self.tensorboard = (TensorBoardLog(self.run_dir, examples_of(self.val_set), self.progress.global_step)
+                            if config.tensorboard and context.is_main else None)
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
@@ -375,6 +385,7 @@ class Trainer:
                         self.nets, clean.to(self.device, non_blocking=True), noisy.to(self.device, non_blocking=True),
                         use_gan=use_gan, loss_weights=config.loss_weights, grad_clip=config.grad_clip,
                         pesq_pool=self.pesq_pool, context=self.context, objective=self.objective,
+                        delayed=self.delayed,
                     )
                     pesq_wait += result.pesq_wait_s
                     self.steps_this_run += 1
@@ -401,6 +412,7 @@ class Trainer:
                     return self._preempted(signum)
             self.manager.wait_until_finished()  # "complete" only once the last save is durable
             log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
+            self.files.event("completed", epoch=progress.epoch, global_step=progress.global_step)
             return self._result(0, "completed")
         finally:
             elapsed = time.perf_counter() - started
@@ -415,12 +427,16 @@ class Trainer:
         self.manager.wait_until_finished()
         log.info("Stopped after --max-steps %d (global step %d); resume to continue",
                  max_steps, self.progress.global_step)
+        self.files.event("stopped", reason="max_steps", epoch=self.progress.epoch,
+                         global_step=self.progress.global_step)
         return self._result(0, "max_steps")
 
     def _account(self, result: Any, epoch: int) -> None:
         config, progress = self.config, self.progress
         progress.global_step += 1
         progress.step_in_epoch += 1
+        if self.tensorboard is not None:
+            self.tensorboard.waited_for_pesq(result.pesq_wait_s)
         if result.nonfinite:
             progress.nonfinite_in_a_row += 1
             progress.nonfinite_skipped += 1
@@ -441,11 +457,13 @@ class Trainer:
         rate = self.rate.step()
         if progress.step_in_epoch % config.log_interval == 0 or self.rate.log_due(config.log_seconds):
             values = result.values
+            eta = self.rate.eta(self._steps_left())
             log.info("Epoch %d, Step %d, loss: %.4f, disc_loss: %.4f, PESQ: %.2f, %.2f steps/s, ETA %s",
-                     epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"], rate,
-                     self.rate.eta(self._steps_left()))
+                     epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"], rate, eta)
             self.files.event("step", epoch=epoch, step=progress.step_in_epoch, global_step=progress.global_step,
-                             **values, lr=self.learning_rates(), steps_per_s=rate)
+                             **values, lr=self.learning_rates(), steps_per_s=rate, eta=eta)
+            if self.tensorboard is not None:
+                self.tensorboard.step(progress.global_step, values, self.learning_rates(), rate)
             self.rate.logged()
 
     def _steps_left(self) -> int:
@@ -482,6 +500,8 @@ class Trainer:
         lrs = self.learning_rates()
         self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
+        if self.tensorboard is not None:
+            self.tensorboard.validation(self.progress.global_step, epoch, val, means, self.nets, self.device)
         self.scheduler_g.step()
         self.scheduler_d.step()
         self.progress.record_validation(val["val_loss"], val["val_pesq"])
@@ -514,6 +534,10 @@ class Trainer:
 
     def close(self) -> None:
         try:
-            self.manager.close()
+            if self.tensorboard is not None:
+                self.tensorboard.close()  # flushed on every exit: completed, max_steps, signal, error
         finally:
-            self.pesq_pool.close()
+            try:
+                self.manager.close()
+            finally:
+                self.pesq_pool.close()
