@@ -36,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
     decoded), so that nothing fails after minutes of enhancing and scoring."""
     from tqdm import tqdm
 
-    from bsrnn.data import check_data_dir, demo_corpus, load_pair
+    from bsrnn.data import FileSource, check_data_dir, demo_corpus, load_pair
     from bsrnn.data.validate import check_finite_samples
     from bsrnn.enhancement import enhance_waveform, load_generator
     from bsrnn.errors import UserError
@@ -56,7 +56,10 @@ def run(args: argparse.Namespace) -> int:
     jobs = []
     for pair in tqdm(pairs, desc="enhance", disable=None):
         clean, noisy = load_pair(pair)
-        jobs.append((pair.name, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
+        # The noisy file's name, as `bsrnn score` names the files of `bsrnn enhance`'s output, so
+        # both CSVs join on the same column; an in-memory demo pair has only its name.
+        label = pair.noisy.path.name if isinstance(pair.noisy, FileSource) else pair.name
+        jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
     scores = score_files(jobs, workers=max(1, args.workers))
     print(format_table(scores))
     if args.csv is not None:
