@@ -45,12 +45,12 @@ from bsrnn.checkpoint import (
     load_checkpoint,
 )
 from bsrnn.config import Config
+from bsrnn.data.holdout import ValidationSplit
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, init_distributed, shutdown_distributed
+from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.tensorboard import require_tensorboard
-from bsrnn.training.resume import check_resumable, explicit_fields_of, reconcile, summary_lines
-from bsrnn.data.holdout import ValidationSplit
 from bsrnn.training.trainer import (
     TrainingDivergedError,
     TrainResult,
