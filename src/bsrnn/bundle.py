@@ -9,8 +9,8 @@ everything needed to use it without the run directory:
 - ``model``: JSON, the class and its constructor arguments (``num_channel``, ``num_layer``);
 - ``signal``: JSON, the front end the weights expect (sample rate, FFT size, hop, window,
   magnitude compression exponent);
-- where it came from: the source checkpoint's path and SHA-256, its epoch and global step, and
-  the bsrnn version that exported it.
+- where it came from: the source checkpoint's path and digest (``source_digest``,
+  ``xxh3-128:...``), its epoch and global step, and the bsrnn version that exported it.
 
 ``bsrnn enhance BUNDLE.safetensors ...`` and ``bsrnn evaluate BUNDLE.safetensors ...`` accept it
 in place of a run directory or checkpoint.
@@ -59,7 +59,7 @@ def write_bundle(loaded: LoadedCheckpoint, out: Path) -> int:
              "num_layer": int(config.get("num_layer", 5))}
     metadata = {
         "format": BUNDLE_FORMAT, "format_version": str(BUNDLE_VERSION), "model": json.dumps(model),
-        "signal": json.dumps(SIGNAL), "source": str(loaded.path), "source_sha256": loaded.digest,
+        "signal": json.dumps(SIGNAL), "source": str(loaded.path), "source_digest": loaded.digest,
         "epoch": str(loaded.get("epoch")), "global_step": str(loaded.get("global_step")),
         "bsrnn_version": __version__,
     }

@@ -480,7 +480,7 @@ def _lineage_record(loaded: LoadedCheckpoint) -> dict[str, Any]:
     return {
         "path": str(loaded.path.resolve()),
         "kind": loaded.kind,
-        "sha256": loaded.digest,
+        "digest": loaded.digest,  # labelled with its algorithm (lineage entries of format-1 runs say "sha256")
         "save_sequence": payload.get("save_sequence"),
         "epoch": payload.get("epoch"),
         "global_step": payload.get("global_step"),
