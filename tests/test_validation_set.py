@@ -46,6 +46,8 @@ def test_named_speakers_are_held_out_and_an_absent_speaker_is_refused_by_name() 
     assert [pair.name for pair in split.valid] == ["p999_001", "p999_002", "p999_003"]
     with pytest.raises(UserError, match=r"p111: expected pairs .* speakers present: p226, p227, p287, p999"):
         hold_out(_voicebank_like(), valid_speakers=["p226", "p111"])
+    with pytest.raises(UserError, match="expected --valid-speakers or --valid-fraction, found both"):
+        hold_out(_voicebank_like(), valid_speakers=["p999"], valid_fraction=0.1)
 
 
 def test_a_fraction_depends_on_each_name_alone_so_adding_files_moves_no_old_pair() -> None:

@@ -16,8 +16,9 @@ come from its training data, by the first rule that applies:
    SpeechBrain's recipe holds out.
 6. Otherwise ``DEFAULT_VALID_FRACTION`` of ``train`` by rule 2.
 
-Held-out pairs never train. ``ValidationSplit.record`` is what a checkpoint stores to keep the
-split fixed for the life of a run (``training.trainer.validation_record``).
+Held-out pairs never train. ``ValidationSplit.rule`` goes into every checkpoint, with the
+names' digest, to keep the split fixed for the life of a run
+(``training.trainer.validation_record``).
 """
 
 from __future__ import annotations
@@ -125,6 +126,11 @@ def prepared_speakers(root: Path | None) -> list[str] | None:
 
 def hold_out(corpus: Corpus, valid_speakers: Sequence[str] = (), valid_fraction: float = 0.0) -> ValidationSplit:
     """The run's validation split by the module's rules (the first that applies)."""
+    if valid_speakers and valid_fraction > 0:
+        raise UserError(
+            f"Validation split: expected --valid-speakers or --valid-fraction, found both "
+            f"({', '.join(valid_speakers)} and {valid_fraction:g}). Fix: keep the one you mean."
+        )
     if valid_speakers:
         return by_speakers(corpus.train, valid_speakers, "--valid-speakers")
     if valid_fraction > 0:
