@@ -83,9 +83,12 @@ class Corpus:
         return {"train": self.train, "test": self.test, VALID_SPLIT: self.valid}[name]
 
     def describe(self) -> str:
+        """Where the corpus is and its pairs per split; a split that was not read (training
+        never reads the test split) or is empty is left out rather than shown as 0."""
         where = str(self.root) if self.root is not None else "in-memory corpus"
-        valid = f", {len(self.valid)} valid" if self.valid else ""
-        return f"{where} ({self.layout}: {len(self.train)} train{valid}, {len(self.test)} test pairs)"
+        counts = [f"{len(pairs)} {name}" for name, pairs in
+                  (("train", self.train), ("valid", self.valid), ("test", self.test)) if pairs]
+        return f"{where} ({self.layout}: {', '.join(counts) or 'no'} pairs)"
 
 
 def natural_key(name: str) -> list[int | str]:
