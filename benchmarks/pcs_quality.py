@@ -1,7 +1,7 @@
 """What ``--pcs`` does to quality: a trained model's test-set scores with and without perceptual contrast stretching.
 
 Why: perceptual contrast stretching (Chao et al., "Perceptual Contrast Stretching on Target
-Feature for Speech Enhancement", Interspeech 2022; ``bsrnn.enhancement.perceptual_contrast_stretch``)
+Feature for Speech Enhancement", Interspeech 2022; ``bsrnn.pcs.perceptual_contrast_stretch``)
 is reported to raise PESQ when applied after other enhancement networks; whether it helps
 this one, on this test set, is a measurement. This script enhances every test utterance
 once through the network and writes both outputs with the package's own code

@@ -16,15 +16,9 @@ from bsrnn.checkpoint import CheckpointManager
 from bsrnn.cli.enhance import PCS_ON
 from bsrnn.cli.main import main
 from bsrnn.data.demo_corpus import write_demo_audio
-from bsrnn.enhancement import (
-    PCS_MAX_EXPONENT,
-    SII_CRITICAL_BANDS,
-    enhance_audio,
-    enhance_waveform,
-    pcs_exponents,
-    perceptual_contrast_stretch,
-)
+from bsrnn.enhancement import enhance_audio, enhance_waveform
 from bsrnn.models import BSRNN
+from bsrnn.pcs import PCS_MAX_EXPONENT, SII_CRITICAL_BANDS, pcs_exponents, perceptual_contrast_stretch
 from e2e import bsrnn
 
 TINY_CONFIG = {"num_channel": 8, "num_layer": 1}

@@ -53,7 +53,7 @@ output 25-28 dB SNR against fp32's. Its effect on PESQ/STOI is what
 ``benchmarks/precision_quality.py`` measures on a trained model. bf16 has not been measured (no
 processor with bfloat16 instructions or GPU was available).
 
-Perceptual contrast stretching (``--pcs``, off by default; ``perceptual_contrast_stretch``):
+Perceptual contrast stretching (``--pcs``, off by default; ``bsrnn.pcs``):
 the enhanced spectrum of every chunk is stretched before its inverse STFT, by exponents that
 follow the SII band importance (Chao et al., Interspeech 2022), and the signal is then scaled
 back to the peak the network's output had. A post-processing step at inference only: the
@@ -79,7 +79,6 @@ from bsrnn import keys
 from bsrnn.audio import (
     HOP_LENGTH,
     N_FFT,
-    NUM_BINS,
     SAMPLE_RATE,
     AudioInfo,
     audio_info,
@@ -103,6 +102,7 @@ from bsrnn.checkpoint import (
 from bsrnn.errors import DataError, UserError
 from bsrnn.models import BSRNN
 from bsrnn.models.precision import Autocast, bf16_runs_here
+from bsrnn.pcs import perceptual_contrast_stretch
 
 log = logging.getLogger(__name__)
 
@@ -398,83 +398,6 @@ def check_input_audio(audio: np.ndarray, rate: int, where: str | Path) -> None:
             "from its source, or leave it out (nothing was written for it)"
         )
     check_length(int(audio.shape[-1]), rate, where)
-
-
-# ------------------------------------------------------------------ perceptual contrast stretching
-SII_CRITICAL_BANDS: tuple[tuple[float, float, float], ...] = (
-    (100, 200, 0.0103), (200, 300, 0.0261), (300, 400, 0.0419), (400, 510, 0.0577),
-    (510, 630, 0.0577), (630, 770, 0.0577), (770, 920, 0.0577), (920, 1080, 0.0577),
-    (1080, 1270, 0.0577), (1270, 1480, 0.0577), (1480, 1720, 0.0577), (1720, 2000, 0.0577),
-    (2000, 2320, 0.0577), (2320, 2700, 0.0577), (2700, 3150, 0.0577), (3150, 3700, 0.0577),
-    (3700, 4400, 0.0577), (4400, 5300, 0.0460), (5300, 6400, 0.0343), (6400, 7700, 0.0226),
-    (7700, 9500, 0.0110),
-)
-"""The band-importance function of the Speech Intelligibility Index: ANSI S3.5-1997 (R2017),
-*Methods for Calculation of the Speech Intelligibility Index*, Table 1 (critical-band
-procedure, average speech): ``(lower Hz, upper Hz, importance)`` of its 21 bands, importances
-summing to 1. Perceptual contrast stretching derives its exponents from it."""
-
-PCS_MAX_EXPONENT = 1.4
-"""The exponent of the most important bands (Chao et al., "Perceptual Contrast Stretching on
-Target Feature for Speech Enhancement", Interspeech 2022: their preset maximum)."""
-
-
-def pcs_exponents(n_fft: int = N_FFT, sample_rate: int = SAMPLE_RATE,
-                  max_exponent: float = PCS_MAX_EXPONENT) -> torch.Tensor:
-    """The exponent of each STFT bin ``[n_fft // 2 + 1]`` (float32) for perceptual contrast stretching.
-
-    Chao et al. (Interspeech 2022) stretch the spectrum more where speech matters more to
-    intelligibility, by the SII band-importance function (``SII_CRITICAL_BANDS``): a bin takes
-    the importance of the critical band its centre frequency ``k * sample_rate / n_fft`` falls in
-    (``lower <= f < upper``; 0 below 100 Hz and from 9500 Hz), scaled linearly so that the most
-    important bands (400-4400 Hz) get ``max_exponent`` and unimportant ones 1 (no change):
-
-        gamma(f) = 1 + (max_exponent - 1) * importance(f) / max(importance)
-
-    For the 512-point STFT at 16 kHz: 1 from 0 to 94 Hz, rising through 1.07, 1.18, 1.29 over
-    100-400 Hz, 1.4 over 400-4400 Hz, then 1.32, 1.24, 1.16 and 1.08 up to 8 kHz. The curve
-    the paper's authors published for a 512-point STFT agrees within 0.005 on 234 of the 257
-    bins; the other 23 lie at band edges, which theirs place 1-5 bins lower (one step of the
-    staircase, at most 0.11), and at 8 kHz, which theirs leaves at 1.
-    """
-    if n_fft < 2 or sample_rate <= 0 or max_exponent < 1:
-        raise ValueError(f"pcs_exponents: expected n_fft >= 2, sample_rate > 0 and max_exponent >= 1, "
-                         f"found {n_fft}, {sample_rate} and {max_exponent}")
-    frequencies = np.arange(n_fft // 2 + 1) * (sample_rate / n_fft)
-    importance = np.zeros_like(frequencies)
-    for lower, upper, band_importance in SII_CRITICAL_BANDS:
-        importance[(frequencies >= lower) & (frequencies < upper)] = band_importance
-    top = max(band_importance for _, _, band_importance in SII_CRITICAL_BANDS)
-    return torch.from_numpy(1 + (max_exponent - 1) * importance / top).float()
-
-
-def perceptual_contrast_stretch(spectrum: torch.Tensor, exponents: torch.Tensor | None = None) -> torch.Tensor:
-    """Perceptual contrast stretching (PCS) of a complex spectrum ``[..., 257, frames]``; phase kept.
-
-    Chao et al., "Perceptual Contrast Stretching on Target Feature for Speech Enhancement"
-    (Interspeech 2022) multiply the log-magnitude ``log(1 + |X|)`` of each bin by an exponent
-    ``gamma(f) >= 1`` that follows the SII band importance (``pcs_exponents``), i.e. raise
-    ``1 + |X|`` to it:
-
-        |Y| = (1 + |X|) ** gamma(f) - 1,    angle(Y) = angle(X)
-
-    Above ~1 the magnitude grows faster than linearly, so strong speech components rise above
-    the weak residual noise around them (more contrast) most in the bands that carry speech;
-    near 0 it is a gain of ``gamma``. It acts on the magnitude of the unnormalised STFT of
-    samples in [-1, 1] (``bsrnn.audio.stft``), as in the paper, so its effect depends on the
-    level. Used here after the generator, at inference only (``enhance_waveform(pcs=True)``);
-    the paper also trains on stretched targets, which this package does not.
-    ``exponents`` (``[257]``) overrides the SII curve. A bin of magnitude 0 stays 0.
-    """
-    if not spectrum.is_complex() or spectrum.ndim < 2 or spectrum.shape[-2] != NUM_BINS:
-        raise ValueError(f"perceptual_contrast_stretch: expected a complex spectrum [..., {NUM_BINS}, frames], "
-                         f"found {spectrum.dtype} {tuple(spectrum.shape)}")
-    magnitude = spectrum.abs()
-    gamma = (pcs_exponents() if exponents is None else exponents).to(magnitude.device, magnitude.dtype)
-    if gamma.shape != (NUM_BINS,):
-        raise ValueError(f"perceptual_contrast_stretch: expected {NUM_BINS} exponents, found {tuple(gamma.shape)}")
-    stretched = torch.expm1(gamma[:, None] * torch.log1p(magnitude))
-    return spectrum * (stretched / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny))
 
 
 def _with_peak(audio: np.ndarray, peak: float) -> np.ndarray:

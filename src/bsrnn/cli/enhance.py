@@ -5,7 +5,7 @@ any sample rate (resampled to 16 kHz and back), mono or multi-channel (each chan
 Each output keeps its input's file name and format in ``--out``: ``x.flac`` gives ``x.flac``,
 16-bit PCM where the format stores PCM, else the input's own encoding (an Ogg Vorbis stays
 Vorbis). ``--pcs`` adds perceptual contrast stretching after the network
-(``bsrnn.enhancement.perceptual_contrast_stretch``); names and formats are the same.
+(``bsrnn.pcs.perceptual_contrast_stretch``); names and formats are the same.
 
 An input that cannot be enhanced (unreadable, truncated, no samples, shorter than 32 ms,
 NaN/inf samples, a format libsndfile cannot write back) is never turned into an output. Given alone, it stops the command with its
