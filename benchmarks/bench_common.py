@@ -9,6 +9,7 @@ reader can judge the noise.
 
 from __future__ import annotations
 
+import argparse
 import importlib.util
 import os
 import platform
@@ -148,3 +149,29 @@ def speech_pairs(count: int, samples: int, seed: int = 0, snr_db: float = 5.0
         noise *= np.sqrt(np.mean(clean**2) / 10 ** (snr_db / 10) / np.mean(noise**2))
         pairs.append((clean.astype(np.float32), (clean + noise).astype(np.float32)))
     return pairs
+
+
+def add_test_set_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of the benchmarks that score a trained model on a test split, as `bsrnn evaluate`
+    takes them: checkpoint, --data-dir | --demo, --load, --device, --threads, --workers, --limit."""
+    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--data-dir", type=Path, help="dataset root with test/clean and test/noisy")
+    source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")
+    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
+                        help="which checkpoint of a run directory (as `bsrnn evaluate`)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
+    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="scoring processes")
+    parser.add_argument("--limit", type=int, default=0, help="only the first N test pairs (0: all)")
+
+
+def test_pairs_of(args: argparse.Namespace) -> list:
+    """The test pairs ``add_test_set_arguments`` asked for, checked as `bsrnn evaluate` checks them."""
+    from bsrnn.data import check_data_dir, demo_corpus
+    from bsrnn.data.validate import check_finite_samples
+
+    corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
+    if not args.demo:
+        check_finite_samples(corpus, splits=("test",))
+    return corpus.test[: args.limit] if args.limit > 0 else corpus.test

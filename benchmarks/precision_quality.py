@@ -24,7 +24,6 @@ from __future__ import annotations
 import argparse
 import csv
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -32,10 +31,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from bench_common import describe_machine, load_average
+from bench_common import add_test_set_arguments, describe_machine, load_average, test_pairs_of
 from bsrnn.audio import SAMPLE_RATE
-from bsrnn.data import check_data_dir, demo_corpus, load_pair
-from bsrnn.data.validate import check_finite_samples
+from bsrnn.data import load_pair
 from bsrnn.enhancement import PRECISIONS, check_precision, enhance_waveform, load_generator
 from bsrnn.errors import UserError
 from bsrnn.metrics import METRICS, FileScore, mean_scores, score_files
@@ -116,28 +114,16 @@ def write_rows(path: Path, scores: dict[str, list[FileScore]], snrs: dict[str, l
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--data-dir", type=Path, help="dataset root with test/clean and test/noisy")
-    source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (as `bsrnn evaluate`)")
+    add_test_set_arguments(parser)
     parser.add_argument("--precisions", default=",".join(PRECISIONS),
                         help=f"comma-separated (default {','.join(PRECISIONS)}; fp32 always runs)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
-    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
-    parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1), help="scoring processes")
-    parser.add_argument("--limit", type=int, default=0, help="only the first N test pairs (0: all)")
     parser.add_argument("--csv", type=Path, help="write one row per file and precision here")
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
     print(describe_machine())
     try:
-        corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
-        if not args.demo:
-            check_finite_samples(corpus, splits=("test",))
-        test_pairs = corpus.test[: args.limit] if args.limit > 0 else corpus.test
+        test_pairs = test_pairs_of(args)
         pairs = [(pair.name, *load_pair(pair)) for pair in test_pairs]
         precisions = runnable_precisions([p for p in args.precisions.split(",") if p], args.device)
         scores: dict[str, list[FileScore]] = {}

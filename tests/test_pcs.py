@@ -12,16 +12,14 @@ import soundfile
 import torch
 
 from bsrnn.audio import HOP_LENGTH, N_FFT, NUM_BINS, SAMPLE_RATE, istft, stft
-from bsrnn.checkpoint import CheckpointManager
 from bsrnn.cli.enhance import PCS_ON
 from bsrnn.cli.main import main
 from bsrnn.data.demo_corpus import write_demo_audio
 from bsrnn.enhancement import enhance_audio, enhance_waveform
-from bsrnn.models import BSRNN
 from bsrnn.pcs import PCS_MAX_EXPONENT, SII_CRITICAL_BANDS, pcs_exponents, perceptual_contrast_stretch
 from e2e import bsrnn
+from tiny_generator import run_dir, snr_db, tiny_generator  # noqa: F401  (run_dir: a fixture)
 
-TINY_CONFIG = {"num_channel": 8, "num_layer": 1}
 FREQUENCIES = np.arange(NUM_BINS) * SAMPLE_RATE / N_FFT
 CHUNKED = {"chunk_seconds": 1.0, "overlap_seconds": 0.25}
 """Chunking small enough that 2.5 s of audio takes the chunked path (four chunks)."""
@@ -34,11 +32,6 @@ def speech_like(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     return (tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def tiny_generator(seed: int = 0) -> BSRNN:
-    torch.manual_seed(seed)
-    return BSRNN(**TINY_CONFIG).eval()
-
-
 def identity(spectrum: torch.Tensor) -> torch.Tensor:
     """A "network" that returns its input: what remains is the STFT, PCS and the inverse STFT."""
     return spectrum
@@ -47,21 +40,6 @@ def identity(spectrum: torch.Tensor) -> torch.Tensor:
 def reflect_padded(audio: np.ndarray) -> torch.Tensor:
     """``[1, samples + 2 hops]``: the reference evaluation's padding before the STFT."""
     return torch.nn.functional.pad(torch.from_numpy(audio)[None, None], (HOP_LENGTH, HOP_LENGTH), mode="reflect")[0]
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(reference.astype(np.float64) ** 2)
-                               / max(np.sum((reference.astype(np.float64) - estimate) ** 2), 1e-30)))
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """A run directory whose checkpoint holds ``tiny_generator()``."""
-    run = tmp_path / "run"
-    with CheckpointManager(run) as manager:
-        manager.register("model_state_dict", tiny_generator())
-        manager.save(metric=0.5, values={"epoch": 0, "step_in_epoch": 0, "config": TINY_CONFIG})
-    return run
 
 
 # --------------------------------------------------------------------------- the exponents

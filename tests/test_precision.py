@@ -14,7 +14,7 @@ import soundfile
 import torch
 
 from bsrnn.bundle import write_bundle
-from bsrnn.checkpoint import CheckpointManager, load_checkpoint
+from bsrnn.checkpoint import load_checkpoint
 from bsrnn.cli.enhance import PRECISION_CHOICES
 from bsrnn.cli.main import main
 from bsrnn.enhancement import (
@@ -26,10 +26,9 @@ from bsrnn.enhancement import (
     prepare_for_inference,
 )
 from bsrnn.errors import UserError
-from bsrnn.models import BSRNN
 from bsrnn.models.precision import bf16_runs_here
+from tiny_generator import run_dir, snr_db, tiny_generator  # noqa: F401  (run_dir: a fixture)
 
-TINY_CONFIG = {"num_channel": 8, "num_layer": 1}
 NO_BF16 = pytest.mark.skipif(not bf16_runs_here("cpu"), reason="this CPU has no bfloat16 LSTM (no AVX512-BF16/AMX)")
 
 INT8_MIN_SNR_DB = 30.0
@@ -46,29 +45,10 @@ def speech_like(seconds: float = 1.0, seed: int = 0) -> np.ndarray:
     return (tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
-def tiny_generator(seed: int = 0) -> BSRNN:
-    torch.manual_seed(seed)
-    return BSRNN(**TINY_CONFIG).eval()
-
-
-def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
-    return float(10 * np.log10(np.sum(reference**2) / max(np.sum((reference - estimate) ** 2), 1e-30)))
-
-
 def runnable_here(precision: str) -> object:
     """``precision`` as a parameter, skipped (with the bf16 tests' reason) where this CPU cannot run it."""
     marks = [NO_BF16] if precision == "bf16" else []
     return pytest.param(precision, marks=marks, id=precision)
-
-
-@pytest.fixture
-def run_dir(tmp_path: Path) -> Path:
-    """A run directory whose checkpoint holds ``tiny_generator()``."""
-    run = tmp_path / "run"
-    with CheckpointManager(run) as manager:
-        manager.register("model_state_dict", tiny_generator())
-        manager.save(metric=0.5, values={"epoch": 0, "step_in_epoch": 0, "config": TINY_CONFIG})
-    return run
 
 
 def test_the_cli_offers_exactly_the_precisions_the_library_knows() -> None:
