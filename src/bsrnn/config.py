@@ -49,7 +49,8 @@ AMP_CHOICES = ("off", "bf16")
 RECIPE_FIELDS = (
     "loss_weights", "complex_loss", "magnitude_loss", "phase_loss_weight", "time_loss_weight",
     "consistency_loss_weight", "compress_factor", "gan_start_epoch", "metric_target", "disc_noisy_term",
-    "optimizer", "adam_betas", "weight_decay", "init_lr", "decay_epoch", "lr_decay", "grad_clip",
+    "optimizer", "adam_betas", "weight_decay", "init_lr", "lr_schedule", "decay_epoch", "lr_decay",
+    "grad_clip",
 )
 MONITOR_CHOICES = ("pesq", "val_loss")
 
@@ -134,8 +135,12 @@ class Config:
         "rates, steps/s, PESQ wait, each epoch's validation values, and audio and spectrograms of 3 fixed "
         "validation utterances (needs pip install 'bsrnn[tensorboard]'; not kept on resume: pass it again)"
     )
-    decay_epoch: int = _field(10, "StepLR step size in epochs, for both optimizers")
-    lr_decay: float = _field(0.98, "StepLR gamma, for both optimizers")
+    lr_schedule: str = _field(
+        "step", "learning-rate schedule of both optimizers, stepped every epoch: 'step' (x lr_decay every "
+        "decay_epoch epochs) or 'cosine' (half cosine from init_lr to 0 at epochs)", choices=("step", "cosine")
+    )
+    decay_epoch: int = _field(10, "StepLR step size in epochs, for both optimizers (lr_schedule 'step')")
+    lr_decay: float = _field(0.98, "StepLR gamma, for both optimizers (lr_schedule 'step')")
     init_lr: float = _field(1e-3, "initial learning rate of the generator and the discriminator")
     cut_len: int = _field(2 * SAMPLE_RATE, f"training crop length in samples at 16 kHz (at least {MIN_CUT_LEN})")
     loss_weights: list[float] = _field([0.5, 0.5, 1.0], "weights of [complex L1, magnitude L1, GAN] losses")

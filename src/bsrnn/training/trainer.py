@@ -46,7 +46,7 @@ from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_su
 from bsrnn.training.execution import describe_execution, forward_of
 from bsrnn.training.progress import StepRate, TrainingProgress
 from bsrnn.training.run_files import RunFiles
-from bsrnn.training.schedule import apply_resume_rule, step_decay
+from bsrnn.training.schedule import apply_resume_rule, describe_schedule, learning_rate_schedule
 from bsrnn.training.steps import DelayedDiscriminator, Networks, finish_validation, train_step, validate
 from bsrnn.training.tensorboard import TensorBoardLog, examples_of
 
@@ -231,8 +231,8 @@ class Trainer:
         self.files = files
         self.nets = build_networks(config, device)
         self.objective = objective_of(config)
-        self.scheduler_g = step_decay(self.nets.optimizer_g, config)
-        self.scheduler_d = step_decay(self.nets.optimizer_d, config)
+        self.scheduler_g = learning_rate_schedule(self.nets.optimizer_g, config)
+        self.scheduler_d = learning_rate_schedule(self.nets.optimizer_d, config)
         self.progress = TrainingProgress()
         self.steps_this_run = 0  # training steps taken by this invocation (``max_steps`` counts these)
         self.rate = StepRate()
@@ -296,6 +296,7 @@ class Trainer:
             log.info("Recipe %s%s; checkpoint_best.pt by %s (%s)", config.recipe,
                      f" with {len(overrides)} field(s) of its own: {', '.join(overrides)}" if overrides else "",
                      config.monitor, config.monitor_mode)
+            log.info(describe_schedule(config, self._steps_per_epoch()))
         self.files.write_config(config)
         self.tensorboard = (TensorBoardLog(self.run_dir, examples_of(self.val_set), self.progress.global_step)
                             if config.tensorboard and context.is_main else None)
@@ -466,11 +467,14 @@ class Trainer:
                 self.tensorboard.step(progress.global_step, values, self.learning_rates(), rate)
             self.rate.logged()
 
+    def _steps_per_epoch(self) -> int:
+        return len(EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, 0,
+                                rank=self.context.rank, world_size=self.context.world_size))
+
     def _steps_left(self) -> int:
         """Training steps from here to the target epochs, or to ``max_steps`` of this invocation if
         that comes first (validation time not included)."""
-        per_epoch = len(EpochBatches(len(self.train_set), self.config.batch_size, self.config.seed, 0,
-                                     rank=self.context.rank, world_size=self.context.world_size))
+        per_epoch = self._steps_per_epoch()
         epochs_after = self.config.epochs - self.progress.current_epoch - 1
         to_target = max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch
         if self.config.max_steps is None:
