@@ -7,13 +7,18 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from bsrnn.checkpoint import LoadedCheckpoint
-from bsrnn.config import Config
+from bsrnn.config import MIN_CUT_LEN, Config
 from bsrnn.data import ArraySource, Pair, demo_corpus
+from bsrnn.data.datasets import FullUtterances
 from bsrnn.data.holdout import by_fraction, hold_out, speaker_of
 from bsrnn.data.layout import Corpus
 from bsrnn.errors import UserError
+from bsrnn.metrics.pesq_pool import PesqPool
+from bsrnn.models import BSRNN, Discriminator
+from bsrnn.training.steps import VALIDATION_LOOKAHEAD, Networks, validate
 from bsrnn.training.trainer import validation_record, validation_split
 
 
@@ -111,3 +116,46 @@ def test_a_resume_whose_validation_utterances_differ_is_refused_unless_allowed()
     allowed = other.replace(allow_validation_change=True)
     switched = validation_record(validation_split(corpus, allowed, checkpoint), allowed, checkpoint)
     assert switched["rule"]["speakers"] == ["p999"] and switched["items"] == 3
+
+
+def test_a_new_run_validates_on_whole_utterances_and_a_crops_run_keeps_its_crops() -> None:
+    corpus = demo_corpus(seed=0, num_train=4, num_test=3)
+    run = Config(cut_len=8000)
+    assert validation_record(validation_split(corpus, run, None), run, None)["length"] == "full"
+    crops_run = run.replace(validation_length="crops")
+    recorded = validation_record(validation_split(corpus, crops_run, None), crops_run, None)
+    assert recorded["length"] == "crops"
+    checkpoint = _checkpoint(recorded, crops_run)
+    assert validation_record(validation_split(corpus, run, checkpoint), run, checkpoint)["length"] == "crops"
+    # A record from before the length was recorded: the run validated on crops.
+    older = {key: value for key, value in recorded.items() if key != "length"}
+    checkpoint = _checkpoint(older, crops_run)
+    assert validation_record(validation_split(corpus, run, checkpoint), run, checkpoint)["length"] == "crops"
+
+
+def test_whole_utterances_keep_their_length_and_a_too_short_one_is_tiled_to_the_shortest_input() -> None:
+    long, short = np.arange(40000, dtype=np.float32), np.arange(1000, dtype=np.float32)
+    pairs = [Pair(name, ArraySource(audio, 16000, name), ArraySource(audio + 1, 16000, name))
+             for name, audio in (("long", long), ("short", short))]
+    dataset = FullUtterances(pairs, min_len=MIN_CUT_LEN)
+    clean, noisy, name = dataset[0]
+    assert name == "long" and np.array_equal(clean.numpy(), long) and np.array_equal(noisy.numpy(), long + 1)
+    clean, _, _ = dataset[1]
+    assert clean.shape == (MIN_CUT_LEN,) and np.array_equal(clean.numpy()[1000:1920], short[:920])
+
+
+def test_validation_looking_ahead_gives_the_sums_of_one_batch_at_a_time() -> None:
+    """The generator runs ahead of the losses (PESQ overlaps); the sums must not depend on it."""
+    torch.manual_seed(0)
+    nets = Networks(BSRNN(num_channel=4, num_layer=1), Discriminator(ndf=4), None, None)  # type: ignore[arg-type]
+    utterances = FullUtterances(demo_corpus(seed=0, num_train=1, num_test=12).test, min_len=MIN_CUT_LEN)
+    batches = [(clean[None, :length], noisy[None, :length])  # 12 lengths, past the lookahead
+               for (clean, noisy, _), length in zip(utterances, range(20000, 32000, 1000))]
+    with PesqPool(workers=1) as pool:
+        together = validate(nets, batches, use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
+                            device=torch.device("cpu"))
+        one_by_one = [validate(nets, [batch], use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
+                               device=torch.device("cpu")) for batch in batches]
+    assert together["items"] == 12 and together["pesq_count"] == 12 and len(batches) > VALIDATION_LOOKAHEAD
+    for key in together:
+        assert together[key] == pytest.approx(sum(single[key] for single in one_by_one), rel=1e-9)

@@ -187,6 +187,11 @@ class Config:
         0.0, "fraction of the training split held out to validate on, chosen by a hash of each name (0: the "
         "default: the data's valid/ folder, else prepare.json's speakers, else p226,p287 when present, else 0.05)"
     )
+    validation_length: str = _field(
+        "full", "what a new run validates on: 'full' (whole utterances, one at a time, as the test is scored) or "
+        "'crops' (fixed cut_len crops, batched: the reference's, faster); a resumed run keeps its own",
+        choices=("full", "crops")
+    )
     allow_validation_change: bool = _field(
         False, "on resume, accept a validation set other than the run's (best-so-far values then mix two sets)"
     )

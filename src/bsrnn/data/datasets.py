@@ -101,6 +101,29 @@ class TestSet(Dataset):
         return torch.from_numpy(clean), torch.from_numpy(noisy), pair.name
 
 
+class FullUtterances(Dataset):
+    """Whole validation utterances ``(clean, noisy, name)``, each at least ``min_len`` samples.
+
+    What the test split is scored on, so the best checkpoint is chosen by the quantity that is
+    reported. An utterance shorter than ``min_len`` (the discriminator's shortest input) is
+    tiled to it like a short training clip. Lengths differ: one utterance per batch.
+    """
+
+    def __init__(self, pairs: Sequence[Pair], min_len: int) -> None:
+        self.pairs = list(pairs)
+        self.min_len = int(min_len)
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+        pair = self.pairs[index]
+        clean, noisy = load_pair(pair)
+        if clean.shape[0] < self.min_len:
+            clean, noisy = tile_to_length(clean, self.min_len), tile_to_length(noisy, self.min_len)
+        return torch.from_numpy(np.ascontiguousarray(clean)), torch.from_numpy(np.ascontiguousarray(noisy)), pair.name
+
+
 class FixedCrops(Dataset):
     """Test pairs cropped (or tiled) to ``cut_len`` like training items, the same every epoch.
 

@@ -360,6 +360,11 @@ def train_step(
     return StepResult(values, not generator_applied, not discriminator_applied, pesq_wait)
 
 
+VALIDATION_LOOKAHEAD = 8
+"""Validation batches enhanced ahead of their losses: enough to keep a few PESQ workers busy
+with whole utterances, small enough to hold on any device (8 utterances' spectra)."""
+
+
 @torch.no_grad()
 def validate(
     nets: Networks,
@@ -374,23 +379,34 @@ def validate(
     """Sums over this process's validation batches: losses weighted by batch size, PESQ sums.
 
     Returned as sums (with counts) so that ranks can add theirs before dividing. ``recon`` is
-    the generator loss without the GAN term, comparable across the GAN start.
+    the generator loss without the GAN term, comparable across the GAN start. The generator
+    runs up to ``VALIDATION_LOOKAHEAD`` batches ahead of the losses, so the PESQ pool scores
+    several batches (whole utterances come one per batch) while the next ones are enhanced;
+    the sums are added in batch order either way.
     """
     nets.generator.eval()
     nets.discriminator.eval()
     sums = {"items": 0.0, "loss": 0.0, "recon": 0.0, "disc_loss": 0.0, "pesq_sum": 0.0, "pesq_count": 0.0}
+
+    def add(forward: _Forward) -> None:
+        gen = _generator_loss(forward, nets.run_discriminator if use_gan else None, loss_weights, objective)
+        disc, enhanced, _ = _discriminator_loss(nets.run_discriminator, forward, objective)
+        size = forward.clean.shape[0]
+        sums["items"] += size
+        sums["loss"] += float(gen.total) * size
+        sums["recon"] += float(gen.reconstruction if gen.reconstruction is not None else gen.total) * size
+        sums["disc_loss"] += float(disc.total) * size
+        sums["pesq_sum"] += float(enhanced.scores[enhanced.valid].sum())
+        sums["pesq_count"] += float(enhanced.valid.sum())
+
+    ahead: list[_Forward] = []
     try:
         for clean, noisy in batches:
-            forward = _forward(nets.run_generator, clean.to(device), noisy.to(device), pesq_pool, objective)
-            gen = _generator_loss(forward, nets.run_discriminator if use_gan else None, loss_weights, objective)
-            disc, enhanced, _ = _discriminator_loss(nets.run_discriminator, forward, objective)
-            size = clean.shape[0]
-            sums["items"] += size
-            sums["loss"] += float(gen.total) * size
-            sums["recon"] += float(gen.reconstruction if gen.reconstruction is not None else gen.total) * size
-            sums["disc_loss"] += float(disc.total) * size
-            sums["pesq_sum"] += float(enhanced.scores[enhanced.valid].sum())
-            sums["pesq_count"] += float(enhanced.valid.sum())
+            ahead.append(_forward(nets.run_generator, clean.to(device), noisy.to(device), pesq_pool, objective))
+            if len(ahead) == VALIDATION_LOOKAHEAD:
+                add(ahead.pop(0))
+        for forward in ahead:
+            add(forward)
     finally:
         nets.generator.train()
         nets.discriminator.train()

@@ -32,9 +32,9 @@ from bsrnn.checkpoint import (
     StateMismatchError,
     deferred_signals,
 )
-from bsrnn.config import Config
+from bsrnn.config import MIN_CUT_LEN, Config
 from bsrnn.data.cache import cache_pairs
-from bsrnn.data.datasets import FixedCrops, TrainSet
+from bsrnn.data.datasets import FixedCrops, FullUtterances, TrainSet
 from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import EpochBatches
@@ -183,22 +183,26 @@ def validation_split(corpus: Corpus, config: Config, loaded: LoadedCheckpoint | 
 
 
 def validation_record(split: ValidationSplit, config: Config, loaded: LoadedCheckpoint | None) -> dict[str, Any]:
-    """The validation set of this run: how it was chosen, its crops, which utterances it holds.
+    """The validation set of this run: how it was chosen, what of each utterance is scored
+    (``length``: whole utterances, or crops of ``cut_len`` under ``seed``), which utterances.
 
     Fixed for the life of a run and saved in every checkpoint, because ``checkpoint_best.pt`` is
-    chosen by comparing validation values across epochs: a resume with another ``cut_len`` (or
-    ``seed``) keeps the run's crops, and a resume whose validation utterances differ is refused
-    (unless ``allow_validation_change``) rather than compare values over different sets.
+    chosen by comparing validation values across epochs: a resume with another ``cut_len``,
+    ``seed`` or ``validation_length`` keeps the run's, and a resume whose validation utterances
+    differ is refused (unless ``allow_validation_change``) rather than compare values over
+    different sets. Runs from before ``length`` was recorded validated on crops.
     """
     names = sorted(pair.name for pair in split.valid)
-    current = {"rule": split.rule, "cut_len": config.cut_len, "seed": config.seed, "items": len(names),
+    current = {"rule": split.rule, "length": config.validation_length, "cut_len": config.cut_len,
+               "seed": config.seed, "items": len(names),
                "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
     if loaded is None:
         return current
     recorded = loaded.get("validation")
     if not isinstance(recorded, dict):  # a checkpoint from before the record: its config's crops
         previous = loaded.get(keys.CONFIG) or {}
-        return {**current, "cut_len": previous.get("cut_len", config.cut_len), "seed": previous.get("seed", config.seed)}
+        return {**current, "length": "crops", "cut_len": previous.get("cut_len", config.cut_len),
+                "seed": previous.get("seed", config.seed)}
     if (recorded.get("items"), recorded.get("names_sha256")) != (current["items"], current["names_sha256"]):
         change = (f"it held {recorded.get('items')} utterances ({recorded.get('rule', {'kind': 'test'})}), the data "
                   f"and options now give {current['items']} ({split.rule})")
@@ -212,10 +216,15 @@ def validation_record(split: ValidationSplit, config: Config, loaded: LoadedChec
         log.warning("WARNING: the validation set changes (--allow-validation-change): %s. The best value so far "
                     "was measured on the old set.", change)
         return current
-    if (recorded["cut_len"], recorded["seed"]) != (config.cut_len, config.seed):
+    kept = {"length": recorded.get("length", "crops"), "cut_len": recorded["cut_len"], "seed": recorded["seed"]}
+    if kept["length"] != config.validation_length:
+        log.info("Validation keeps the run's %s (validation_length %r; this invocation asked for %r)",
+                 "whole utterances" if kept["length"] == "full" else "crops", kept["length"],
+                 config.validation_length)
+    elif kept["length"] == "crops" and (kept["cut_len"], kept["seed"]) != (config.cut_len, config.seed):
         log.info("Validation keeps the run's crops (cut_len %s, seed %s); training uses cut_len %s, seed %s",
-                 recorded["cut_len"], recorded["seed"], config.cut_len, config.seed)
-    return {**current, "cut_len": recorded["cut_len"], "seed": recorded["seed"]}
+                 kept["cut_len"], kept["seed"], config.cut_len, config.seed)
+    return {**current, **kept}
 
 
 class Trainer:
@@ -241,7 +250,10 @@ class Trainer:
             log.info(execution)
         self.train_set = TrainSet(split.train, cut_len=config.cut_len, seed=config.seed)
         self.validation = validation_record(split, config, loaded)
-        self.val_set = FixedCrops(split.valid, cut_len=self.validation["cut_len"], seed=self.validation["seed"])
+        if self.validation["length"] != config.validation_length:  # the run's own, recorded in config.toml too
+            self.config = config = config.replace(validation_length=self.validation["length"])
+        self.val_set = (FullUtterances(split.valid, min_len=MIN_CUT_LEN) if self.validation["length"] == "full"
+                        else FixedCrops(split.valid, cut_len=self.validation["cut_len"], seed=self.validation["seed"]))
         if len(self.train_set) < config.batch_size * context.world_size:
             raise UserError(
                 f"The training split has {len(self.train_set)} pairs, fewer than one batch "
@@ -483,7 +495,7 @@ class Trainer:
 
     def _end_epoch(self, epoch: int, use_gan: bool) -> None:
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
-        batch = self.config.batch_size
+        batch = self.config.batch_size if self.validation["length"] == "crops" else 1  # whole utterances differ in length
         indices = list(shard)
         batches = []
         for start in range(0, len(indices), batch):
