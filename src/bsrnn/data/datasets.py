@@ -101,7 +101,7 @@ class TestSet(Dataset):
         return torch.from_numpy(clean), torch.from_numpy(noisy), pair.name
 
 
-class FullUtterances(Dataset):
+class FullUtterances(TestSet):
     """Whole validation utterances ``(clean, noisy, name)``, each at least ``min_len`` samples.
 
     What the test split is scored on, so the best checkpoint is chosen by the quantity that is
@@ -110,18 +110,15 @@ class FullUtterances(Dataset):
     """
 
     def __init__(self, pairs: Sequence[Pair], min_len: int) -> None:
-        self.pairs = list(pairs)
+        super().__init__(pairs)
         self.min_len = int(min_len)
 
-    def __len__(self) -> int:
-        return len(self.pairs)
-
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
-        pair = self.pairs[index]
-        clean, noisy = load_pair(pair)
+        clean, noisy, name = super().__getitem__(index)
         if clean.shape[0] < self.min_len:
-            clean, noisy = tile_to_length(clean, self.min_len), tile_to_length(noisy, self.min_len)
-        return torch.from_numpy(np.ascontiguousarray(clean)), torch.from_numpy(np.ascontiguousarray(noisy)), pair.name
+            clean = torch.from_numpy(tile_to_length(clean.numpy(), self.min_len))
+            noisy = torch.from_numpy(tile_to_length(noisy.numpy(), self.min_len))
+        return clean, noisy, name
 
 
 class FixedCrops(Dataset):
