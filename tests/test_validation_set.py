@@ -20,6 +20,7 @@ from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.steps import VALIDATION_LOOKAHEAD, Networks, validate
 from bsrnn.training.trainer import validation_record, validation_split
+from e2e import TINY_DEFAULT_MONITOR, bsrnn, checkpoint
 
 
 def _pairs(names: list[str]) -> list[Pair]:
@@ -159,3 +160,18 @@ def test_validation_looking_ahead_gives_the_sums_of_one_batch_at_a_time() -> Non
     assert together["items"] == 12 and together["pesq_count"] == 12 and len(batches) > VALIDATION_LOOKAHEAD
     for key in together:
         assert together[key] == pytest.approx(sum(single[key] for single in one_by_one), rel=1e-9)
+
+
+def test_the_cli_validates_a_new_run_on_whole_utterances_and_its_resume_keeps_them(tmp_path: Path) -> None:
+    default = [arg for arg in TINY_DEFAULT_MONITOR if arg not in ("--validation-length", "crops")]
+    run = tmp_path / "run"
+    first = bsrnn("train", *default, "--epochs", "1", "--run-dir", str(run))
+    assert first.returncode == 0, first.stderr
+    saved = checkpoint(run)
+    assert saved["validation"]["length"] == "full" and saved["config"]["validation_length"] == "full"
+    assert 1.0 <= saved["val_pesq"] <= 4.6
+    resumed = bsrnn("train", *default, "--epochs", "2", "--validation-length", "crops", "--run-dir", str(run),
+                    "--resume", "auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert "Validation keeps the run's whole utterances" in resumed.stdout + resumed.stderr
+    assert checkpoint(run)["validation"]["length"] == "full"
