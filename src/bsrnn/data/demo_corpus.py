@@ -1,8 +1,8 @@
 """The built-in demo corpus: paired clean/noisy clips synthesised in memory from a seed.
 
-``demo_corpus()`` returns a ``Corpus`` of in-memory pairs (nothing is downloaded or written);
-``layout.write_corpus`` puts it on disk in the ``DATA/{train,test}/{clean,noisy}`` layout when
-a command needs files; ``write_demo_audio`` writes a few test pairs for trying ``bsrnn enhance``
+``demo_corpus()`` returns a ``Corpus`` of in-memory pairs (nothing is downloaded; a generated
+corpus is cached, see ``demo_cache``); ``layout.write_corpus`` puts it on disk in the
+``DATA/{train,test}/{clean,noisy}`` layout when a command needs files; ``write_demo_audio`` writes a few test pairs for trying ``bsrnn enhance``
 and ``bsrnn score`` by hand. Defaults: 48 training pairs of 1.5-3 s and 8 test pairs of 2-3 s at
 16 kHz, and 8 validation pairs like the test pairs; small enough that an epoch of a tiny model
 takes seconds.
@@ -25,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bsrnn.audio import SAMPLE_RATE, write_wav
+from bsrnn.data.demo_cache import cache_path, load_cached, store
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sources import ArraySource, Pair
 from bsrnn.data.synth import NOISE_KINDS, make_noise, random_speaker, speech_like
@@ -72,12 +73,7 @@ def demo_pair(
     peak = max(np.max(np.abs(noisy)), np.max(np.abs(clean)))
     if peak > _PEAK_LIMIT:  # scale both alike: the SNR is unchanged
         clean, noisy = clean * (_PEAK_LIMIT / peak), noisy * (_PEAK_LIMIT / peak)
-    name = demo_name(split, index, kind, snr_db)
-    return Pair(
-        name,
-        ArraySource(clean.astype(np.float32), SAMPLE_RATE, f"demo/{split}/clean/{name}"),
-        ArraySource(noisy.astype(np.float32), SAMPLE_RATE, f"demo/{split}/noisy/{name}"),
-    )
+    return _pair_of(split, demo_name(split, index, kind, snr_db), clean.astype(np.float32), noisy.astype(np.float32))
 
 
 def demo_corpus(
@@ -90,7 +86,7 @@ def demo_corpus(
     snrs_db: Sequence[float] = DEFAULT_SNRS_DB,
     noise_kinds: Sequence[str] = NOISE_KINDS,
 ) -> Corpus:
-    """A deterministic in-memory corpus of synthetic speech in noise (about a second to make).
+    """A deterministic in-memory corpus of synthetic speech in noise (1-3 s to make, then cached).
 
     Its ``valid`` split (other utterances, the test split's lengths) is what a ``--demo`` run
     validates on, so that its test split stays for ``evaluate``.
@@ -105,14 +101,32 @@ def demo_corpus(
     if unknown or not noise_kinds or not snrs_db:
         raise ValueError(f"need at least one SNR and noise kinds from {NOISE_KINDS}, got {list(noise_kinds)}")
     started = time.monotonic()
-    corpus = Corpus(
-        train=[demo_pair(seed, "train", i, train_seconds, snrs_db, noise_kinds) for i in range(num_train)],
-        test=[demo_pair(seed, "test", i, test_seconds, snrs_db, noise_kinds) for i in range(num_test)],
-        valid=[demo_pair(seed, "valid", i, test_seconds, snrs_db, noise_kinds) for i in range(num_valid)],
-        layout=f"demo corpus, seed {seed}",
-    )
-    logger.info("Generated %s in %.1f s", corpus.describe(), time.monotonic() - started)
+    arguments = {"seed": seed, "num_train": num_train, "num_test": num_test, "num_valid": num_valid,
+                 "train_seconds": list(train_seconds), "test_seconds": list(test_seconds),
+                 "snrs_db": [float(snr) for snr in snrs_db], "noise_kinds": list(noise_kinds)}
+    path = cache_path(arguments)
+    splits = load_cached(path, _SPLIT_IDS) if path is not None else None
+    made = "Loaded" if splits is not None else "Generated"
+    if splits is None:
+        sizes = {"train": (num_train, train_seconds), "test": (num_test, test_seconds),
+                 "valid": (num_valid, test_seconds)}
+        splits = {split: [_items_of(demo_pair(seed, split, i, seconds, snrs_db, noise_kinds)) for i in range(count)]
+                  for split, (count, seconds) in sizes.items()}
+        if path is not None:
+            store(path, splits)
+    corpus = Corpus(**{split: [_pair_of(split, *item) for item in items] for split, items in splits.items()},
+                    layout=f"demo corpus, seed {seed}")
+    logger.info("%s %s in %.1f s", made, corpus.describe(), time.monotonic() - started)
     return corpus
+
+
+def _items_of(pair: Pair) -> tuple[str, np.ndarray, np.ndarray]:
+    return pair.name, pair.clean.samples, pair.noisy.samples
+
+
+def _pair_of(split: str, name: str, clean: np.ndarray, noisy: np.ndarray) -> Pair:
+    return Pair(name, ArraySource(clean, SAMPLE_RATE, f"demo/{split}/clean/{name}"),
+                ArraySource(noisy, SAMPLE_RATE, f"demo/{split}/noisy/{name}"))
 
 
 def write_demo_audio(out_dir: str | Path, count: int = 3, seed: int = 0) -> tuple[Path, Path]:
