@@ -218,7 +218,7 @@ def validation_record(split: ValidationSplit, config: Config, loaded: LoadedChec
         return current
     kept = {"length": recorded.get("length", "crops"), "cut_len": recorded["cut_len"], "seed": recorded["seed"]}
     if kept["length"] != config.validation_length:
-        log.info("Validation keeps the run's %s (validation_length %r; this invocation asked for %r)",
+        log.info("Validation keeps the run's %s (validation_length %r, not this invocation's %r)",
                  "whole utterances" if kept["length"] == "full" else "crops", kept["length"],
                  config.validation_length)
     elif kept["length"] == "crops" and (kept["cut_len"], kept["seed"]) != (config.cut_len, config.seed):
