@@ -149,15 +149,21 @@ def test_validation_looking_ahead_gives_the_sums_of_one_batch_at_a_time() -> Non
     """The generator runs ahead of the losses (PESQ overlaps); the sums must not depend on it."""
     torch.manual_seed(0)
     nets = Networks(BSRNN(num_channel=4, num_layer=1), Discriminator(ndf=4), None, None)  # type: ignore[arg-type]
-    utterances = FullUtterances(demo_corpus(seed=0, num_train=1, num_test=12).test, min_len=MIN_CUT_LEN)
-    batches = [(clean[None, :length], noisy[None, :length])  # 12 lengths, past the lookahead
-               for (clean, noisy, _), length in zip(utterances, range(20000, 32000, 1000))]
-    with PesqPool(workers=1) as pool:
-        together = validate(nets, batches, use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
-                            device=torch.device("cpu"))
-        one_by_one = [validate(nets, [batch], use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
-                               device=torch.device("cpu")) for batch in batches]
-    assert together["items"] == 12 and together["pesq_count"] == 12 and len(batches) > VALIDATION_LOOKAHEAD
+    count = VALIDATION_LOOKAHEAD + 2
+    utterances = FullUtterances(demo_corpus(seed=0, num_train=1, num_test=count).test, min_len=MIN_CUT_LEN)
+    batches = [(clean[None, :length], noisy[None, :length])  # one per length, past the lookahead
+               for (clean, noisy, _), length in zip(utterances, range(16000, 16000 + 500 * count, 500))]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # beside a PESQ worker on 2 cores, 2 threads spin-wait for each other
+    try:
+        with PesqPool(workers=1) as pool:
+            together = validate(nets, batches, use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
+                                device=torch.device("cpu"))
+            one_by_one = [validate(nets, [batch], use_gan=True, loss_weights=[0.5, 0.5, 1.0], pesq_pool=pool,
+                                   device=torch.device("cpu")) for batch in batches]
+    finally:
+        torch.set_num_threads(threads)
+    assert together["items"] == count and together["pesq_count"] == count
     for key in together:
         assert together[key] == pytest.approx(sum(single[key] for single in one_by_one), rel=1e-9)
 
