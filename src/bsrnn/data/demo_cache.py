@@ -63,7 +63,7 @@ def cache_path(arguments: dict[str, Any]) -> Path | None:
     directory = cache_dir()
     if directory is None:
         return None
-    key = hashlib.sha256(json.dumps(arguments, sort_keys=True).encode()).hexdigest()[:16]
+    key = hashlib.sha256(json.dumps(arguments, sort_keys=True, default=str).encode()).hexdigest()[:16]
     return directory / f"demo-{_code_version()}-{key}.npz"
 
 

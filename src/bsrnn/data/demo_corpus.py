@@ -2,10 +2,10 @@
 
 ``demo_corpus()`` returns a ``Corpus`` of in-memory pairs (nothing is downloaded; a generated
 corpus is cached, see ``demo_cache``); ``layout.write_corpus`` puts it on disk in the
-``DATA/{train,test}/{clean,noisy}`` layout when a command needs files; ``write_demo_audio`` writes a few test pairs for trying ``bsrnn enhance``
-and ``bsrnn score`` by hand. Defaults: 48 training pairs of 1.5-3 s and 8 test pairs of 2-3 s at
-16 kHz, and 8 validation pairs like the test pairs; small enough that an epoch of a tiny model
-takes seconds.
+``DATA/{train,test}/{clean,noisy}`` layout when a command needs files; ``write_demo_audio``
+writes a few test pairs for trying ``bsrnn enhance`` and ``bsrnn score`` by hand. Defaults: 48
+training pairs of 1.5-3 s and 8 test pairs of 2-3 s at 16 kHz, and 8 validation pairs like the
+test pairs; small enough that an epoch of a tiny model takes seconds.
 
 Item ``i`` of a split is a function of (seed, split, i) only, so asking for more items keeps
 the first ones unchanged. Its noise kind and SNR cycle through every combination: kind
@@ -105,7 +105,7 @@ def demo_corpus(
                  "train_seconds": list(train_seconds), "test_seconds": list(test_seconds),
                  "snrs_db": [float(snr) for snr in snrs_db], "noise_kinds": list(noise_kinds)}
     path = cache_path(arguments)
-    splits = load_cached(path, _SPLIT_IDS) if path is not None else None
+    splits = load_cached(path, tuple(_SPLIT_IDS)) if path is not None else None
     made = "Loaded" if splits is not None else "Generated"
     if splits is None:
         sizes = {"train": (num_train, train_seconds), "test": (num_test, test_seconds),
