@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -23,9 +24,18 @@ def fixtures_dir() -> Path:
     return path
 
 
+_SESSION_CACHE: list[str] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """One demo-corpus cache for the session, shared with the CLI subprocesses (they inherit the
     environment): each demo corpus is synthesised once per run of the suite, never read from a
-    cache that another checkout or code version left in the user's home."""
+    cache that another checkout or code version left in the user's home. Removed at the end."""
     if "BSRNN_CACHE_DIR" not in os.environ:
-        os.environ["BSRNN_CACHE_DIR"] = tempfile.mkdtemp(prefix="bsrnn-test-cache-")
+        _SESSION_CACHE.append(tempfile.mkdtemp(prefix="bsrnn-test-cache-"))
+        os.environ["BSRNN_CACHE_DIR"] = _SESSION_CACHE[0]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    for directory in _SESSION_CACHE:
+        shutil.rmtree(directory, ignore_errors=True)
