@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import struct
 from pathlib import Path
 
@@ -178,6 +179,65 @@ def test_enhanced_outputs_keep_the_input_name_and_format(tmp_path: Path) -> None
     assert {name: (info.format, info.subtype) for name, info in written.items()} == {
         "x.flac": ("FLAC", "PCM_16"), "y.ogg": ("OGG", "VORBIS"), "z.WAV": ("WAV", "PCM_16"), "w.wav": ("FLAC", "PCM_16")}
     assert written["x.flac"].frames == 16000 and written["x.flac"].samplerate == 16000
+
+
+def noisy_and_clean(tmp_path: Path) -> tuple[Path, Path, Path, dict[str, bytes]]:
+    """A run, and inp/noisy and inp/clean holding files of the same names; the clean files' bytes."""
+    run_dir, noisy, clean = tmp_path / "run", tmp_path / "inp" / "noisy", tmp_path / "inp" / "clean"
+    make_run(run_dir, best=True)
+    for folder in (noisy, clean):
+        folder.mkdir(parents=True)
+    for seed, name in enumerate(("a.wav", "b.wav")):
+        soundfile.write(noisy / name, speech_like(seed=seed) + 0.05 * speech_like(seed=seed + 7), 16000)
+        soundfile.write(clean / name, speech_like(seed=seed), 16000)
+    return run_dir, noisy, clean, {path.name: path.read_bytes() for path in clean.iterdir()}
+
+
+def test_enhance_into_a_folder_of_other_files_refuses_to_replace_them_until_overwrite(tmp_path: Path) -> None:
+    """The reproduction: `bsrnn enhance RUN inp/noisy --out inp/clean` replaced every clean reference."""
+    run_dir, noisy, clean, before = noisy_and_clean(tmp_path)
+    with pytest.raises(UserError, match=r"--out: expected no file where outputs go, found 2 that exist already: "
+                                        r".*clean/a\.wav, .*clean/b\.wav\. Fix: pass --overwrite"):
+        run_enhance([str(run_dir), str(noisy), "--out", str(clean)])
+    assert {path.name: path.read_bytes() for path in clean.iterdir()} == before  # no temporary either
+
+    assert run_enhance([str(run_dir), str(noisy), "--out", str(clean), "--overwrite"]) == 0
+    after = {path.name: path.read_bytes() for path in clean.iterdir()}
+    assert after.keys() == before.keys() and all(after[name] != before[name] for name in before)
+
+
+def test_enhance_checks_every_output_before_writing_the_first(tmp_path: Path) -> None:
+    run_dir, noisy, clean, _ = noisy_and_clean(tmp_path)
+    (clean / "a.wav").unlink()  # a.wav could be written, b.wav could not: neither is
+    with pytest.raises(UserError, match=r"found 1 that exist already: .*b\.wav"):
+        run_enhance([str(run_dir), str(noisy), "--out", str(clean)])
+    assert sorted(os.listdir(clean)) == ["b.wav"]
+
+
+@pytest.mark.parametrize("link", [os.symlink, os.link], ids=["symbolic link", "hard link"])
+def test_enhance_never_replaces_an_input_through_a_link_in_out(tmp_path: Path, link) -> None:
+    """The reproduction: a symbolic link in --out that pointed at an input had the input replaced."""
+    run_dir, noisy, _, _ = noisy_and_clean(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    link(noisy / "a.wav", out / "a.wav")
+    inputs = {path: path.read_bytes() for path in noisy.iterdir()}
+    with pytest.raises(UserError, match="symbolic link|that are inputs"):
+        run_enhance([str(run_dir), str(noisy), "--out", str(out), "--overwrite"])
+    assert {path: path.read_bytes() for path in noisy.iterdir()} == inputs
+    assert sorted(os.listdir(out)) == ["a.wav"]
+
+
+def test_evaluate_refuses_an_existing_csv_without_overwrite_before_loading_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bsrnn.cli.main import main
+
+    csv_path = tmp_path / "scores.csv"
+    csv_path.write_text("earlier scores\n")
+    assert main(["evaluate", str(tmp_path / "no_run"), "--demo", "--csv", str(csv_path)]) == 2
+    err = capsys.readouterr().err
+    assert "--csv: expected no file where outputs go, found 1 that exist already" in err and "--overwrite" in err
+    assert csv_path.read_text() == "earlier scores\n"
 
 
 def test_an_unreadable_flac_among_good_inputs_is_skipped_naming_it(tmp_path: Path) -> None:

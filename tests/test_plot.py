@@ -161,3 +161,35 @@ def test_a_path_that_is_no_run_directory_is_named_with_the_fix(tmp_path: Path, m
     make(path)
     with pytest.raises(UserError, match=expected):
         plot_run(path, tmp_path / "curves.png")
+
+
+def test_an_existing_plot_is_redrawn_only_with_overwrite(tmp_path: Path, capsys) -> None:
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    assert main(["plot", str(run_dir)]) == 0
+    first = (run_dir / "curves.png").stat().st_mtime_ns
+    assert main(["plot", str(run_dir)]) == 2
+    err = capsys.readouterr().err
+    assert "found 1 that exist already" in err and "curves.png" in err and "--overwrite" in err
+    assert (run_dir / "curves.png").stat().st_mtime_ns == first
+    assert main(["plot", str(run_dir), "--overwrite"]) == 0
+    assert sorted(path.name for path in run_dir.iterdir()) == ["curves.png", "metrics.jsonl"]
+
+
+def test_a_symlinked_curves_png_is_refused_and_what_it_points_at_kept(tmp_path: Path, capsys) -> None:
+    """The reproduction: `bsrnn plot` wrote through a symbolic link named curves.png."""
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    precious = tmp_path / "precious.txt"
+    precious.write_text("not a plot")
+    (run_dir / "curves.png").symlink_to(precious)
+    for extra in ([], ["--overwrite"]):
+        assert main(["plot", str(run_dir), *extra]) == 2
+        assert "symbolic link(s) where outputs would go" in capsys.readouterr().err
+    assert precious.read_text() == "not a plot" and (run_dir / "curves.png").is_symlink()
+
+
+def test_the_plot_never_replaces_the_metrics_it_reads(tmp_path: Path) -> None:
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    before = (run_dir / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="that are inputs"):
+        plot_run(run_dir, run_dir / "metrics.jsonl", overwrite=True)
+    assert (run_dir / "metrics.jsonl").read_bytes() == before

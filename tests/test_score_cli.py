@@ -79,6 +79,32 @@ def test_two_workers_give_the_same_rows(folders, tmp_path, monkeypatch):
     assert read_rows(one) == read_rows(two)
 
 
+def test_an_existing_csv_is_refused_before_scoring_and_replaced_with_overwrite(folders, tmp_path):
+    clean_dir, enhanced_dir = folders
+    csv_path = tmp_path / "scores.csv"
+    csv_path.write_text("earlier scores\n")
+    argv = [str(clean_dir), str(enhanced_dir), "--csv", str(csv_path), "--workers", "1"]
+    with pytest.raises(UserError, match=r"--csv: expected no file where outputs go, found 1 that exist already: "
+                                        r".*scores\.csv\. Fix: pass --overwrite to replace it"):
+        run_score(argv)
+    assert csv_path.read_text() == "earlier scores\n"
+    assert run_score([*argv, "--overwrite"]) == 0
+    assert len(read_rows(csv_path)) == 3 and sorted(path.name for path in tmp_path.iterdir()) == [
+        "clean", "enhanced", "scores.csv"]
+
+
+def test_the_csv_never_replaces_an_input_or_goes_through_a_link(folders, tmp_path):
+    clean_dir, enhanced_dir = folders
+    reference = clean_dir / "p232_001.wav"
+    before = reference.read_bytes()
+    with pytest.raises(UserError, match=r"that are inputs \(the same file\): .*p232_001\.wav"):
+        run_score([str(clean_dir), str(enhanced_dir), "--csv", str(reference), "--overwrite", "--workers", "1"])
+    (tmp_path / "link.csv").symlink_to(reference)
+    with pytest.raises(UserError, match=r"symbolic link\(s\) where outputs would go: .*link\.csv"):
+        run_score([str(clean_dir), str(enhanced_dir), "--csv", str(tmp_path / "link.csv"), "--overwrite"])
+    assert reference.read_bytes() == before
+
+
 def test_names_in_only_one_folder_are_warned_about_and_resampling_is_announced(folders, caplog):
     clean_dir, enhanced_dir = folders
     with caplog.at_level(logging.INFO):

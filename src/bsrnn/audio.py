@@ -22,7 +22,6 @@ this module and must stay free of torch, which would keep it from forking its he
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import logging
 import math
@@ -35,6 +34,7 @@ import numpy as np
 import soundfile
 
 from bsrnn.errors import DataError
+from bsrnn.output import InputFiles, write_file
 
 if TYPE_CHECKING:
     import torch
@@ -282,14 +282,20 @@ def output_format_like(info: AudioInfo, path: str | os.PathLike[str]) -> tuple[s
 
 
 def write_audio(path: str | os.PathLike[str], audio: np.ndarray | torch.Tensor, rate: int,
-                subtype: str | None = None, format: str | None = None) -> None:
+                subtype: str | None = None, format: str | None = None, *, overwrite: bool = True,
+                flag: str = "", inputs: InputFiles | None = None) -> None:
     """Write ``audio`` ([samples] or [channels, samples], float in [-1, 1]) to ``path``.
 
     The format is ``format``, else the one the suffix names; the encoding ``subtype``, else
     16-bit PCM where the format stores PCM (see ``output_format``). PCM cannot hold samples
     beyond [-1, 1]: they are clipped, and a warning names the file (a silent clip would hide a
-    level problem). ``subtype="FLOAT"`` stores float32 samples unchanged. Only ``path`` is
-    written; a failure is an ``AudioFileError`` naming it.
+    level problem). ``subtype="FLOAT"`` stores float32 samples unchanged.
+
+    Written through ``bsrnn.output.write_file``: into a hidden temporary, read back to check it
+    holds every frame (a short write must not become a valid-looking shorter file), renamed
+    over ``path`` only when complete, never through a symbolic link. ``overwrite`` (default:
+    replace, as a file opened for writing would), ``flag`` and ``inputs`` are its rules. A
+    failure is an ``AudioFileError`` naming ``path``, and whatever was at ``path`` is untouched.
     """
     if hasattr(audio, "detach"):
         audio = audio.detach().cpu().numpy()
@@ -303,13 +309,16 @@ def write_audio(path: str | os.PathLike[str], audio: np.ndarray | torch.Tensor, 
             logger.warning("%s: %d samples beyond [-1, 1] were clipped when writing %s", path, clipped, subtype)
             samples = np.clip(samples, -1.0, 1.0)
     frames_first = samples.T if samples.ndim == 2 else samples
-    existed = os.path.lexists(path)
+
+    def encode(temporary: Path) -> None:
+        soundfile.write(str(temporary), frames_first, int(rate), subtype=subtype, format=name)
+        written = soundfile.info(str(temporary)).frames
+        if written != frames_first.shape[0]:
+            raise OSError(f"{written} of {frames_first.shape[0]} frames were written")
+
     try:
-        soundfile.write(str(path), frames_first, int(rate), subtype=subtype, format=name)
+        write_file(Path(path), encode, overwrite=overwrite, flag=flag, inputs=inputs)
     except _IO_ERRORS as error:
-        if not existed:  # never leave a partial file behind; never delete one that was there
-            with contextlib.suppress(OSError):
-                os.unlink(path)
         raise AudioFileError(
             f"{path}: expected a place to write {name} audio, found that it cannot be written ({error}). "
             "Fix: check the folder exists and is writable, and that the disk has room",

@@ -29,6 +29,7 @@ from bsrnn.audio import COMPRESSION_EXPONENT, HOP_LENGTH, N_FFT, SAMPLE_RATE
 from bsrnn.checkpoint import LoadedCheckpoint
 from bsrnn.errors import UserError
 from bsrnn.models import BSRNN
+from bsrnn.output import InputFiles, write_file
 
 BUNDLE_FORMAT = "bsrnn-generator"
 BUNDLE_VERSION = 1
@@ -42,11 +43,13 @@ def is_bundle(location: Path | str) -> bool:
     return Path(location).suffix == BUNDLE_SUFFIX and not Path(location).is_dir()
 
 
-def write_bundle(loaded: LoadedCheckpoint, out: Path) -> int:
+def write_bundle(loaded: LoadedCheckpoint, out: Path, *, overwrite: bool = False) -> int:
     """Write the generator of a verified checkpoint as a bundle at ``out``; return its tensor count.
 
-    Written to a temporary beside ``out`` and renamed, so ``out`` is never half a file, and made
-    readable like a checkpoint (safetensors itself creates files readable by the owner only).
+    Written through ``bsrnn.output.write_file`` (a temporary beside ``out``, fsynced, renamed),
+    so ``out`` is never half a file, never the checkpoint it comes from, replaced only with
+    ``overwrite``; and made readable like a checkpoint (safetensors itself creates files
+    readable by the owner only).
     """
     from safetensors.torch import save_file
 
@@ -63,14 +66,13 @@ def write_bundle(loaded: LoadedCheckpoint, out: Path) -> int:
         "epoch": str(loaded.get("epoch")), "global_step": str(loaded.get("global_step")),
         "bsrnn_version": __version__,
     }
-    temporary = out.with_name(f".{out.name}.{os.getpid()}.tmp")
-    try:
+
+    def save(temporary: Path) -> None:
         save_file({name: tensor.contiguous() for name, tensor in weights.items()}, str(temporary),
                   metadata=metadata)
         os.chmod(temporary, 0o644 & ~_umask())
-        os.replace(temporary, out)
-    finally:
-        temporary.unlink(missing_ok=True)
+
+    write_file(out, save, overwrite=overwrite, flag="--out", inputs=InputFiles([loaded.path]))
     return len(weights)
 
 

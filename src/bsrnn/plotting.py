@@ -16,7 +16,9 @@ Three panels, each with data as soon as the run has logged anything:
 
 Vertical lines mark the epoch whose generator loss first had the GAN term, the best epoch by
 the monitored metric, and each resume. ``select_curves`` computes all of it from the events,
-so it can be tested without drawing; ``plot_run`` reads a run directory and draws the PNG.
+so it can be tested without drawing; ``plot_run`` reads a run directory and draws the PNG,
+written through ``bsrnn.output`` (never through a symbolic link, never over the run's files it
+reads, over an existing file only with ``overwrite``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.errors import UserError
+from bsrnn.output import InputFiles, check_destinations, write_file
 
 LOSSES, PESQ, LEARNING_RATE = "losses", "PESQ (wide band)", "learning rate"
 PANELS = (LOSSES, PESQ, LEARNING_RATE)
@@ -308,9 +311,21 @@ _COLOURS = {"generator": "tab:blue", "discriminator": "tab:orange", "validation"
 _MARKER_LOOKS = {"gan": ("black", "--"), "best": ("tab:purple", ":"), "resume": ("0.5", "-.")}
 
 
-def draw(curves: Curves, title: str, out: Path) -> Path:
-    """Draw ``curves`` as a PNG at ``out`` (matplotlib's object API: no global state, no GUI)."""
+def draw(curves: Curves, title: str, out: Path, *, overwrite: bool = False,
+         inputs: InputFiles | None = None) -> Path:
+    """Draw ``curves`` as a PNG at ``out`` (matplotlib's object API: no global state, no GUI).
+
+    Another suffix matplotlib writes (``.svg``, ``.pdf``) gives that format. Written through
+    ``bsrnn.output.write_file``: ``out`` is replaced only when the image is complete, and only
+    with ``overwrite``; ``inputs`` are files it must never replace.
+    """
+    from matplotlib.backend_bases import FigureCanvasBase
     from matplotlib.figure import Figure
+
+    image_format = out.suffix[1:].lower() or "png"
+    if image_format not in FigureCanvasBase.get_supported_filetypes():
+        raise UserError(f"--out {out}: expected an image suffix matplotlib writes (e.g. .png, .svg, .pdf), found "
+                        f"{out.suffix!r}. Fix: e.g. --out {out.with_suffix('.png')}")
 
     figure = Figure(figsize=(16, 4.5), layout="constrained")
     axes = dict(zip(PANELS, figure.subplots(1, 3)))
@@ -344,7 +359,8 @@ def draw(curves: Curves, title: str, out: Path) -> Path:
     figure.suptitle(title)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        figure.savefig(out, dpi=100)
+        write_file(out, lambda temporary: figure.savefig(temporary, dpi=100, format=image_format),
+                   overwrite=overwrite, flag="--out", inputs=inputs)
     except OSError as error:
         raise UserError(f"Could not write {out}: {error.strerror or error}. Fix: choose another --out.") from error
     return out
@@ -362,13 +378,21 @@ def _star_best(axis: Any, curves: Curves, panel: str) -> None:
             return
 
 
-def plot_run(run_dir: Path, out: Path) -> Path:
-    """Write a PNG with losses, PESQ and learning rates of ``run_dir``'s current lineage."""
+def plot_run(run_dir: Path, out: Path, *, overwrite: bool = False) -> Path:
+    """Write a PNG with losses, PESQ and learning rates of ``run_dir``'s current lineage.
+
+    ``out`` is checked before anything is drawn: an existing file is replaced only with
+    ``overwrite``, and never the run's ``metrics.jsonl`` or ``config.toml`` (what the plot reads).
+    """
+    from bsrnn.training.run_files import CONFIG_NAME, METRICS_NAME
+
     events, config = read_run(run_dir)
+    inputs = InputFiles([run_dir / METRICS_NAME, run_dir / CONFIG_NAME])
+    check_destinations([out], overwrite=overwrite, flag="--out", inputs=inputs)
     curves = select_curves(events, config)
     last = max((entry["global_step"] for entry in curves.steps + curves.epochs), default=0)
     title = f"{run_dir}: {len(curves.epochs)} epoch(s), global step {last}"
     dropped = sum(len(branch) for branch in curves.abandoned)
     if dropped:
         title += f" ({dropped} entries of abandoned branches dimmed)"
-    return draw(curves, title, out)
+    return draw(curves, title, out, overwrite=overwrite, inputs=inputs)

@@ -12,6 +12,10 @@ NaN/inf samples, a format libsndfile cannot write back) is never turned into an 
 reason; among several inputs it is skipped, the others are enhanced, and the command ends
 by naming every skipped file and exits 2. Every input's header is checked before the model is
 loaded, so most such problems show in a second.
+
+Outputs are written through ``bsrnn.output``: every destination is checked before the first
+file is enhanced (an existing output is refused without ``--overwrite``; an input, or a symbolic
+link, never replaced), and each file appears under its name only once it is complete.
 """
 
 from __future__ import annotations
@@ -19,6 +23,8 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
+
+from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
     add_pcs_argument(parser)
+    add_overwrite_argument(parser, "files in --out")
 
 
 def collect_audio_files(inputs: list[Path]) -> list[Path]:
@@ -97,15 +104,10 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
 
 
 def check_out_dir(out_dir: Path, files: list[Path]) -> None:
-    """Refuse an --out that is a file or an input folder, before any work is done."""
-    from bsrnn.errors import UserError
+    """Refuse an --out that is a file or an input folder (by identity), before any work is done."""
+    from bsrnn.output import check_output_folder
 
-    if out_dir.exists() and not out_dir.is_dir():
-        raise UserError(f"--out {out_dir}: expected a folder (created if missing), found a file. "
-                        f"Fix: pass a folder path, e.g. --out {out_dir.with_name(out_dir.name + '_enhanced')}")
-    if any(path.parent.resolve() == out_dir.resolve() for path in files):
-        raise UserError(f"--out {out_dir} is an input folder: outputs would overwrite the inputs. "
-                        "Fix: pass another --out folder")
+    check_output_folder(out_dir, files, "--out")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -114,10 +116,14 @@ def run(args: argparse.Namespace) -> int:
     from bsrnn.audio import output_format_like, read_audio, write_audio
     from bsrnn.enhancement import check_input_file, enhance_audio, load_generator
     from bsrnn.errors import UserError
+    from bsrnn.output import InputFiles, check_destinations
 
     files = collect_audio_files(args.inputs)
     out_dir: Path = args.out
     check_out_dir(out_dir, files)
+    inputs = InputFiles([*files, args.checkpoint])
+    check_destinations([out_dir / path.name for path in files], overwrite=args.overwrite, flag="--out",
+                       inputs=inputs)
     skipped: list[Path] = []
 
     def skip(path: Path, error: UserError) -> None:
@@ -152,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
         try:
             audio, rate = read_audio(path)
             enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path, pcs=args.pcs)
-            write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container)
+            write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container,
+                        overwrite=args.overwrite, flag="--out", inputs=inputs)
         except UserError as error:
             skip(path, error)
             continue

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 from bsrnn.cli.enhance import PCS_ON, add_pcs_argument, add_precision_argument
+from bsrnn.output import add_overwrite_argument
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +26,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
                              "verifies, else checkpoint_last.pt)")
     parser.add_argument("--csv", type=Path, help="write one row per file here")
+    add_overwrite_argument(parser, "the --csv file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
@@ -41,9 +43,10 @@ def run(args: argparse.Namespace) -> int:
     from bsrnn.enhancement import enhance_waveform, load_generator
     from bsrnn.errors import UserError
     from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
+    from bsrnn.output import InputFiles
 
     if args.csv is not None:
-        check_csv_path(args.csv)
+        check_csv_path(args.csv, overwrite=args.overwrite)
     generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
     print(generator.describe())
     if args.pcs:
@@ -52,6 +55,11 @@ def run(args: argparse.Namespace) -> int:
     if not args.demo:
         check_finite_samples(corpus, splits=("test",))
     pairs = corpus.test
+    # What this command reads, which its CSV must never replace: the checkpoint and the test files.
+    inputs = InputFiles([generator.path, *(source.path for pair in pairs for source in (pair.clean, pair.noisy)
+                                           if isinstance(source, FileSource))])
+    if args.csv is not None:
+        check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
     print(f"Evaluating on {len(pairs)} test utterances")
     jobs = []
     for pair in tqdm(pairs, desc="enhance", disable=None):
@@ -64,7 +72,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(scores))
     if args.csv is not None:
         try:
-            write_csv(scores, args.csv)
+            write_csv(scores, args.csv, overwrite=args.overwrite, inputs=inputs)
         except OSError as error:
             raise UserError(f"--csv {args.csv}: cannot write it ({error}). Fix: choose a writable path; "
                             "the table above has the means") from error

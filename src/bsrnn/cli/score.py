@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from bsrnn.errors import DataError, UserError
+from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="FILE", type=Path, default=None,
                         help="write one row per file (file, pesq, csig, cbak, covl, ssnr, stoi, "
                              "duration_s, error)")
+    add_overwrite_argument(parser, "the --csv file")
     parser.add_argument("--workers", metavar="N", type=int, default=None,
                         help=f"parallel scoring processes (default: number of CPUs, "
                              f"{_available_cpus()} here)")
@@ -120,14 +122,18 @@ def check_pairs(pairs: list[ScorePair]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
+    from bsrnn.output import InputFiles
 
     workers = _available_cpus() if args.workers is None else args.workers
     if workers < 1:
         raise UserError(f"--workers: expected 1 or more processes, got {workers}. "
                         f"Fix: pass --workers 1 to score in this process")
     if args.csv is not None:
-        check_csv_path(args.csv)
+        check_csv_path(args.csv, overwrite=args.overwrite)
     pairs = pair_by_name(args.clean_dir, args.enhanced_dir)
+    inputs = InputFiles(path for pair in pairs for path in (pair.clean, pair.enhanced))
+    if args.csv is not None:  # again, now that the inputs are known: the CSV never replaces one
+        check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
     check_pairs(pairs)
     workers = min(workers, len(pairs))
     log.info("scoring %d files with %d worker%s", len(pairs), workers, "s" if workers > 1 else "")
@@ -135,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     print(format_table(scores))
     if args.csv is not None:
         try:
-            write_csv(scores, args.csv)
+            write_csv(scores, args.csv, overwrite=args.overwrite, inputs=inputs)
         except OSError as error:
             raise UserError(f"--csv {args.csv}: cannot write it ({error}). Fix: choose a "
                             f"writable path; the table above has the means") from error

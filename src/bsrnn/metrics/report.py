@@ -8,6 +8,7 @@ files each mean was taken, so a failure is never mistaken for a score.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import os
 from collections.abc import Sequence
@@ -18,6 +19,7 @@ import numpy as np
 
 from bsrnn.errors import UserError
 from bsrnn.metrics.scoring import METRICS, FileScore
+from bsrnn.output import InputFiles, check_destinations, write_bytes
 
 CSV_COLUMNS = tuple(field.name for field in fields(FileScore))
 """The CSV header: file, pesq, csig, cbak, covl, ssnr, stoi, duration_s, error (``FileScore``'s
@@ -53,14 +55,17 @@ def _csv_value(value: object) -> str:
     return str(value)
 
 
-def check_csv_path(path: Path, flag: str = "--csv") -> None:
-    """Refuse a CSV path that cannot be written, before any scoring work is done.
+def check_csv_path(path: Path, flag: str = "--csv", *, overwrite: bool = False,
+                   inputs: InputFiles | None = None) -> None:
+    """Refuse a CSV path that cannot or may not be written, before any scoring work is done.
 
     Finding out after an hour of scoring would waste the hour. Missing folders are fine
     (``write_csv`` creates them), as long as the nearest existing one is a folder this user
-    can write in; nothing is created here.
+    can write in; nothing is created here. The output writer's rules apply too
+    (``bsrnn.output.check_destinations``): no symbolic link, no input, and an existing file
+    only with ``overwrite``.
     """
-    if path.is_dir():
+    if path.is_dir() and not path.is_symlink():
         raise UserError(f"{flag} {path}: expected a file name, found a folder. "
                         f"Fix: pass e.g. {flag} {path / 'scores.csv'}")
     existing = path.parent
@@ -69,18 +74,30 @@ def check_csv_path(path: Path, flag: str = "--csv") -> None:
     if not existing.is_dir():
         raise UserError(f"{flag} {path}: expected a folder to write it in, found that {existing} is a file. "
                         "Fix: choose a path inside a folder")
-    target = path if path.exists() else existing
-    if not os.access(target, os.W_OK) or not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: expected a place this user can write, found {target} is not "
+    check_destinations([path], overwrite=overwrite, flag=flag, inputs=inputs)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {path}: expected a place this user can write, found {existing} is not "
                         "writable. Fix: choose another path")
 
 
-def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str]) -> None:
-    """One row per file, the columns of ``CSV_COLUMNS``; missing folders are created."""
+def csv_text(scores: Sequence[FileScore]) -> str:
+    """One row per file, the columns of ``CSV_COLUMNS``, as the text of a CSV file."""
+    buffer = io.StringIO(newline="")
+    writer = csv.writer(buffer)
+    writer.writerow(CSV_COLUMNS)
+    for score in scores:
+        writer.writerow([_csv_value(value) for value in astuple(score)])
+    return buffer.getvalue()
+
+
+def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str], *, overwrite: bool = False,
+              flag: str = "--csv", inputs: InputFiles | None = None) -> None:
+    """Write ``csv_text(scores)`` to ``path`` through ``bsrnn.output.write_file``; missing folders
+    are created.
+
+    Complete or not at all: a full disk leaves the previous file (or none), never a 0-byte or
+    cut-off CSV. An existing file is replaced only with ``overwrite``.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    with target.open("w", newline="", encoding="utf-8") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(CSV_COLUMNS)
-        for score in scores:
-            writer.writerow([_csv_value(value) for value in astuple(score)])
+    write_bytes(target, csv_text(scores).encode("utf-8"), overwrite=overwrite, flag=flag, inputs=inputs)
