@@ -11,6 +11,8 @@ import io
 import json
 import logging
 import os
+import socket
+import time
 from pathlib import Path
 
 import pytest
@@ -145,15 +147,106 @@ def test_status_json_says_where_the_run_stands_after_every_event(tmp_path: Path)
         files.event("start", global_step=0)
         status = json.loads((tmp_path / "status.json").read_text())
         assert status["state"] == "training" and "last_save" not in status
+        assert (status["epochs_completed"], status["pid"], status["host"]) == (0, os.getpid(), socket.gethostname())
         with CheckpointManager(tmp_path, monitor="val_loss") as manager:
             manager.register("model_state_dict", torch.nn.Linear(2, 2))
             manager.save(metric=0.4, values={"epoch": 0, "global_step": 5})
         files.event("step", epoch=1, step=2, global_step=7, loss=0.3, steps_per_s=2.5, eta="0:01:00")
         status = json.loads((tmp_path / "status.json").read_text())
         assert (status["global_step"], status["steps_per_s"], status["eta"]) == (7, 2.5, "0:01:00")
+        assert status["epochs_completed"] == 1 and "epoch" not in status  # training epoch 1: one done
         assert status["last_save"]["global_step"] == 5 and status["best"]["metric"]["best"] == 0.4
         files.event("preempted", signal="SIGTERM", global_step=7)
-        assert json.loads((tmp_path / "status.json").read_text())["state"] == "preempted"
+        status = json.loads((tmp_path / "status.json").read_text())
+        assert (status["state"], status["signal"], status["last_event"]) == ("stopped", "SIGTERM", "preempted")
     finally:
         files.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def status_of(run_dir: Path) -> dict:
+    return json.loads((run_dir / "status.json").read_text())
+
+
+def test_epochs_completed_has_one_meaning_whatever_the_event(tmp_path: Path) -> None:
+    """metrics.jsonl's ``epoch`` is the epoch trained (step), validated (epoch) or last completed
+    (resume, stopped, completed); status.json turns each into the number of completed epochs."""
+    files = RunFiles(tmp_path)
+    try:
+        for kind, fields, completed in (
+                ("resume", {"epoch": -1, "global_step": 3}, 0),  # a mid-epoch checkpoint of epoch 0
+                ("step", {"epoch": 0, "step": 4, "global_step": 4}, 0),
+                ("epoch", {"epoch": 0, "global_step": 6}, 1),
+                ("nonfinite", {"epoch": 1, "step": 1, "global_step": 7}, 1),
+                ("stopped", {"reason": "max_steps", "epoch": 0, "global_step": 8}, 1),
+                ("completed", {"epoch": 1, "global_step": 12}, 2)):
+            files.event(kind, **fields)
+            assert status_of(tmp_path)["epochs_completed"] == completed, kind
+    finally:
+        files.close()
+
+
+def test_status_json_says_failed_with_the_error_when_an_exception_ends_the_run(tmp_path: Path) -> None:
+    before = time.time()
+    with pytest.raises(ValueError):
+        files = RunFiles(tmp_path)
+        try:
+            files.event("start", global_step=0)
+            files.event("step", epoch=0, step=1, global_step=1, loss=0.5)
+            raise ValueError("the loss went sideways\nsecond line")
+        finally:
+            files.close()
+    status = status_of(tmp_path)
+    assert (status["state"], status["error"]) == ("failed", "ValueError: the loss went sideways")
+    assert (status["pid"], status["host"], status["global_step"]) == (os.getpid(), socket.gethostname(), 1)
+    assert before - 1 <= status["heartbeat"] <= time.time() + 1
+
+
+def test_ctrl_c_outside_the_guard_says_stopped_and_a_finished_run_keeps_its_state(tmp_path: Path) -> None:
+    with pytest.raises(KeyboardInterrupt):
+        files = RunFiles(tmp_path)
+        try:
+            files.event("start", global_step=0)
+            raise KeyboardInterrupt
+        finally:
+            files.close()
+    assert (status_of(tmp_path)["state"], status_of(tmp_path)["signal"]) == ("stopped", "SIGINT")
+    with pytest.raises(OSError):
+        files = RunFiles(tmp_path)
+        try:
+            files.event("completed", epoch=0, global_step=6)
+            raise OSError("closing failed after the end")
+        finally:
+            files.close()
+    assert status_of(tmp_path)["state"] == "completed" and "error" not in status_of(tmp_path)
+    files = RunFiles(tmp_path)  # a normal end writes nothing more
+    files.event("start", global_step=0)
+    files.close()
+    assert status_of(tmp_path)["state"] == "training"
+
+
+def test_the_heartbeat_moves_at_every_write(tmp_path: Path) -> None:
+    files = RunFiles(tmp_path)
+    try:
+        files.event("start", global_step=0)
+        first = status_of(tmp_path)["heartbeat"]
+        time.sleep(0.02)
+        files.event("step", epoch=0, step=1, global_step=1)
+        assert status_of(tmp_path)["heartbeat"] >= first + 0.02
+    finally:
+        files.close()
+
+
+def test_a_status_json_that_cannot_be_written_warns_once_and_never_stops_the_events(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    files = RunFiles(tmp_path)
+    try:
+        monkeypatch.setattr(run_files.os, "replace", _no_space)
+        for step in range(1, 4):
+            files.event("step", epoch=0, step=step, global_step=step)
+    finally:
+        files.close()
+    warnings = [record.getMessage() for record in caplog.records if record.levelno >= logging.WARNING]
+    assert len(warnings) == 1 and "status.json" in warnings[0] and "No space left" in warnings[0], warnings
+    assert [event["global_step"] for event in read_metrics(tmp_path)] == [1, 2, 3]
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

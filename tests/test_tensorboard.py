@@ -10,9 +10,13 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
+from bsrnn.models import BSRNN, Discriminator
+from bsrnn.training.steps import Networks
 from bsrnn.training.tensorboard import (
     TENSORBOARD_DIR,
+    Example,
     TensorBoardLog,
     TensorBoardMissingError,
     require_tensorboard,
@@ -177,3 +181,53 @@ def test_train_with_tensorboard_missing_exits_2_before_creating_anything(
     assert main(["train", "--demo", "--tensorboard", "--run-dir", str(run_dir)]) == 2
     assert "pip install 'bsrnn[tensorboard]'" in capsys.readouterr().err
     assert not run_dir.exists()
+
+
+def tiny_networks() -> Networks:
+    torch.manual_seed(0)
+    generator, discriminator = BSRNN(num_channel=4, num_layer=1), Discriminator(ndf=4)
+    return Networks(generator, discriminator, torch.optim.SGD(generator.parameters(), lr=0.0),
+                    torch.optim.SGD(discriminator.parameters(), lr=0.0))
+
+
+def test_examples_of_different_lengths_are_each_enhanced_at_their_own_length(tmp_path: Path) -> None:
+    """Whole-utterance validation (the default) gives examples of different lengths; stacking
+    them crashed the trainer after the VALID line, before the epoch's save."""
+    pytest.importorskip("tensorboard", reason="install the test extra: pip install -e '.[test]'")
+    lengths = [8000, 12345, 9001]
+    generator = torch.Generator().manual_seed(1)
+    examples = [Example(f"utt{index}", torch.rand(length, generator=generator) - 0.5,
+                        torch.rand(length, generator=generator) - 0.5) for index, length in enumerate(lengths)]
+    nets = tiny_networks()
+    nets.generator.train()
+    board = TensorBoardLog(tmp_path, examples, global_step=0)
+    try:
+        enhanced = board.enhance(nets, torch.device("cpu"))
+        board.validation(6, 0, {"val_loss": 1.0, "val_pesq": 2.0}, {"loss": 1.0}, nets, torch.device("cpu"))
+    finally:
+        board.close()
+    assert [audio.shape[-1] for audio in enhanced] == lengths
+    assert nets.generator.training  # eval mode only while enhancing
+    logged = read_events(tmp_path)
+    tags = tags_ending(logged, "audio", "/enhanced")
+    assert [(logged.Audio(tag)[0].step, logged.Audio(tag)[0].length_frames) for tag in tags] == [
+        (6, length) for length in lengths]
+    assert [logged.Images(tag)[0].width for tag in tags_ending(logged, "images", "/enhanced")] == [
+        length // 128 + 1 for length in lengths]
+
+
+def test_train_with_tensorboard_on_whole_utterances_of_different_lengths_saves_the_epoch(tmp_path: Path) -> None:
+    """The real path: ``bsrnn train --tensorboard`` with the default ``--validation-length full``
+    on the demo set, whose validation utterances differ in length (2-3 s)."""
+    pytest.importorskip("tensorboard", reason="install the test extra: pip install -e '.[test]'")
+    options = list(TINY_DEFAULT_MONITOR)
+    options[options.index("--validation-length") + 1] = "full"
+    run_dir = tmp_path / "run"
+    result = bsrnn("train", *options, "--epochs", "1", "--tensorboard", "--run-dir", str(run_dir))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "WARNING" not in result.stdout + result.stderr
+    assert checkpoint(run_dir)["epoch"] == 0  # the epoch is saved
+    logged = read_events(run_dir)
+    lengths = {logged.Audio(tag)[0].length_frames for tag in tags_ending(logged, "audio", "/enhanced")}
+    assert len(lengths) > 1, "the demo's validation utterances should differ in length"
+    assert lengths == {logged.Audio(tag)[0].length_frames for tag in tags_ending(logged, "audio", "/noisy")}

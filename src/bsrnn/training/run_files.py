@@ -1,4 +1,4 @@
-"""The run directory's human files: ``config.toml``, ``metrics.jsonl`` and ``train.log``.
+"""The run directory's human files: ``config.toml``, ``metrics.jsonl``, ``train.log``, ``status.json``.
 
 Checkpoints belong to the engine; these are the trainer's own, written by rank 0 only.
 ``metrics.jsonl`` gets one JSON object per event (step logs, epoch evaluations, resumes,
@@ -17,6 +17,8 @@ What a full disk (or a file-size limit) must not do here (found by ``tools/tortu
   line left by a crash (or power loss) is dropped when the next run opens the file.
 - ``train.log`` is a copy of the console: if it cannot be written, one warning says so and it
   stays incomplete (``metrics.jsonl`` and the checkpoints stop the run soon after anyway).
+- ``status.json`` is an observer (``training/observers.py``): whatever goes wrong with it warns
+  once and switches it off; training goes on.
 """
 
 from __future__ import annotations
@@ -26,14 +28,18 @@ import json
 import logging
 import os
 import re
+import socket
 import sys
 import time
+from collections.abc import Mapping
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import read_index
 from bsrnn.config import Config, to_toml
 from bsrnn.errors import RunFailedError, UserError
+from bsrnn.training.observers import Observer, describe_error
 
 log = logging.getLogger(__name__)
 
@@ -42,8 +48,14 @@ METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
 STATUS_NAME = "status.json"
 _TEMPORARY = re.compile(r"^\.(config\.toml|status\.json)\.\d+\.tmp$")
-_STATES = {"start": "training", "resume": "training", "step": "training", "epoch": "training",
-           "nonfinite": "training", "preempted": "preempted", "completed": "completed", "stopped": "stopped"}
+_STATE_AFTER = {"preempted": "stopped", "stopped": "stopped", "completed": "completed"}
+"""``status.json``'s state after an event; every other event says ``training``."""
+_FINAL_STATES = ("completed", "stopped", "failed")
+_EPOCHS_COMPLETED_AFTER = {"step": 0, "nonfinite": 0, "epoch": 1, "resume": 1, "stopped": 1, "completed": 1}
+"""What to add to an event's ``epoch`` for the number of completed epochs: step and nonfinite
+events name the epoch being trained, an epoch event the one just validated (its save follows at
+once), resume, stopped and completed events the last completed one (-1 before the first)."""
+_STATUS_FIELDS = ("global_step", "steps_per_s", "eta", "loss", "val_loss", "val_pesq", "signal", "reason")
 _TAIL_CHUNK = 64 * 1024
 
 
@@ -116,8 +128,7 @@ class RunFiles:
         self.enabled = enabled
         self._metrics_fd: int | None = None
         self._log_handler: logging.Handler | None = None
-        self._status: dict[str, Any] = {}
-        self._status_failed = False
+        self.status: Observer[StatusFile] = Observer(STATUS_NAME)  # switched on once the files are open
         if enabled:
             metrics = run_dir / METRICS_NAME
             try:
@@ -135,6 +146,7 @@ class RunFiles:
             self._log_handler.setFormatter(logging.Formatter("%(asctime)s %(message)s", "%Y-%m-%d %H:%M:%S"))
             self._log_handler.setLevel(logging.INFO)
             logging.getLogger("bsrnn").addHandler(self._log_handler)
+            self.status = Observer(STATUS_NAME, partial(StatusFile, run_dir))
 
     def log_records(self, records: list[logging.LogRecord]) -> None:
         """Write records logged before ``train.log`` was open (the console already showed them)."""
@@ -185,44 +197,20 @@ class RunFiles:
                 log.warning("Could not cut back %s after a failed write: %s", METRICS_NAME, cut_error)
             raise RunFilesError(self.run_dir / METRICS_NAME, error,
                                 f"Training stopped before the {kind} event could be logged.") from error
-        self._update_status(record)
-
-    def _update_status(self, record: dict[str, Any]) -> None:
-        """Rewrite ``status.json``: where the run stands, for ``cat`` on a cluster login node.
-
-        Derived from the event just logged and the checkpoint engine's index (last save, best),
-        so it never disagrees with them. Replaced atomically (temporary + rename: a reader never
-        sees half a file); not fsynced, since it is a view, rebuilt at the next event. A failure
-        to write it warns once and never stops training.
-        """
-        status = self._status
-        status["state"] = _STATES.get(record["event"], status.get("state", "training"))
-        status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(record["time"]))
-        status["last_event"] = record["event"]
-        for key in ("epoch", "global_step", "steps_per_s", "eta", "loss", "val_loss", "val_pesq", "signal"):
-            if key in record:
-                status[key] = record[key]
-        entries = read_index(self.run_dir)
-        for kind, name in (("last", "last_save"), ("best", "best")):
-            if kind in entries:
-                entry = entries[kind]
-                status[name] = {"file": entry.file, "epoch": entry.epoch, "global_step": entry.global_step,
-                                "created": entry.created, **({"metric": entry.metric} if kind == "best" else {})}
-        path = self.run_dir / STATUS_NAME
-        temporary = path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
-        try:
-            fd = open_in_run_dir(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
-            with open(fd, "w", encoding="utf-8") as handle:
-                json.dump(status, handle, indent=1, default=str)
-                handle.write("\n")
-            os.replace(temporary, path)
-        except (OSError, UserError) as error:
-            temporary.unlink(missing_ok=True)
-            if not self._status_failed:
-                self._status_failed = True
-                log.warning("Could not update %s (%s); training goes on", path, getattr(error, "strerror", None) or error)
+        self.status.notify(StatusFile.record, record)
 
     def close(self) -> None:
+        """Close the files; if an exception is ending the run, ``status.json`` says so first.
+
+        Called from the ``finally`` of whoever opened the files (``training.train``), so the
+        exception in flight there, if any, is the one that ends this invocation: read with
+        ``sys.exc_info()``, which keeps the callers free of status code. A run that already
+        ended (completed, stopped) keeps that state.
+        """
+        ending = sys.exc_info()[1]
+        if ending is not None:
+            self.status.notify(StatusFile.ended_by, ending)
+        self.status.close()
         if self._metrics_fd is not None:
             os.close(self._metrics_fd)
             self._metrics_fd = None
@@ -230,6 +218,78 @@ class RunFiles:
             logging.getLogger("bsrnn").removeHandler(self._log_handler)
             self._log_handler.close()
             self._log_handler = None
+
+
+class StatusFile:
+    """``status.json``: where the run stands, for ``cat`` on a cluster login node.
+
+    Rewritten after every ``metrics.jsonl`` event (each logged step, at least every
+    ``log_seconds``; each validation; the end) from that event and the checkpoint engine's index
+    (last save, best), so it never disagrees with them. Replaced atomically (temporary + rename:
+    a reader never sees half a file); not fsynced, since it is a view, rebuilt at the next event.
+
+    ``state`` is ``training``, ``completed``, ``stopped`` (``reason`` max_steps, or the
+    ``signal`` that asked for the save-and-exit), or ``failed`` (``error``: the exception's line).
+    A trainer killed without a chance to write (SIGKILL, the out-of-memory killer, a lost node)
+    leaves ``training``: ``pid``, ``host`` and ``heartbeat`` (Unix time of the last write) let a
+    reader tell it from a live one. ``epochs_completed`` counts whole epochs trained and validated.
+    """
+
+    def __init__(self, run_dir: Path) -> None:
+        self.path = Path(run_dir) / STATUS_NAME
+        self._status: dict[str, Any] = {"state": "training", "pid": os.getpid(), "host": socket.gethostname()}
+
+    def record(self, event: Mapping[str, Any]) -> None:
+        """Take in one ``metrics.jsonl`` event and rewrite the file."""
+        kind = event["event"]
+        status = self._status
+        status["state"] = _STATE_AFTER.get(kind, "training")
+        status["last_event"] = kind
+        if kind == "start":
+            status["epochs_completed"] = 0
+        elif kind in _EPOCHS_COMPLETED_AFTER and isinstance(event.get("epoch"), int):
+            status["epochs_completed"] = event["epoch"] + _EPOCHS_COMPLETED_AFTER[kind]
+        for key in _STATUS_FIELDS:
+            if key in event:
+                status[key] = event[key]
+        self._write()
+
+    def ended_by(self, error: BaseException) -> None:
+        """The invocation ends with ``error`` in flight: ``failed`` with its line, ``stopped`` for
+        Ctrl-C outside the preemption guard. A state already final stays (the error came after)."""
+        status = self._status
+        if status["state"] in _FINAL_STATES:
+            return
+        if isinstance(error, KeyboardInterrupt):
+            status.update(state="stopped", signal="SIGINT")
+        else:
+            status.update(state="failed", error=describe_error(error)[:1000])
+        self._write()
+
+    def _write(self) -> None:
+        status = self._status
+        now = time.time()
+        status["heartbeat"] = round(now, 3)
+        status["updated"] = time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(now))
+        entries = read_index(self.path.parent)
+        for kind, name in (("last", "last_save"), ("best", "best")):
+            if kind in entries:
+                entry = entries[kind]
+                status[name] = {"file": entry.file, "epoch": entry.epoch, "global_step": entry.global_step,
+                                "created": entry.created, **({"metric": entry.metric} if kind == "best" else {})}
+        temporary = self.path.with_name(f".{STATUS_NAME}.{os.getpid()}.tmp")
+        try:
+            fd = open_in_run_dir(temporary, os.O_WRONLY | os.O_CREAT | os.O_TRUNC)
+            with open(fd, "w", encoding="utf-8") as handle:
+                json.dump(status, handle, indent=1, default=str)
+                handle.write("\n")
+            os.replace(temporary, self.path)
+        except BaseException:
+            temporary.unlink(missing_ok=True)
+            raise
+
+    def close(self) -> None:
+        """Nothing is held open between writes."""
 
 
 def _drop_torn_last_line(fd: int, path: Path) -> None:

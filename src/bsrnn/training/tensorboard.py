@@ -14,7 +14,7 @@ points, with the global step as the x axis:
   says more ``--pesq-workers`` would speed training up.
 - at each validation round: ``valid/<value>`` (``val_loss`` as ``valid/loss``, ...),
   ``train_epoch/<value>`` (the epoch's means, as in the epoch event), ``progress/epoch``,
-  and for the first ``EXAMPLES`` validation items (the same crops every epoch) the enhanced
+  and for the first ``EXAMPLES`` validation items (the same audio every epoch) the enhanced
   audio and its log-magnitude spectrogram (``audio/<name>/enhanced``,
   ``spectrogram/<name>/enhanced``). Their ``clean`` and ``noisy`` audio and spectrograms are
   written once, when the directory holds no event file yet.
@@ -23,13 +23,15 @@ A resumed run appends a new event file to the same directory (TensorBoard reads 
 and continues at the checkpoint's global step. The new file starts with a purge at the step
 after it, so what an abandoned continuation wrote beyond the checkpoint (a resume from best,
 a crash after the last save) is hidden, as readers of ``metrics.jsonl`` keep the last entry per
-step. Written by rank 0 only. A failure to write (a full disk) warns once and stops these
-logs; training goes on, as for ``status.json``.
+step. Written by rank 0 only.
+
+The trainer calls this log only through an ``Observer`` (``training/observers.py``): whatever
+fails here (a full disk, a bug) warns once and switches these logs off; training and the saves
+go on. So this module raises its errors rather than guarding each write itself.
 """
 
 from __future__ import annotations
 
-import logging
 import math
 import re
 import time
@@ -45,12 +47,10 @@ from bsrnn.audio import SAMPLE_RATE, istft, stft
 from bsrnn.errors import UserError
 from bsrnn.training.steps import Networks
 
-log = logging.getLogger(__name__)
-
 TENSORBOARD_DIR = "tensorboard"
 """The folder of the run directory that holds the event files."""
 EXAMPLES = 3
-"""How many validation items (the first ones, fixed crops) are heard and seen every epoch."""
+"""How many validation items (the first ones) are heard and seen every epoch."""
 DYNAMIC_RANGE_DB = 80.0
 """Spectrogram images span this many dB below the example's loudest bin (clean or noisy), the
 same scale every epoch, so that images of different epochs compare."""
@@ -81,7 +81,8 @@ def require_tensorboard() -> None:
 
 @dataclass(frozen=True)
 class Example:
-    """One validation item shown in TensorBoard: its name and its fixed crops [samples]."""
+    """One validation item shown in TensorBoard: its name and its audio [samples], a fixed crop or the
+    whole utterance (``validation_length``): examples may differ in length."""
 
     name: str
     clean: torch.Tensor
@@ -89,7 +90,7 @@ class Example:
 
 
 def examples_of(dataset: Sequence[tuple[torch.Tensor, torch.Tensor, str]], count: int = EXAMPLES) -> list[Example]:
-    """The first ``count`` items of a validation set (``FixedCrops``: (clean, noisy, name))."""
+    """The first ``count`` items of a validation set (``FixedCrops``, ``FullUtterances``: (clean, noisy, name))."""
     examples = []
     for index in range(min(count, len(dataset))):
         clean, noisy, name = dataset[index]
@@ -134,31 +135,23 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.directory = Path(run_dir) / TENSORBOARD_DIR
-        written_before = self.directory.is_dir() and any(self.directory.glob(EVENT_FILE_GLOB))
-        self._writer: Any = SummaryWriter(log_dir=str(self.directory),
-                                          purge_step=global_step + 1 if written_before else None)
-        self._failed = False
-        self._clock = clock
-        self._interval_start = clock()
-        self._pesq_wait = 0.0
         self.examples = list(examples)
         self._top_db = [max(float(log_magnitude_db(example.clean).max()), float(log_magnitude_db(example.noisy).max()))
                         for example in self.examples]
+        self._clock = clock
+        self._interval_start = clock()
+        self._pesq_wait = 0.0
+        written_before = self.directory.is_dir() and any(self.directory.glob(EVENT_FILE_GLOB))
+        self._writer: Any = SummaryWriter(log_dir=str(self.directory),
+                                          purge_step=global_step + 1 if written_before else None)
         if not written_before:
-            self._guarded(self._add_references, global_step)
+            try:
+                self._add_references(global_step)
+            except BaseException:
+                self._writer.close()  # no writer thread left behind by a log that never started
+                raise
 
     # --------------------------------------------------------------------------- writing
-    def _guarded(self, write: Callable[..., None], *args: Any) -> None:
-        """Run one write; on the first ``OSError`` warn and stop writing (training goes on)."""
-        if self._failed:
-            return
-        try:
-            write(*args)
-        except OSError as error:
-            self._failed = True
-            log.warning("Could not write TensorBoard logs in %s (%s); training goes on without them",
-                        self.directory, error.strerror or error)
-
     def _add_example(self, index: int, kind: str, audio: torch.Tensor, global_step: int) -> None:
         example = self.examples[index]
         name = f"{index}_{tag_name(example.name)}"
@@ -189,59 +182,47 @@ class TensorBoardLog:
         now = self._clock()
         elapsed = now - self._interval_start
         share = self._pesq_wait / elapsed if elapsed > 0 else math.nan
-
-        def write() -> None:
-            self._add_scalars("train", values, global_step)
-            self._add_scalars("lr", learning_rates, global_step)
-            self._writer.add_scalar("speed/steps_per_s", steps_per_s, global_step)
-            if math.isfinite(share):
-                self._writer.add_scalar("speed/pesq_wait_share", share, global_step)
-
-        self._guarded(write)
         self._interval_start, self._pesq_wait = now, 0.0
+        self._add_scalars("train", values, global_step)
+        self._add_scalars("lr", learning_rates, global_step)
+        self._writer.add_scalar("speed/steps_per_s", steps_per_s, global_step)
+        if math.isfinite(share):
+            self._writer.add_scalar("speed/pesq_wait_share", share, global_step)
 
     def validation(self, global_step: int, epoch: int, values: Mapping[str, float],
                    train_means: Mapping[str, float], nets: Networks, device: torch.device) -> None:
         """One validation round: its values, the epoch's training means, the examples enhanced now."""
-        if not self._failed:
-            enhanced = self.enhance(nets, device)
-
-            def write() -> None:
-                self._add_scalars("valid", {key.removeprefix("val_"): value for key, value in values.items()},
-                                  global_step)
-                self._add_scalars("train_epoch", train_means, global_step)
-                self._writer.add_scalar("progress/epoch", epoch, global_step)
-                for index, audio in enumerate(enhanced):
-                    self._add_example(index, "enhanced", audio, global_step)
-                self._writer.flush()  # an epoch's values show at once, not up to two minutes later
-
-            self._guarded(write)
-        self._interval_start, self._pesq_wait = self._clock(), 0.0
+        enhanced = self.enhance(nets, device)
+        self._add_scalars("valid", {key.removeprefix("val_"): value for key, value in values.items()}, global_step)
+        self._add_scalars("train_epoch", train_means, global_step)
+        self._writer.add_scalar("progress/epoch", epoch, global_step)
+        for index, audio in enumerate(enhanced):
+            self._add_example(index, "enhanced", audio, global_step)
+        self._writer.flush()  # an epoch's values show at once, not up to two minutes later
+        self._interval_start, self._pesq_wait = self._clock(), 0.0  # validation time is no PESQ wait
 
     @torch.no_grad()
-    def enhance(self, nets: Networks, device: torch.device) -> torch.Tensor:
+    def enhance(self, nets: Networks, device: torch.device) -> list[torch.Tensor]:
         """The examples enhanced by the generator as validation runs it (eval mode, same forward).
 
-        Eval mode and no gradient: no dropout, so no random number is drawn and training goes on
-        exactly as without ``--tensorboard``.
+        One example at a time, each at its own length: whole validation utterances (the default
+        ``validation_length``) differ in length, and whole-utterance validation runs them one
+        per batch too. Eval mode and no gradient: no dropout, so no random number is drawn and
+        training goes on exactly as without ``--tensorboard``.
         """
-        if not self.examples:
-            return torch.empty(0)
-        noisy = torch.stack([example.noisy for example in self.examples]).to(device)
         was_training = nets.generator.training
         nets.generator.eval()
         try:
             run_generator = nets.run_generator or nets.generator
-            estimate = istft(run_generator(stft(noisy)), length=noisy.shape[-1])
+            enhanced = []
+            for example in self.examples:
+                noisy = example.noisy.to(device).unsqueeze(0)
+                estimate = istft(run_generator(stft(noisy)), length=noisy.shape[-1])
+                enhanced.append(estimate[0].float().cpu())
         finally:
             nets.generator.train(was_training)
-        return estimate.float().cpu()
+        return enhanced
 
     def close(self) -> None:
         """Flush and close the event file (every exit path of the trainer comes here)."""
-        try:
-            self._writer.close()
-        except OSError as error:
-            if not self._failed:
-                log.warning("Could not finish the TensorBoard logs in %s (%s)", self.directory,
-                            error.strerror or error)
+        self._writer.close()
