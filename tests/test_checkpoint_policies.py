@@ -106,7 +106,9 @@ def test_resuming_from_best_twice_never_overwrites_the_furthest_state(tmp_path: 
     second_branch = (tmp_path / "checkpoint_last.pt").read_bytes()
     with _manager(tmp_path, model) as manager:  # second resume from best: must not destroy step 40
         again = manager.restore(manager.find("best"))
-        assert manager.restore(manager.find("best")).superseded == again.superseded  # no duplicate copy
+    with _manager(tmp_path, model) as manager:  # and a third, with no save between: no duplicate copy
+        repeat = manager.restore(manager.find("best"))
+    assert repeat.kept[0].already and repeat.superseded == again.superseded
     kept = superseded_paths(tmp_path)
     assert [path.name for path in kept] == ["checkpoint_last.superseded-step20.pt",
                                             "checkpoint_last.superseded-step40.pt"]

@@ -70,6 +70,17 @@ def test_export_writes_the_generator_weights_as_safetensors(run_dir: Path, tmp_p
     assert set(weights) == {"weight", "bias"}
 
 
+def test_export_replaces_an_existing_bundle_only_with_overwrite(run_dir: Path, tmp_path: Path,
+                                                                capsys: pytest.CaptureFixture) -> None:
+    out = tmp_path / "g.safetensors"
+    out.write_bytes(b"an earlier bundle")
+    assert main(["ckpt", "export", str(run_dir), "--out", str(out)]) == 2
+    assert "found 1 that exist already" in capsys.readouterr().err and out.read_bytes() == b"an earlier bundle"
+    assert main(["ckpt", "export", str(run_dir), "--out", str(out), "--overwrite"]) == 0
+    assert out.read_bytes() != b"an earlier bundle"
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["g.safetensors", "run"]
+
+
 def test_verify_says_ok_once_and_lists_superseded_files_that_inspect_also_lists(
     run_dir: Path, capsys: pytest.CaptureFixture
 ) -> None:

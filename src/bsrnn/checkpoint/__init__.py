@@ -32,7 +32,7 @@ from bsrnn.checkpoint.loading import (
     verify,
 )
 from bsrnn.checkpoint.index import INDEX_NAME, IndexEntry, read_index
-from bsrnn.checkpoint.lock import RunDirectoryBusyError, RunDirectoryLock
+from bsrnn.checkpoint.lock import LockLostError, RunDirectoryBusyError, RunDirectoryLock
 from bsrnn.checkpoint.manager import (
     CheckpointManager,
     NonFiniteStateError,
@@ -40,6 +40,8 @@ from bsrnn.checkpoint.manager import (
     SaveResult,
     Stateful,
 )
+from bsrnn.checkpoint.plain import nonfinite_tensor_keys
+from bsrnn.checkpoint.preserve import KeptState, kept_states, keep_states_at_risk
 from bsrnn.checkpoint.rng import RNGStreams
 from bsrnn.checkpoint.signals import PreemptionGuard, deferred_signals
 
@@ -58,12 +60,14 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointWriteError",
     "IndexEntry",
+    "KeptState",
     "LoadedCheckpoint",
     "NonFiniteStateError",
     "RestoreResult",
     "RunDirectoryLock",
     "PreemptionGuard",
     "RNGStreams",
+    "LockLostError",
     "RunDirectoryBusyError",
     "SaveResult",
     "StateMismatchError",
@@ -72,7 +76,10 @@ __all__ = [
     "VerifyResult",
     "deferred_signals",
     "candidates",
+    "keep_states_at_risk",
+    "kept_states",
     "load_checkpoint",
+    "nonfinite_tensor_keys",
     "superseded_path",
     "superseded_paths",
     "load_verified",

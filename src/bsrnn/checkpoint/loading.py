@@ -9,14 +9,13 @@ from __future__ import annotations
 
 import logging
 import re
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint.errors import (
-    CheckpointCorruptError,
     CheckpointError,
-    CheckpointForeignError,
     CheckpointNotFoundError,
 )
 from bsrnn.checkpoint.fileformat import load_verified, short_digest
@@ -28,13 +27,13 @@ BEST_NAME = "checkpoint_best.pt"
 # The one superseded file of runs before each superseded state kept a file of its own; still
 # listed by ``superseded_paths`` and verified, never written any more.
 SUPERSEDED_NAME = "checkpoint_last.superseded.pt"
-SUPERSEDED_PATTERN = re.compile(r"^checkpoint_last\.superseded(?:-step(\d+)(?:-(\d+))?)?\.pt$")
+SUPERSEDED_PATTERN = re.compile(r"^checkpoint_(last|best)\.superseded(?:-step(\d+)(?:-(\d+))?)?\.pt$")
 WHICH_CHOICES: tuple[str, ...] = ("auto", "last", "best")
 
 
-def superseded_path(run_dir: Path, global_step: int) -> Path:
-    """A new name for a superseded ``checkpoint_last.pt`` at ``global_step``: never an existing one."""
-    base = f"checkpoint_last.superseded-step{global_step}"
+def superseded_path(run_dir: Path, global_step: int, stem: str = "checkpoint_last") -> Path:
+    """A new name for a superseded ``<stem>.pt`` at ``global_step``: never an existing one."""
+    base = f"{stem}.superseded-step{global_step}"
     path = run_dir / f"{base}.pt"
     copy = 2
     while path.exists() or path.is_symlink():
@@ -44,12 +43,12 @@ def superseded_path(run_dir: Path, global_step: int) -> Path:
 
 
 def superseded_paths(run_dir: Path) -> list[Path]:
-    """Every superseded checkpoint in ``run_dir``, by step (the old single name first)."""
+    """Every superseded checkpoint in ``run_dir`` (lasts, then bests), by step (the old single name first)."""
     found = []
-    for path in run_dir.glob("checkpoint_last.superseded*.pt"):
+    for path in run_dir.glob("checkpoint_*.superseded*.pt"):
         match = SUPERSEDED_PATTERN.match(path.name)
         if match:
-            found.append((int(match.group(1) or -1), int(match.group(2) or 1), path))
+            found.append((match.group(1) == "best", int(match.group(2) or -1), int(match.group(3) or 1), path))
     return [path for *_, path in sorted(found)]
 
 
@@ -78,16 +77,21 @@ def candidates(run_dir: Path, which: str) -> list[Path]:
     return [run_dir / name for name in order]
 
 
-def load_checkpoint(location: Path | str, which: str = "auto", map_location: Any = "cpu") -> LoadedCheckpoint:
+def load_checkpoint(location: Path | str, which: str = "auto", map_location: Any = "cpu",
+                    accept: Callable[[Path, Mapping[str, Any]], None] | None = None) -> LoadedCheckpoint:
     """Open a checkpoint file, or the ``which`` checkpoint of a run directory, verified.
 
     Raises ``CheckpointNotFoundError`` (listing the paths tried), ``CheckpointCorruptError`` or
     ``CheckpointForeignError``; under ``auto`` a damaged or foreign ``last`` falls back to
-    ``best`` with a warning.
+    ``best`` with a warning. ``accept`` is the caller's own check of a verified payload (a
+    trainer's: can it resume from this?); a ``CheckpointError`` it raises counts as damage, so
+    ``auto`` falls back from a ``last`` that verifies but cannot be resumed from.
     """
     location = Path(location)
     if (location.exists() and not location.is_dir()) or (location.suffix == ".pt" and not location.is_dir()):
         payload, digest = load_verified(location, map_location)
+        if accept is not None:
+            accept(location, payload)
         return LoadedCheckpoint(location, kind_of(location), payload, digest)
     if not location.is_dir():
         raise CheckpointNotFoundError(
@@ -100,8 +104,10 @@ def load_checkpoint(location: Path | str, which: str = "auto", map_location: Any
             continue
         try:
             payload, digest = load_verified(path, map_location)
-        except (CheckpointCorruptError, CheckpointForeignError) as error:
-            if which != "auto":
+            if accept is not None:
+                accept(path, payload)
+        except CheckpointError as error:
+            if which != "auto" or isinstance(error, CheckpointNotFoundError):
                 raise
             log.warning("WARNING: %s", error)
             failures.append(error)
@@ -122,8 +128,9 @@ class VerifyResult:
     message: str
 
 
-def verify(location: Path | str) -> list[VerifyResult]:
-    """Verify one file, or every checkpoint (``*.pt``) in a run directory."""
+def verify(location: Path | str, accept: Callable[[Path, Mapping[str, Any]], None] | None = None) -> list[VerifyResult]:
+    """Verify one file, or every checkpoint (``*.pt``) in a run directory (``accept``: as in
+    ``load_checkpoint``, a failure of it fails the file)."""
     location = Path(location)
     if location.is_dir():
         paths = sorted(location.glob("*.pt"))
@@ -137,6 +144,8 @@ def verify(location: Path | str) -> list[VerifyResult]:
     for path in paths:
         try:
             payload, digest = load_verified(path)
+            if accept is not None:
+                accept(path, payload)
         except CheckpointError as error:
             results.append(VerifyResult(path, False, str(error)))
         else:

@@ -19,6 +19,10 @@ Two details keep that promise honest:
   the descriptor is not inherited across ``exec``.
 - ``.lock`` is opened without following links: a symlink planted there is refused, never
   written through.
+- The lock is the file we hold, not the name: if ``.lock`` is deleted or replaced while we hold
+  it, a second trainer can lock the new file and both would commit, alternating older and
+  newer states. So a writer calls ``check_still_held`` before every commit: the name must
+  still lead to the file it locked (same device and inode), or it stops before committing.
 """
 
 from __future__ import annotations
@@ -38,6 +42,10 @@ _HELD: set[RunDirectoryLock] = set()  # held locks, for the fork hook (strong: h
 
 class RunDirectoryBusyError(CheckpointError):
     """Another live process is writing to this run directory."""
+
+
+class LockLostError(CheckpointError):
+    """``.lock`` no longer names the file this process locked: another trainer may be writing."""
 
 
 def _close_in_forked_child() -> None:
@@ -129,6 +137,29 @@ class RunDirectoryLock:
     @property
     def held(self) -> bool:
         return self._fd is not None
+
+    def check_still_held(self) -> None:
+        """Raise ``LockLostError`` unless ``.lock`` is still the file this process locked.
+
+        Compared by identity (device and inode of the open descriptor against the name, not
+        followed), so a deleted, renamed-over or recreated ``.lock`` is caught; nothing is
+        written first, so every commit made before stays as it was.
+        """
+        if self._fd is None:
+            raise LockLostError(f"{self.path}: this process holds no lock on {self.run_dir}")
+        held = os.fstat(self._fd)
+        try:
+            named = os.lstat(self.path)
+        except FileNotFoundError:
+            named = None
+        if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
+            found = "is gone" if named is None else "is another file now"
+            raise LockLostError(
+                f"{self.path} {found}: the run directory's lock was removed or replaced while this trainer "
+                f"(PID {os.getpid()}) held it, so another trainer may be writing to {self.run_dir}. Stopping "
+                "before this save; the checkpoints committed before are unchanged. Make sure only one trainer "
+                "runs on this directory, then resume it."
+            )
 
     def __enter__(self) -> RunDirectoryLock:
         return self.acquire()

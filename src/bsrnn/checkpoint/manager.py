@@ -41,7 +41,6 @@ from bsrnn.checkpoint.errors import (
 from bsrnn.checkpoint.fileformat import (
     FORMAT_NAME,
     FORMAT_VERSION,
-    read_verified_bytes,
     write_checkpoint,
     write_file_durably,
 )
@@ -50,13 +49,11 @@ from bsrnn.checkpoint.loading import (
     LAST_NAME,
     LoadedCheckpoint,
     load_checkpoint,
-    superseded_path,
-    superseded_paths,
 )
 from bsrnn.checkpoint.index import INDEX_NAME, IndexEntry, entry_for, read_index, write_index
 from bsrnn.checkpoint.lock import RunDirectoryLock
 from bsrnn.checkpoint.plain import is_finite_number, nonfinite_tensor_keys, to_weights_only_safe
-from bsrnn.checkpoint.reading import VerifiedBytes, unpickle
+from bsrnn.checkpoint.preserve import THIS_FILE, Accept, KeptState, keep_states_at_risk
 from bsrnn.checkpoint.signals import block_in_this_thread, deferred_signals
 from bsrnn.checkpoint.snapshot import StagingBuffers
 from bsrnn.checkpoint.versions import library_versions, now_iso
@@ -80,11 +77,17 @@ class RestoreResult:
     """What ``restore`` did besides loading state.
 
     ``missing``: registered names the checkpoint lacks (only with ``strict=False``).
-    ``superseded``: where a newer ``checkpoint_last.pt`` was kept before resuming from best.
+    ``kept``: the states in ``checkpoint_last.pt``/``checkpoint_best.pt`` that the run does not
+    continue, kept before any save can replace them (``preserve.keep_states_at_risk``).
     """
 
     missing: list[str]
-    superseded: Path | None
+    kept: list[KeptState]
+
+    @property
+    def superseded(self) -> Path | None:
+        """Where a ``checkpoint_last.pt`` the run does not continue was kept (None if it was not)."""
+        return next((state.kept_as for state in self.kept if state.original.name == LAST_NAME), None)
 
 
 class NonFiniteStateError(CheckpointError):
@@ -130,6 +133,8 @@ class CheckpointManager:
         require_finite: registered names whose floating-point tensors must all be finite: a save
             that would commit NaN or inf there raises ``NonFiniteStateError`` and writes nothing,
             so the last good checkpoint is never replaced by a diverged one.
+        accept: the caller's check of a payload it could resume from (see ``load_checkpoint``);
+            ``find`` falls back from a file that fails it, and ``preserve`` quarantines one.
     """
 
     def __init__(
@@ -142,6 +147,7 @@ class CheckpointManager:
         verify_writes: bool = True,
         lock: RunDirectoryLock | None = None,
         require_finite: Collection[str] = (),
+        accept: Accept | None = None,
     ) -> None:
         if mode not in ("min", "max"):
             raise ValueError(f"mode must be 'min' or 'max', got {mode!r}")
@@ -152,7 +158,10 @@ class CheckpointManager:
         self.writer = writer
         self.verify_writes = verify_writes
         self.require_finite = tuple(require_finite)
+        self.accept = accept
         self.best_value: float | None = None
+        self.best_digest: str | None = None  # the digest of the checkpoint_best.pt this run counts as its own
+        self._states_kept = False  # keep_states_at_risk has run: once, before the first commit
         self.sequence = 0
         self._objects: dict[str, Stateful] = {}
         self._lineage: list[dict[str, Any]] = []
@@ -199,7 +208,7 @@ class CheckpointManager:
     def find(self, which: str = "auto", map_location: Any = "cpu") -> LoadedCheckpoint | None:
         """The verified checkpoint to resume from, or None if the run directory has none yet."""
         try:
-            return load_checkpoint(self.run_dir, which, map_location)
+            return load_checkpoint(self.run_dir, which, map_location, accept=self.accept)
         except CheckpointNotFoundError:
             if which == "auto":
                 return None
@@ -209,10 +218,9 @@ class CheckpointManager:
         """Apply a verified checkpoint to every registered object; adopt its bookkeeping.
 
         Reports the registered names the checkpoint lacks (with ``strict`` they raise instead).
-        Resuming from ``best`` while a different ``last`` exists first keeps that ``last`` as
-        ``checkpoint_last.superseded-stepN.pt`` (``superseded_path``), before any save can
-        overwrite it; each superseded state keeps a file of its own, so resuming from best
-        twice never destroys the furthest state.
+        Before anything is applied, every state in ``checkpoint_last.pt``/``checkpoint_best.pt``
+        that this run does not continue is kept (``preserve.keep_states_at_risk``: by content,
+        whatever file ``loaded`` came from), so no save can destroy it.
         """
         # A registered name stored as None (e.g. a migrated file without optimizer state) is
         # as missing as an absent one.
@@ -221,6 +229,7 @@ class CheckpointManager:
             raise StateMismatchError(
                 f"{loaded.path} lacks {', '.join(missing)}; it cannot restore this training state"
             )
+        kept = self._keep_states_at_risk(loaded)
         for name, obj in self._objects.items():
             if name not in missing:
                 try:
@@ -230,6 +239,8 @@ class CheckpointManager:
         record = loaded.payload.get("monitor") or {}
         if record.get("name") == self.monitor and record.get("mode") == self.mode:
             self.best_value = record.get("best")
+            named = record.get("best_digest")
+            self.best_digest = loaded.digest if named == THIS_FILE else named
         elif record:
             log.warning(
                 "The checkpoint monitored %s (%s); this run monitors %s (%s): the best so far starts afresh",
@@ -237,45 +248,18 @@ class CheckpointManager:
             )
         self.sequence = max(self.sequence, int(loaded.payload.get("save_sequence", 0)))
         self._lineage = list(loaded.payload.get("lineage", [])) + [_lineage_record(loaded)]
-        same_directory = loaded.path.parent.resolve() == self.run_dir.resolve()
-        superseded = None
-        if self.writer and loaded.kind == "best" and same_directory:
-            superseded = self._keep_superseded_last(loaded)
-        return RestoreResult(missing, superseded)
+        return RestoreResult(missing, kept)
 
-    def _keep_superseded_last(self, loaded: LoadedCheckpoint) -> Path | None:
-        if not self.last_path.exists():
-            return None
-        try:
-            last = read_verified_bytes(self.last_path)
-        except CheckpointError as error:
-            log.warning("WARNING: not keeping %s as superseded: %s", self.last_path, error)
-            return None
-        if last.digest == loaded.digest:
-            return None
-        for existing in superseded_paths(self.run_dir):
-            try:
-                if read_verified_bytes(existing).digest == last.digest:
-                    return existing  # already kept (resumed from best before, without saving since)
-            except CheckpointError:
-                continue
-        step = _global_step_of(last)
-        target = superseded_path(self.run_dir, step)
-        temporary = atomic.temporary_path(target)
-        try:
-            with deferred_signals():
-                atomic.copy_durably(self.last_path, temporary)
-                atomic.commit(temporary, target)
-        except OSError as error:
-            atomic.discard(temporary)
-            raise CheckpointWriteError(
-                f"Could not keep the newer {self.last_path} as {target} ({error}); nothing was "
-                "overwritten. Free space or copy it by hand, then resume again."
-            ) from error
-        log.warning(
-            "Resuming from best while %s is newer: kept it as %s", self.last_path.name, target.name
-        )
-        return target
+    def _keep_states_at_risk(self, continuing: LoadedCheckpoint | None) -> list[KeptState]:
+        """Once per manager, before its first commit: see ``preserve``."""
+        if not self.writer or self._states_kept:
+            return []
+        if continuing is not None and continuing.path.parent.resolve() != self.run_dir.resolve():
+            continuing = None  # from another directory: nothing here is the state being continued
+        self._lock.check_still_held()  # a copy is a write too
+        kept = keep_states_at_risk(self.run_dir, continuing, self.accept)
+        self._states_kept = True
+        return kept
 
     # ------------------------------------------------------------------------------- saving
     def is_improvement(self, metric: Any) -> bool:
@@ -301,13 +285,14 @@ class CheckpointManager:
             raise CheckpointError("this CheckpointManager was opened read-only (writer=False)")
         self.wait_until_finished()
         self._check_finite()
+        self._keep_states_at_risk(None)  # a manager that restored nothing: keep what its first commit replaces
         metric = float(metric) if metric is not None else None
         is_best = self.is_improvement(metric)
         previous_best = self.best_value
         if is_best:
             self.best_value = metric
         self.sequence += 1
-        payload = self._payload(metric, values or {})
+        payload = self._payload(metric, values or {}, is_best)
         result = SaveResult(self.last_path, self.best_path if is_best else None, is_best, self.sequence)
         if not self.async_save:
             try:
@@ -339,7 +324,7 @@ class CheckpointManager:
                 f"{self.run_dir} are unchanged. Resume from them with a lower learning rate, or check the data."
             )
 
-    def _payload(self, metric: float | None, values: Mapping[str, Any]) -> dict[str, Any]:
+    def _payload(self, metric: float | None, values: Mapping[str, Any], is_best: bool) -> dict[str, Any]:
         clashes = sorted((set(values) & set(self._objects)) | (set(values) & ENGINE_KEYS))
         if clashes:
             raise ValueError(f"values use names that are registered or reserved: {clashes}")
@@ -347,7 +332,10 @@ class CheckpointManager:
         payload.update(to_weights_only_safe(dict(values), "values"))
         for name, obj in self._objects.items():
             payload[name] = to_weights_only_safe(obj.state_dict(), name)
-        payload["monitor"] = {"name": self.monitor, "mode": self.mode, "value": metric, "best": self.best_value}
+        # best_digest: which checkpoint_best.pt this state counts as its own, so that a resume
+        # from it can tell its own best (replaceable) from another state's (kept first).
+        payload["monitor"] = {"name": self.monitor, "mode": self.mode, "value": metric, "best": self.best_value,
+                              "best_digest": THIS_FILE if is_best else self.best_digest}
         payload.setdefault(f"best_{self.monitor}", self.best_value)
         payload["save_sequence"] = self.sequence
         payload["created"] = now_iso()
@@ -376,6 +364,7 @@ class CheckpointManager:
             temporaries.append(atomic.temporary_path(self.best_path))
         started = time.perf_counter()
         with deferred_signals():
+            self._lock.check_still_held()  # before anything is written: see lock.py
             try:
                 # verify: every piece is read back and compared as it is written, and the digest
                 # is computed over the read-back bytes (fileformat's docstring).
@@ -398,6 +387,8 @@ class CheckpointManager:
                     f"{getattr(error, 'strerror', None) or error}. The previously committed checkpoints "
                     "are intact. Free disk space (or raise the file-size limit) and resume."
                 ) from error
+        if is_best:
+            self.best_digest = digest
         log.debug("Committed %s in %.3fs", self.last_path, time.perf_counter() - started)
         self._update_index(payload, digest, is_best)
 
@@ -488,12 +479,3 @@ def _lineage_record(loaded: LoadedCheckpoint) -> dict[str, Any]:
         "resumed_at": now_iso(),
         "versions": library_versions(),
     }
-
-
-def _global_step_of(verified: VerifiedBytes) -> int:
-    """The ``global_step`` a verified file records (0 when it has none), for its superseded name."""
-    try:
-        step = unpickle(verified.path, verified.data).get("global_step", 0)
-    except CheckpointError:
-        return 0
-    return step if isinstance(step, int) and not isinstance(step, bool) else 0

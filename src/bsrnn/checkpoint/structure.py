@@ -8,13 +8,14 @@ weights with only warnings; a ``monitor.best`` that is a string would fail one e
 the next save. So an incomplete or malformed file is treated like a damaged one: named, skipped
 by ``auto`` in favour of the other file, and reported by ``ckpt verify``.
 
-Checked: the engine's own records (``monitor``, ``save_sequence``, ``lineage``, ``created``,
-``versions``) and, where the file lists them under ``registered``, every registered state as a
+Checked: the engine's own records (``monitor``, its best finite, ``save_sequence``, ``lineage``,
+``created``, ``versions``) and, where the file lists them under ``registered``, every registered state as a
 table (state dicts are tables; a migrated file registers only what it has).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -44,6 +45,12 @@ def structure_problems(payload: Mapping[str, Any]) -> list[str]:
         for key in ("best", "value"):
             if not _is_number_or_none(monitor.get(key)):
                 problems.append(f"monitor.{key} is {monitor.get(key)!r}, expected a number or none")
+        best = monitor.get("best")
+        if _is_number_or_none(best) and best is not None and not math.isfinite(best):
+            # the engine never records a non-finite best: with one, no later value could beat it
+            problems.append(f"monitor.best is {best!r}, expected a finite number or none")
+        if not isinstance(monitor.get("best_digest", ""), (str, type(None))):
+            problems.append(f"monitor.best_digest is {_describe(monitor.get('best_digest'))}, expected a string")
     if not _is_int(payload.get("save_sequence")):
         problems.append(f"save_sequence is {_describe(payload.get('save_sequence'))}, expected an integer")
     lineage = payload.get("lineage")

@@ -5,7 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
+
+from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
 
@@ -15,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     inspect = sub.add_parser("inspect", help="show what a checkpoint holds (verifies it first)",
                              description="Verify a checkpoint, then show its progress, monitored metric, "
                              "learning rates, contents, lineage of resumes and config. On a run directory, "
-                             "also list the superseded checkpoints kept there.")
+                             "also list the superseded and quarantined checkpoints kept there.")
     inspect.add_argument("path", type=Path, help="a checkpoint file or a run directory")
     inspect.add_argument("--load", choices=["auto", "last", "best"], default="auto",
                          help="which checkpoint of a run directory (default: auto)")
@@ -37,6 +41,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
     export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
     export.add_argument("--load", choices=["auto", "last", "best"], default="auto")
+    add_overwrite_argument(export, "the --out bundle")
     export.set_defaults(_action=_export)
 
     migrate = sub.add_parser("migrate", help="convert old gene_epoch_*/disc_epoch_* files into a run directory",
@@ -54,25 +59,38 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _inspect(args: argparse.Namespace) -> int:
-    from bsrnn.checkpoint import load_checkpoint, superseded_paths
+    from bsrnn.checkpoint import kept_states, load_checkpoint
     from bsrnn.checkpoint.summary import format_summary, summarize
 
     summary = summarize(load_checkpoint(args.path, args.load))
-    if args.path.is_dir():  # states kept when a run resumed from best: they hold more progress
-        summary["superseded"] = [str(path) for path in superseded_paths(args.path)]
+    if args.path.is_dir():  # states kept when a run went on from another: they may hold more progress
+        kept = kept_states(args.path)
+        summary["superseded"] = [str(path) for path in kept if path.suffix == ".pt"]
+        summary["quarantined"] = [str(path) for path in kept if path.suffix != ".pt"]
     if args.json:
         print(json.dumps(summary, indent=2, default=str))
     else:
         print(format_summary(summary))
         for path in summary.get("superseded", []):
             print(f"  superseded (kept, never overwritten): {path}")
+        for path in summary.get("quarantined", []):
+            print(f"  quarantined (kept, cannot be resumed from): {path}")
     return 0
 
 
 def _verify(args: argparse.Namespace) -> int:
+    from bsrnn import keys
     from bsrnn.checkpoint import verify
+    from bsrnn.training.resume import check_resumable
 
-    results = verify(args.path)
+    def resumable_if_a_run(path: Path, payload: Mapping[str, Any]) -> None:
+        """A trainer's checkpoint (it registers the trainer's progress) must also be one a run can
+        resume from; a checkpoint of another training loop that uses the engine is verified as a file."""
+        registered = payload.get("registered")
+        if isinstance(registered, list) and keys.PROGRESS in registered:
+            check_resumable(path, payload)
+
+    results = verify(args.path, accept=resumable_if_a_run)
     for result in results:
         print(f"{'OK  ' if result.ok else 'FAIL'} {result.path}: {result.message}")
     failed = [result for result in results if not result.ok]
@@ -86,14 +104,16 @@ def _export(args: argparse.Namespace) -> int:
     from bsrnn.bundle import BUNDLE_SUFFIX, write_bundle
     from bsrnn.checkpoint import load_checkpoint
     from bsrnn.errors import UserError
+    from bsrnn.output import check_destinations
 
     if args.out.suffix != BUNDLE_SUFFIX:
         raise UserError(f"--out must end in {BUNDLE_SUFFIX}, got {args.out}")
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: expected a file name, found a folder. Fix: e.g. --out {args.out}/model.safetensors")
+    check_destinations([args.out], overwrite=args.overwrite, flag="--out")
     loaded = load_checkpoint(args.checkpoint, args.load)
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    count = write_bundle(loaded, args.out)
+    count = write_bundle(loaded, args.out, overwrite=args.overwrite)
     print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}); use it with `bsrnn enhance {args.out} ...`")
     return 0
 

@@ -42,6 +42,7 @@ from bsrnn.checkpoint import (
     LoadedCheckpoint,
     RunDirectoryLock,
     candidates,
+    kept_states,
     load_checkpoint,
 )
 from bsrnn.config import Config
@@ -97,6 +98,20 @@ def _must_exist(config: Config) -> None:
                         "or move the file away.")
 
 
+def _refuse_kept_states(run_dir: Path, why: str) -> None:
+    """Refuse a fresh start beside kept states (superseded or quarantined files): they are a
+    run's work, and "starting a fresh run" would leave them unnamed and soon forgotten."""
+    kept = kept_states(run_dir)
+    if kept:
+        resumable = [path for path in kept if path.suffix == ".pt"]
+        how = (f" Resume from one with: bsrnn train --run-dir {run_dir} --resume {resumable[-1]}"
+               if resumable else "")
+        raise UserError(
+            f"{run_dir} has no checkpoint_last.pt or checkpoint_best.pt, but holds kept training state: "
+            + ", ".join(path.name for path in kept) + f". {why}{how}. Or choose another --run-dir for a new run."
+        )
+
+
 def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
     """What to resume from, decided while the run directory's lock is held."""
     run_dir = Path(config.save_model_dir)
@@ -107,12 +122,14 @@ def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
                 f"{run_dir} already holds checkpoints of a run. Resume it with --resume (or "
                 "--resume auto), or choose another --run-dir; a fresh run would overwrite them."
             )
+        _refuse_kept_states(run_dir, "A fresh run is not started there")
         return None
     if source == "auto":
         if config.load_checkpoint_type == "auto" and not _holds_checkpoint(run_dir):
+            _refuse_kept_states(run_dir, "--resume auto does not start a fresh run there")
             log.info("No checkpoint in %s: starting a fresh run (--resume auto)", run_dir)
             return None
-        return load_checkpoint(run_dir, config.load_checkpoint_type)
+        return load_checkpoint(run_dir, config.load_checkpoint_type, accept=check_resumable)
     source_path = Path(source)
     source_dir = source_path.parent if source_path.is_file() else source_path
     if source_dir.resolve() != run_dir.resolve() and _holds_checkpoint(run_dir):
@@ -120,7 +137,7 @@ def _find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
             f"Resuming from {source_dir} into {run_dir}, which holds checkpoints of another run. "
             "Choose an empty --run-dir for the new run, or resume the run in place."
         )
-    return load_checkpoint(source_path, config.load_checkpoint_type)
+    return load_checkpoint(source_path, config.load_checkpoint_type, accept=check_resumable)
 
 
 @dataclass(frozen=True)
@@ -146,7 +163,7 @@ def _decide(config: Config, context: DistributedContext) -> LoadedCheckpoint | N
     decision = broadcast_decision(None, context)
     if decision.error is not None:
         raise UserError(f"rank 0 stopped: {decision.error}")
-    return load_checkpoint(decision.path) if decision.path is not None else None
+    return load_checkpoint(decision.path, accept=check_resumable) if decision.path is not None else None
 
 
 def _device(name: str) -> torch.device:
@@ -284,7 +301,6 @@ def _train_with_files(config: Config, explicit: set[str], device: torch.device, 
         log.info("=" * 70)
         log.info("RESUMING FROM CHECKPOINT")
         log.info("Loading checkpoint from: %s", loaded.path)
-        check_resumable(str(loaded.path), loaded.payload)
         config = reconcile(config, explicit, loaded.get("config"), str(loaded.path)).with_gan_start_fixed()
         completed = int(loaded.get("epoch", -1)) + 1
         if completed >= config.epochs and not loaded.get("step_in_epoch"):
@@ -301,6 +317,6 @@ def _train_with_files(config: Config, explicit: set[str], device: torch.device, 
     if loaded is not None:
         log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
         for line in summary_lines(loaded.kind, str(loaded.path), loaded.payload, config,
-                                  trainer.learning_rates(), trainer.superseded, split.describe()):
+                                  trainer.learning_rates(), trainer.kept, split.describe()):
             log.info("%s", line)
     return trainer.run(config.max_steps)

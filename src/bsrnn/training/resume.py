@@ -19,12 +19,14 @@ Rules (ARCHITECTURE.md, "life of a resume"):
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from bsrnn import keys
-from bsrnn.checkpoint import StateMismatchError
+from bsrnn.checkpoint import KeptState, StateMismatchError, nonfinite_tensor_keys
 from bsrnn.config import (
     ARCHITECTURE_FIELDS,
     EXECUTION_FIELDS,
@@ -35,6 +37,7 @@ from bsrnn.config import (
     recipe_values,
 )
 from bsrnn.errors import ConfigError
+from bsrnn.models import BSRNN
 from bsrnn.recipes import DEFAULT_RECIPE
 
 log = logging.getLogger(__name__)
@@ -88,12 +91,19 @@ def _is_integer(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def check_resumable(path: str, payload: Mapping[str, Any]) -> None:
-    """Refuse a verified checkpoint whose entries have the wrong types, naming them.
+def check_resumable(path: Path | str, payload: Mapping[str, Any]) -> None:
+    """Refuse a verified checkpoint that a trainer cannot resume from, naming every problem.
 
-    The digest proves the file is what was written, not that a bsrnn trainer wrote it: a file
-    loaded, edited and re-saved with ``write_checkpoint`` would otherwise fail deep inside
-    the resume with an ``AttributeError`` traceback (found by ``tools/torture.py hostile``).
+    The digest proves the file is what was written, not that a bsrnn trainer wrote it, nor that
+    it is whole: a file loaded, edited and re-saved with ``write_checkpoint`` verifies too. Such
+    a file must be treated like a damaged one (named; ``--load auto`` falls back to the other
+    file; ``ckpt verify`` fails; it is quarantined, never resumed into a broken run), not fail
+    deep inside the resume or, worse, resume: an empty ``progress`` restarted at step 1 while
+    the summary said 25, an empty scheduler state restarted the schedule. Checked: the entries
+    the resume reads have their types; the config is there; every state the file registers
+    that a run needs is a non-empty table; the generator's tensors are exactly those of the
+    architecture its config names; the networks' weights are finite. Raises
+    ``StateMismatchError`` (a ``CheckpointError``).
     """
     problems = [
         f"{key} is a {type(payload[key]).__name__}, expected a table"
@@ -103,19 +113,54 @@ def check_resumable(path: str, payload: Mapping[str, Any]) -> None:
         f"{key} is {payload[key]!r}, expected an integer"
         for key in _INTEGERS if payload.get(key) is not None and not _is_integer(payload[key])
     ]
-    progress = payload.get("progress")
-    if isinstance(progress, Mapping):
+    if not isinstance(payload.get(keys.CONFIG), Mapping):
+        problems.append(f"{keys.CONFIG} is missing: the run's settings and architecture are unknown")
+    registered = payload.get("registered")
+    for name in (name for name in keys.REGISTERED if isinstance(registered, list) and name in registered):
+        if isinstance(payload.get(name), Mapping) and not payload[name]:
+            problems.append(f"{name} is empty")
+    progress = payload.get(keys.PROGRESS)
+    if isinstance(progress, Mapping) and progress:
+        problems += [f"progress.{key} is missing" for key in _PROGRESS_INTEGERS if key not in progress]
         problems += [
             f"progress.{key} is {progress[key]!r}, expected an integer"
             for key in _PROGRESS_INTEGERS if key in progress and not _is_integer(progress[key])
         ]
         if progress.get("epoch_sums") is not None and not isinstance(progress["epoch_sums"], Mapping):
             problems.append("progress.epoch_sums is not a table")
+    if not problems:
+        problems += _weights_problems(payload)
     if problems:
         raise StateMismatchError(
-            f"Checkpoint {path} is malformed: {'; '.join(problems)}. It was not applied. It was edited or "
-            "written by another program; resume from the other checkpoint (--load best|last)."
+            f"Checkpoint {path} cannot be resumed from: {'; '.join(problems)}. It was not applied. It was "
+            "edited or written by another program; resume from the other checkpoint (--load best|last)."
         )
+
+
+def _weights_problems(payload: Mapping[str, Any]) -> list[str]:
+    """The generator's tensors against the architecture of the file's own config; non-finite weights."""
+    problems = []
+    generator = payload.get(keys.GENERATOR)
+    architecture = {name: payload[keys.CONFIG].get(name, getattr(Config(), name)) for name in ("num_channel", "num_layer")}
+    if isinstance(generator, Mapping) and all(_is_integer(value) and value > 0 for value in architecture.values()):
+        with torch.device("meta"):
+            expected = {name: tuple(t.shape) for name, t in BSRNN(**architecture).state_dict().items()}
+        found = {name: tuple(t.shape) for name, t in generator.items() if isinstance(t, torch.Tensor)}
+        if found != expected:
+            absent = sorted(set(expected) - set(found))
+            extra = sorted(set(found) - set(expected))
+            shaped = sorted(name for name in set(found) & set(expected) if found[name] != expected[name])
+            detail = [f"{len(names)} {what} (e.g. {names[0]})" for names, what in (
+                (absent, "tensor(s) missing"), (extra, "tensor(s) not in the model"),
+                (shaped, "tensor(s) of another shape")) if names]
+            problems.append(f"{keys.GENERATOR} does not match the BSRNN of its config "
+                            f"({', '.join(f'{k} {v}' for k, v in architecture.items())}): {', '.join(detail)}")
+    for name in keys.NETWORKS:
+        if isinstance(payload.get(name), Mapping):
+            bad = nonfinite_tensor_keys(payload[name])
+            if bad:
+                problems.append(f"{name} holds NaN or inf in {len(bad)} tensor(s) (e.g. {bad[0]})")
+    return problems
 
 
 def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mapping[str, Any] | None,
@@ -170,7 +215,7 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 
 
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
-                  learning_rates: Mapping[str, float], superseded: Path | None, validation: str = "") -> list[str]:
+                  learning_rates: Mapping[str, float], kept: Sequence[KeptState], validation: str = "") -> list[str]:
     """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter."""
     epoch = int(payload.get("epoch", -1))
     step_in_epoch = int(payload.get("step_in_epoch", 0))
@@ -198,8 +243,7 @@ def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Conf
         lines.append(f"  {validation}")
     for name, rate in learning_rates.items():
         lines.append(f"  Current learning rate ({name}): {rate:.6g}")
-    if superseded is not None:
-        lines.append(f"  Newer checkpoint_last.pt kept as {superseded.name}")
+    lines += [f"  {state.describe()}" for state in kept]
     lines.append("=" * 70)
     return lines
 

@@ -23,6 +23,7 @@ from tqdm import tqdm
 from bsrnn import keys
 from bsrnn.checkpoint import (
     CheckpointManager,
+    KeptState,
     LoadedCheckpoint,
     NonFiniteStateError,
     PreemptionGuard,
@@ -44,7 +45,9 @@ from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
 from bsrnn.training.execution import describe_execution, forward_of
+from bsrnn.training.observers import Observer
 from bsrnn.training.progress import StepRate, TrainingProgress
+from bsrnn.training.resume import check_resumable
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.schedule import apply_resume_rule, describe_schedule, learning_rate_schedule
 from bsrnn.training.steps import DelayedDiscriminator, Networks, finish_validation, train_step, validate
@@ -266,7 +269,7 @@ class Trainer:
         self.manager = CheckpointManager(
             self.run_dir, monitor=config.monitor, mode=config.monitor_mode,
             async_save=config.async_save, writer=context.is_main, lock=lock,
-            require_finite=keys.NETWORKS,
+            require_finite=keys.NETWORKS, accept=check_resumable,
         )
         try:
             self._set_up(loaded, init_lr_given)
@@ -294,7 +297,7 @@ class Trainer:
                          "run does not update it)")
         if config.cache_audio:  # after the lock: a refused second trainer must not decode everything
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
-        self.superseded: Path | None = None
+        self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
             self._restore(loaded, init_lr_given)
             self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.epoch,
@@ -310,8 +313,13 @@ class Trainer:
                      config.monitor, config.monitor_mode)
             log.info(describe_schedule(config, self._steps_per_epoch()))
         self.files.write_config(config)
-        self.tensorboard = (TensorBoardLog(self.run_dir, examples_of(self.val_set), self.progress.global_step)
-                            if config.tensorboard and context.is_main else None)
+
+        def tensorboard_log() -> TensorBoardLog:
+            return TensorBoardLog(self.run_dir, examples_of(self.val_set), self.progress.global_step)
+
+        # An observer: it can fail only by one warning and switching itself off (training/observers.py).
+        self.tensorboard = Observer("TensorBoard logs", tensorboard_log if config.tensorboard and context.is_main
+                                    else None)
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
@@ -323,7 +331,7 @@ class Trainer:
         for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
             for change in apply_optimizer_settings(optimizer, self.config):
                 log.info("  %s: %s", name, change)
-        self.superseded = restored.superseded
+        self.kept = restored.kept
         if keys.PROGRESS in missing:  # a migrated checkpoint: only weights and the epoch
             self.progress.epoch = int(loaded.get("epoch", -1))
             self.progress.global_step = int(loaded.get("global_step", 0))
@@ -448,8 +456,7 @@ class Trainer:
         config, progress = self.config, self.progress
         progress.global_step += 1
         progress.step_in_epoch += 1
-        if self.tensorboard is not None:
-            self.tensorboard.waited_for_pesq(result.pesq_wait_s)
+        self.tensorboard.notify(TensorBoardLog.waited_for_pesq, result.pesq_wait_s)
         if result.nonfinite:
             progress.nonfinite_in_a_row += 1
             progress.nonfinite_skipped += 1
@@ -475,8 +482,7 @@ class Trainer:
                      epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"], rate, eta)
             self.files.event("step", epoch=epoch, step=progress.step_in_epoch, global_step=progress.global_step,
                              **values, lr=self.learning_rates(), steps_per_s=rate, eta=eta)
-            if self.tensorboard is not None:
-                self.tensorboard.step(progress.global_step, values, self.learning_rates(), rate)
+            self.tensorboard.notify(TensorBoardLog.step, progress.global_step, values, self.learning_rates(), rate)
             self.rate.logged()
 
     def _steps_per_epoch(self) -> int:
@@ -516,8 +522,8 @@ class Trainer:
         lrs = self.learning_rates()
         self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
-        if self.tensorboard is not None:
-            self.tensorboard.validation(self.progress.global_step, epoch, val, means, self.nets, self.device)
+        self.tensorboard.notify(TensorBoardLog.validation, self.progress.global_step, epoch, val, means, self.nets,
+                                self.device)
         self.scheduler_g.step()
         self.scheduler_d.step()
         self.progress.record_validation(val["val_loss"], val["val_pesq"])
@@ -550,8 +556,7 @@ class Trainer:
 
     def close(self) -> None:
         try:
-            if self.tensorboard is not None:
-                self.tensorboard.close()  # flushed on every exit: completed, max_steps, signal, error
+            self.tensorboard.close()  # flushed on every exit: completed, max_steps, signal, error
         finally:
             try:
                 self.manager.close()
