@@ -144,7 +144,7 @@ def test_the_minimum_cut_len_trains_one_step_and_one_sample_less_cannot() -> Non
     from bsrnn.metrics.pesq_pool import PesqPool
     from bsrnn.training.distributed import DistributedContext
     from bsrnn.training.steps import train_step, validate
-    from bsrnn.training.trainer import build_networks
+    from bsrnn.training.builders import build_networks
 
     nets = build_networks(Config(num_channel=4, num_layer=1, ndf=4, cut_len=MIN_CUT_LEN), torch.device("cpu"))
     rng = np.random.default_rng(0)

@@ -21,7 +21,7 @@ from bsrnn.losses import REFERENCE_OBJECTIVE, compressed_magnitude, discriminato
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.training.distributed import DistributedContext
 from bsrnn.training.steps import DelayedDiscriminator, Networks, StepResult, train_step
-from bsrnn.training.trainer import build_networks
+from bsrnn.training.builders import build_networks
 from e2e import STEPS_PER_EPOCH, TINY, assert_same_training_state, bsrnn, checkpoint, events, preempted_run
 
 CPU = torch.device("cpu")

@@ -14,7 +14,7 @@ from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.training.distributed import DistributedContext
 from bsrnn.models.precision import Autocast, bf16_runs_here
 from bsrnn.training.steps import Networks, train_step
-from bsrnn.training.trainer import build_networks
+from bsrnn.training.builders import build_networks
 from e2e import TINY, bsrnn, checkpoint
 
 CPU = torch.device("cpu")

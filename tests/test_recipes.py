@@ -17,7 +17,7 @@ from bsrnn.config import RECIPE_FIELDS, Config, recipe_values
 from bsrnn.errors import ConfigError, UserError
 from bsrnn.recipes import read_recipe, recipe_names
 from bsrnn.training.resume import explicit_fields_of, reconcile
-from bsrnn.training.trainer import apply_optimizer_settings, build_networks, make_optimizer
+from bsrnn.training.builders import apply_optimizer_settings, build_networks, make_optimizer
 
 from e2e import TINY, TINY_DEFAULT_MONITOR, bsrnn, checkpoint, events
 

@@ -31,7 +31,7 @@ def _resumed(saved: tuple[dict, dict], run: Config, explicit: dict, epochs_after
     scheduler = learning_rate_schedule(optimizer, config)
     optimizer.load_state_dict(saved[0])
     scheduler.load_state_dict(saved[1])
-    apply_resume_rule(optimizer, scheduler, config, init_lr_given="init_lr" in explicit)
+    apply_resume_rule(optimizer, scheduler, config, restart="init_lr" in explicit)
     rates = []
     for _ in range(epochs_after):
         rates.append(optimizer.param_groups[0]["lr"])

@@ -19,7 +19,7 @@ from bsrnn.errors import UserError
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.steps import VALIDATION_LOOKAHEAD, Networks, validate
-from bsrnn.training.trainer import validation_record, validation_split
+from bsrnn.training.plan import validation_record, validation_split
 from e2e import TINY_DEFAULT_MONITOR, bsrnn, checkpoint
 
 

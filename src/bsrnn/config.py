@@ -109,6 +109,15 @@ def _field(default: Any, help: str, choices: tuple[str, ...] | None = None, **kw
     return field(default=default, metadata=metadata, **kwargs)
 
 
+def halfway_gan_start(epochs: int) -> int:
+    """The reference recipe's GAN start: the first epoch of the second half of ``epochs``.
+
+    A run fixes it when it starts (``Config.with_gan_start_fixed``); a checkpoint from before the
+    start was recorded used this of its own ``epochs`` (``resume.reconcile``).
+    """
+    return (epochs + 1) // 2
+
+
 @dataclass(kw_only=True, frozen=True)
 class Config:
     """Everything that defines a training run. Field names are the TOML keys and flags.
@@ -305,7 +314,7 @@ class Config:
     @property
     def gan_epoch(self) -> int:
         """First epoch whose generator loss has the GAN term (reference: epoch >= epochs / 2)."""
-        return self.gan_start_epoch if self.gan_start_epoch is not None else (self.epochs + 1) // 2
+        return self.gan_start_epoch if self.gan_start_epoch is not None else halfway_gan_start(self.epochs)
 
     def with_gan_start_fixed(self) -> Config:
         """This config with the GAN start as an absolute epoch, as a run records it when it starts.

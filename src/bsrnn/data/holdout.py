@@ -18,7 +18,7 @@ come from its training data, by the first rule that applies:
 
 Held-out pairs never train. ``ValidationSplit.rule`` goes into every checkpoint, with the
 names' digest, to keep the split fixed for the life of a run
-(``training.trainer.validation_record``).
+(``training.plan.validation_record``).
 """
 
 from __future__ import annotations

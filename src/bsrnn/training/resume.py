@@ -34,6 +34,7 @@ from bsrnn.config import (
     RECIPE_FIELDS,
     Config,
     field_names,
+    halfway_gan_start,
     recipe_values,
 )
 from bsrnn.errors import ConfigError
@@ -113,7 +114,7 @@ def check_resumable(path: Path | str, payload: Mapping[str, Any]) -> None:
         f"{key} is {payload[key]!r}, expected an integer"
         for key in _INTEGERS if payload.get(key) is not None and not _is_integer(payload[key])
     ]
-    if not isinstance(payload.get(keys.CONFIG), Mapping):
+    if payload.get(keys.CONFIG) is None:
         problems.append(f"{keys.CONFIG} is missing: the run's settings and architecture are unknown")
     registered = payload.get("registered")
     for name in (name for name in keys.REGISTERED if isinstance(registered, list) and name in registered):
@@ -194,7 +195,7 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
             merged[key] = defaults[key]
     if merged.get("gan_start_epoch") is None and isinstance(merged.get("epochs"), int):
         # A run from before the GAN start was recorded: it used half of ITS epochs target.
-        merged["gan_start_epoch"] = (merged["epochs"] + 1) // 2
+        merged["gan_start_epoch"] = halfway_gan_start(merged["epochs"])
         checkpoint_config = {**checkpoint_config, "gan_start_epoch": merged["gan_start_epoch"]}
     for key in known:
         if key in explicit or key in INVOCATION_FIELDS or key not in merged:

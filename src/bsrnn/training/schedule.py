@@ -85,12 +85,13 @@ def describe_schedule(config: Config, steps_per_epoch: int) -> str:
 
 
 def apply_resume_rule(optimizer: torch.optim.Optimizer, scheduler: LRScheduler,
-                      config: Config, init_lr_given: bool) -> None:
-    """Make a restored optimizer and scheduler follow the resume rule (module docstring)."""
+                      config: Config, restart: bool) -> None:
+    """Make a restored optimizer and scheduler follow the resume rule (module docstring); ``restart``:
+    an explicit ``--init-lr`` on the resume (``RunPlan.restart_learning_rate``)."""
     state = scheduler.state_dict()
     if isinstance(scheduler, StepDecay):
         state["step_size"], state["gamma"] = config.decay_epoch, config.lr_decay
-    if init_lr_given:
+    if restart:
         factor = half_cosine(config.epochs)(state["last_epoch"]) if isinstance(scheduler, CosineDecay) else 1.0
         for group in optimizer.param_groups:
             group["initial_lr"] = config.init_lr

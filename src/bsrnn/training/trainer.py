@@ -7,7 +7,6 @@ stream, the progress counters (with the position inside the epoch), the config.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import math
 import signal
@@ -30,27 +29,28 @@ from bsrnn.checkpoint import (
     RNGStreams,
     RunDirectoryLock,
     SaveResult,
-    StateMismatchError,
-    deferred_signals,
 )
-from bsrnn.config import MIN_CUT_LEN, Config
+from bsrnn.config import MIN_CUT_LEN
 from bsrnn.data.cache import cache_pairs
 from bsrnn.data.datasets import FixedCrops, FullUtterances, TrainSet
-from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
-from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import EpochBatches
 from bsrnn.errors import RunFailedError, UserError
-from bsrnn.losses import Objective
-from bsrnn.metrics.pesq_pool import PesqPool
-from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.distributed import DistributedContext, agree_on_stop, all_sum
-from bsrnn.training.execution import describe_execution, forward_of
+from bsrnn.training.execution import describe_execution
+from bsrnn.training.builders import (
+    apply_optimizer_settings,
+    build_networks,
+    check_adam_state_shapes,
+    objective_of,
+    start_pesq_pool,
+)
 from bsrnn.training.observers import Observer
+from bsrnn.training.plan import RunPlan
 from bsrnn.training.progress import StepRate, TrainingProgress
 from bsrnn.training.resume import check_resumable
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.schedule import apply_resume_rule, describe_schedule, learning_rate_schedule
-from bsrnn.training.steps import DelayedDiscriminator, Networks, finish_validation, train_step, validate
+from bsrnn.training.steps import DelayedDiscriminator, finish_validation, train_step, validate
 from bsrnn.training.tensorboard import TensorBoardLog, examples_of
 
 log = logging.getLogger("bsrnn.train")
@@ -70,173 +70,15 @@ class TrainResult:
     global_step: int
     stopped_by: str  # "completed", "max_steps", "already_done", or a signal name
 
-
-def objective_of(config: Config) -> Objective:
-    """The loss ingredients of ``config`` (its recipe's, and any field given over them)."""
-    return Objective(
-        complex_loss=config.complex_loss,  # type: ignore[arg-type]
-        magnitude_loss=config.magnitude_loss,  # type: ignore[arg-type]
-        phase_weight=config.phase_loss_weight,
-        time_weight=config.time_loss_weight,
-        consistency_weight=config.consistency_loss_weight,
-        compress_factor=config.compress_factor,
-        metric_target=config.metric_target,  # type: ignore[arg-type]
-        disc_noisy_term=config.disc_noisy_term,  # type: ignore[arg-type]
-    )
-
-
-def make_optimizer(parameters: Any, config: Config) -> torch.optim.Optimizer:
-    """Adam or AdamW as the config says; the reference's ``Adam(lr)`` is ``adam`` with betas
-    (0.9, 0.999) and no weight decay, torch's defaults, so its updates are unchanged."""
-    kind = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return kind(parameters, lr=config.init_lr, betas=(config.adam_betas[0], config.adam_betas[1]),
-                weight_decay=config.weight_decay)
-
-
-def apply_optimizer_settings(optimizer: torch.optim.Optimizer, config: Config) -> list[str]:
-    """Give a restored optimizer the config's betas, weight decay and kind; say what changed.
-
-    ``Optimizer.load_state_dict`` brings back the saved hyper-parameters with the moments, so
-    without this a resume that changes them (a recipe switch, an explicit ``--adam-betas``)
-    would silently keep the checkpoint's. The learning rate has its own rule (``schedule``).
-    Adam and AdamW keep the same moments; AdamW is Adam with decoupled weight decay.
-    """
-    wanted = {"betas": (config.adam_betas[0], config.adam_betas[1]), "weight_decay": config.weight_decay,
-              "decoupled_weight_decay": config.optimizer == "adamw"}
-    changes = []
-    for group in optimizer.param_groups:
-        for key, value in wanted.items():
-            if key in group and group[key] != value:
-                changes.append(f"{key} {group[key]!r} -> {value!r}")
-                group[key] = value
-    return sorted(set(changes))
-
-
-def build_networks(config: Config, device: torch.device) -> Networks:
-    """Both networks (seeded), their optimizers, and forward passes as ``amp``/``compile`` ask.
-
-    ``compile`` applies to the generator only: the discriminator's step is ~3 % of the
-    generator's on CPU (BENCHMARKS.md), and its spectral norm updates its power-iteration
-    vectors in place on every forward, which AOTAutograd's saved-tensor check refuses
-    ("modified by an inplace operation") in the backward.
-    """
-    torch.manual_seed(config.seed)
-    generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer).to(device)
-    discriminator = Discriminator(ndf=config.ndf).to(device)
-    return Networks(
-        generator,
-        discriminator,
-        make_optimizer(generator.parameters(), config),
-        make_optimizer(discriminator.parameters(), config),
-        run_generator=forward_of(generator, device, config.amp, config.compile),
-        run_discriminator=forward_of(discriminator, device, config.amp, compile=False),
-    )
-
-
-def start_pesq_pool(workers: int) -> PesqPool:
-    """The PESQ pool, its helper processes started with the preemption signals blocked.
-
-    SLURM (``scancel --signal``) and Ctrl-C signal every process of the job, not only the
-    trainer. The PESQ workers ignore those signals themselves, but the pool also starts
-    multiprocessing's resource tracker, which ignores only SIGINT and SIGTERM: SIGUSR1 killed it,
-    and the run ended with "resource_tracker: process died unexpectedly" and a KeyError traceback
-    per semaphore (found by ``tools/torture.py signals``). A blocked signal mask is inherited
-    across fork and exec, and the tracker never unblocks SIGUSR1, so it survives.
-    """
-    with deferred_signals():
-        return PesqPool(workers=workers)
-
-
-def check_adam_state_shapes(optimizer: torch.optim.Optimizer, name: str, path: Path) -> None:
-    """Refuse optimizer moments whose shapes differ from their parameters' (a re-hashed edit).
-
-    ``Optimizer.load_state_dict`` checks only the number of parameters, so a wrong-shaped
-    ``exp_avg`` would load and fail at the first step with a raw size-mismatch traceback.
-    """
-    for group in optimizer.param_groups:
-        for index, parameter in enumerate(group["params"]):
-            for key, value in optimizer.state.get(parameter, {}).items():
-                if isinstance(value, torch.Tensor) and value.dim() > 0 and value.shape != parameter.shape:
-                    raise StateMismatchError(
-                        f"{path}: cannot restore {name!r}: state {key!r} of parameter {index} has shape "
-                        f"{tuple(value.shape)}, the parameter {tuple(parameter.shape)}. The file was edited "
-                        "or comes from another model; resume from the other checkpoint (--load best|last)."
-                    )
-
-
-def validation_split_is_legacy(loaded: LoadedCheckpoint) -> bool:
-    """Whether ``loaded`` comes from a run that validated on the test split (no recorded rule)."""
-    recorded = loaded.get("validation")
-    return not (isinstance(recorded, dict) and "rule" in recorded)
-
-
-def validation_split(corpus: Corpus, config: Config, loaded: LoadedCheckpoint | None) -> ValidationSplit:
-    """The pairs this run validates on (``bsrnn.data.holdout`` has the rules).
-
-    A run keeps the split it started with. Runs from before validation splits (their record has
-    no ``rule``) validated on the test split and keep doing so, with a warning, unless the user
-    allows the change: a best checkpoint chosen on one set cannot be compared with another's.
-    """
-    if loaded is not None and validation_split_is_legacy(loaded) and not config.allow_validation_change:
-        log.warning("WARNING: this run started before validation splits and validates on the test split; it "
-                    "keeps doing so, so that its best checkpoint stays comparable. A new run (or "
-                    "--allow-validation-change) holds out training data instead.")
-        return legacy_test_split(corpus)
-    return hold_out(corpus, config.valid_speakers, config.valid_fraction)
-
-
-def validation_record(split: ValidationSplit, config: Config, loaded: LoadedCheckpoint | None) -> dict[str, Any]:
-    """The validation set of this run: how it was chosen, what of each utterance is scored
-    (``length``: whole utterances, or crops of ``cut_len`` under ``seed``), which utterances.
-
-    Fixed for the life of a run and saved in every checkpoint, because ``checkpoint_best.pt`` is
-    chosen by comparing validation values across epochs: a resume with another ``cut_len``,
-    ``seed`` or ``validation_length`` keeps the run's, and a resume whose validation utterances
-    differ is refused (unless ``allow_validation_change``) rather than compare values over
-    different sets. Runs from before ``length`` was recorded validated on crops.
-    """
-    names = sorted(pair.name for pair in split.valid)
-    current = {"rule": split.rule, "length": config.validation_length, "cut_len": config.cut_len,
-               "seed": config.seed, "items": len(names),
-               "names_sha256": hashlib.sha256("\n".join(names).encode()).hexdigest()}
-    if loaded is None:
-        return current
-    recorded = loaded.get("validation")
-    if not isinstance(recorded, dict):  # a checkpoint from before the record: its config's crops
-        previous = loaded.get(keys.CONFIG) or {}
-        return {**current, "length": "crops", "cut_len": previous.get("cut_len", config.cut_len),
-                "seed": previous.get("seed", config.seed)}
-    if (recorded.get("items"), recorded.get("names_sha256")) != (current["items"], current["names_sha256"]):
-        change = (f"it held {recorded.get('items')} utterances ({recorded.get('rule', {'kind': 'test'})}), the data "
-                  f"and options now give {current['items']} ({split.rule})")
-        if not config.allow_validation_change:
-            raise UserError(
-                f"The validation set changed since {loaded.path} was saved: {change}. checkpoint_best.pt is chosen "
-                "by comparing validation values across epochs, which needs the same set. Resume with the run's "
-                "data and --valid-* options, start a new run in another --run-dir, or pass "
-                "--allow-validation-change to switch sets (best-so-far values then mix the two sets)."
-            )
-        log.warning("WARNING: the validation set changes (--allow-validation-change): %s. The best value so far "
-                    "was measured on the old set.", change)
-        return current
-    kept = {"length": recorded.get("length", "crops"), "cut_len": recorded["cut_len"], "seed": recorded["seed"]}
-    if kept["length"] != config.validation_length:
-        log.info("Validation keeps the run's %s (validation_length %r, not this invocation's %r)",
-                 "whole utterances" if kept["length"] == "full" else "crops", kept["length"],
-                 config.validation_length)
-    elif kept["length"] == "crops" and (kept["cut_len"], kept["seed"]) != (config.cut_len, config.seed):
-        log.info("Validation keeps the run's crops (cut_len %s, seed %s); training uses cut_len %s, seed %s",
-                 kept["cut_len"], kept["seed"], config.cut_len, config.seed)
-    return {**current, **kept}
-
-
 class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
 
-    def __init__(self, config: Config, split: ValidationSplit, device: torch.device, context: DistributedContext,
-                 loaded: LoadedCheckpoint | None, lock: RunDirectoryLock | None, files: RunFiles,
-                 init_lr_given: bool) -> None:
-        self.config = config
+    def __init__(self, plan: RunPlan, device: torch.device, context: DistributedContext,
+                 lock: RunDirectoryLock | None, files: RunFiles) -> None:
+        assert plan.split is not None, "a plan with nothing to train builds no trainer"
+        self.plan = plan
+        self.config = config = plan.config  # final: the trainer never changes it (training/plan.py)
+        split = plan.split
         self.device = device
         self.context = context
         self.run_dir = Path(config.save_model_dir)
@@ -252,9 +94,7 @@ class Trainer:
         if execution and context.is_main:
             log.info(execution)
         self.train_set = TrainSet(split.train, cut_len=config.cut_len, seed=config.seed)
-        self.validation = validation_record(split, config, loaded)
-        if self.validation["length"] != config.validation_length:  # the run's own, recorded in config.toml too
-            self.config = config = config.replace(validation_length=self.validation["length"])
+        self.validation = plan.validation
         self.val_set = (FullUtterances(split.valid, min_len=MIN_CUT_LEN) if self.validation["length"] == "full"
                         else FixedCrops(split.valid, cut_len=self.validation["cut_len"], seed=self.validation["seed"]))
         if len(self.train_set) < config.batch_size * context.world_size:
@@ -272,7 +112,7 @@ class Trainer:
             require_finite=keys.NETWORKS, accept=check_resumable,
         )
         try:
-            self._set_up(loaded, init_lr_given)
+            self._set_up(plan.loaded)
         except BaseException:
             # A refused checkpoint (wrong shapes, ...) must not keep the run directory locked:
             # from Python, the next train() in the same process would be turned away as
@@ -280,7 +120,7 @@ class Trainer:
             self.manager.close()
             raise
 
-    def _set_up(self, loaded: LoadedCheckpoint | None, init_lr_given: bool) -> None:
+    def _set_up(self, loaded: LoadedCheckpoint | None) -> None:
         """Register the state, restore it, write config.toml, start the PESQ pool."""
         config, context = self.config, self.context
         for name, obj in zip(keys.REGISTERED, (
@@ -299,7 +139,7 @@ class Trainer:
             self.train_set.pairs = cache_pairs(self.train_set.pairs, progress=context.is_main)
         self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
-            self._restore(loaded, init_lr_given)
+            self._restore(loaded)
             self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.epoch,
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
                              monitor=config.monitor)
@@ -323,7 +163,7 @@ class Trainer:
         self.pesq_pool = start_pesq_pool(config.pesq_workers)
 
     # ------------------------------------------------------------------------------ resume
-    def _restore(self, loaded: LoadedCheckpoint, init_lr_given: bool) -> None:
+    def _restore(self, loaded: LoadedCheckpoint) -> None:
         restored = self.manager.restore(loaded, strict=False)
         missing = restored.missing
         for name, optimizer in zip(keys.OPTIMIZERS, (self.nets.optimizer_g, self.nets.optimizer_d), strict=True):
@@ -339,7 +179,7 @@ class Trainer:
             log.warning("The checkpoint has no %s: it starts fresh", name)
         for optimizer, scheduler in ((self.nets.optimizer_g, self.scheduler_g),
                                      (self.nets.optimizer_d, self.scheduler_d)):
-            apply_resume_rule(optimizer, scheduler, self.config, init_lr_given=init_lr_given)
+            apply_resume_rule(optimizer, scheduler, self.config, restart=self.plan.restart_learning_rate)
 
     def learning_rates(self) -> dict[str, float]:
         return {
