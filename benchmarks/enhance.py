@@ -118,7 +118,7 @@ def measure_rtf(model: BSRNN, seconds: float, repeats: int) -> dict[str, float]:
     """Median real-time factor of the default (batched) and the one-chunk-per-forward paths."""
     audio = long_signal(seconds)
     configs = {
-        f"1 chunk per forward (CPU default)": {"batch_seconds": DEFAULT_CHUNK_SECONDS},
+        "1 chunk per forward (CPU default)": {"batch_seconds": DEFAULT_CHUNK_SECONDS},
         "4 chunks per forward": {"batch_seconds": 4 * DEFAULT_CHUNK_SECONDS},
     }
     enhance_waveform(model, audio[: int(1.5 * DEFAULT_CHUNK_SECONDS * SAMPLE_RATE)])  # warm-up

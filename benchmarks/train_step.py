@@ -56,8 +56,8 @@ from bench_common import (
     round_robin,
     speech_pairs,
 )
-from bsrnn.audio import compress_magnitude, stft
-from bsrnn.losses import DEFAULT_LOSS_WEIGHTS, discriminator_loss, generator_loss
+from bsrnn.audio import stft
+from bsrnn.losses import DEFAULT_LOSS_WEIGHTS, compressed_magnitude, discriminator_loss, generator_loss
 from bsrnn.metrics.pesq_pool import PesqPool
 from bsrnn.models import BSRNN, Discriminator, generator_state_dict_from_reference
 from bsrnn.training.distributed import DistributedContext
@@ -135,7 +135,7 @@ class StepBench:
         self.clean_spec, noisy_spec = stft(clean), stft(noisy)
         with torch.no_grad():
             estimate = nets.generator(noisy_spec)
-        self.clean_mag = compress_magnitude(self.clean_spec)
+        self.clean_mag = compressed_magnitude(self.clean_spec)
         self.noisy_mag = compress_magnitude(noisy_spec)
         self.est_mag = compress_magnitude(estimate)
         self.fixed_pesq = torch.full((clean.shape[0],), 2.5)

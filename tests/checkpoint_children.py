@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import resource
 import sys
-from pathlib import Path
 
 import torch
 

@@ -14,11 +14,9 @@ import soundfile
 import torch
 
 from bsrnn.audio import (
-    SAMPLE_RATE,
     AudioFileError,
     audio_files_by_name,
     audio_info,
-    compress_magnitude,
     hann_window,
     istft,
     output_format,
@@ -56,19 +54,6 @@ def test_stft_and_istft_accept_extra_leading_dimensions() -> None:
     spec = stft(audio)
     assert spec.shape == (2, 3, 257, 32)
     assert torch.allclose(istft(spec, length=4000), audio, atol=1e-5)
-
-
-def test_compress_magnitude_is_the_power_law_with_floor_and_adds_a_channel() -> None:
-    spec = torch.tensor([[[0.0 + 0.0j, 8.0 + 0.0j], [0.0 + 1.0j, 3.0 - 4.0j]]], dtype=torch.complex64)
-    compressed = compress_magnitude(spec)
-    assert compressed.shape == (1, 1, 2, 2)
-    expected = torch.tensor([[(1e-10) ** 0.3, 8.0**0.3], [1.0, 5.0**0.3]])
-    assert torch.allclose(compressed[0, 0], expected, rtol=1e-6)
-
-
-def test_compress_magnitude_rejects_a_spectrogram_without_batch_axis() -> None:
-    with pytest.raises(ValueError, match=r"\[B, 257, T\]"):
-        compress_magnitude(torch.zeros(257, 10, dtype=torch.complex64))
 
 
 def test_window_is_cached_per_device_and_dtype() -> None:
@@ -135,13 +120,6 @@ def test_resample_keeps_float64_input_in_float64() -> None:
 
 
 # ----------------------------------------------------------------------------- one home
-def test_the_config_and_pesq_use_the_audio_sample_rate() -> None:
-    from bsrnn import config
-    from bsrnn.metrics import pesq_pool
-
-    assert config.SAMPLE_RATE == pesq_pool.PESQ_SAMPLE_RATE == SAMPLE_RATE == 16000
-
-
 def test_importing_the_audio_module_does_not_import_torch() -> None:
     """``bsrnn score`` reads audio through it and may fork its helpers only without torch."""
     probe = "import sys, bsrnn.audio, bsrnn.metrics, bsrnn.cli.score; print('torch' in sys.modules)"

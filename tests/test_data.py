@@ -310,7 +310,7 @@ def test_loading_a_clip_with_nan_names_it() -> None:
     noisy = ArraySource(np.ones(2000, np.float32), 16000, "bad/noisy")
     pair = Pair("bad", ArraySource(samples, 16000, "bad/clean"), noisy)
     with pytest.raises(DataError, match="bad/clean"):
-        TrainSet([pair], cut_len=1000)[(0, 0)]
+        TrainSet([pair], cut_len=1920)[(0, 0)]
 
 
 def test_items_never_alias_the_in_memory_corpus() -> None:

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import TINY, TINY_DEFAULT_MONITOR, assert_same_training_state, checkpoint, env, losses_by_step
+from e2e import TINY_DEFAULT_MONITOR, assert_same_training_state, checkpoint, env, losses_by_step
 
 pytestmark = pytest.mark.slow
 

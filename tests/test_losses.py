@@ -155,7 +155,7 @@ def test_wrong_mask_or_score_counts_are_refused() -> None:
 
 
 # ----------------------------------------------------------------------------- recipe ingredients
-from bsrnn.audio import compress_magnitude, istft, stft  # noqa: E402
+from bsrnn.audio import istft, stft  # noqa: E402
 from bsrnn.losses import (  # noqa: E402
     Objective,
     anti_wrapped,
@@ -174,9 +174,14 @@ def _signal(batch: int = 2, samples: int = 4000, seed: int = 0) -> torch.Tensor:
     return torch.randn(batch, samples, generator=torch.Generator().manual_seed(seed)) * 0.1
 
 
-def test_compressed_magnitude_at_the_reference_exponent_is_the_audio_modules_bit_for_bit() -> None:
-    spec = stft(_signal())
-    assert torch.equal(compressed_magnitude(spec, 0.3), compress_magnitude(spec))
+def test_compressed_magnitude_is_the_power_law_with_floor_and_adds_a_channel() -> None:
+    spec = torch.tensor([[[0.0 + 0.0j, 8.0 + 0.0j], [0.0 + 1.0j, 3.0 - 4.0j]]], dtype=torch.complex64)
+    compressed = compressed_magnitude(spec)
+    assert compressed.shape == (1, 1, 2, 2)
+    expected = torch.tensor([[(1e-10) ** 0.3, 8.0**0.3], [1.0, 5.0**0.3]])
+    assert torch.allclose(compressed[0, 0], expected, rtol=1e-6)
+    with pytest.raises(ValueError, match=r"\[B, 257, T\]"):
+        compressed_magnitude(torch.zeros(257, 10, dtype=torch.complex64))
 
 
 def test_every_new_term_is_zero_when_the_estimate_is_the_clean_signal() -> None:

@@ -16,7 +16,7 @@ from bsrnn.metrics import FileScore, format_table, parallel, score_files, score_
 from bsrnn.metrics.composite import (
     SEGSNR_CEILING_DB,
     SEGSNR_FLOOR_DB,
-    _levinson_durbin,
+    levinson_durbin,
     _nearest_peak,
     segmental_snr_frames,
 )
@@ -92,11 +92,11 @@ def test_segmental_snr_frames_are_clipped_to_minus_10_and_35_db(clean):
     assert score_pair(clean, with_white_noise(clean, -40))["ssnr"] == SEGSNR_FLOOR_DB
 
 
-def test_vectorised_levinson_durbin_solves_the_normal_equations():
+def test_vectorisedlevinson_durbin_solves_the_normal_equations():
     frames = np.random.default_rng(1).standard_normal((4, 480))
     autocorrelation = np.stack(
         [np.sum(frames[:, : 480 - lag] * frames[:, lag:], axis=1) for lag in range(17)], axis=1)
-    polynomials = _levinson_durbin(autocorrelation)
+    polynomials = levinson_durbin(autocorrelation)
     for acf, polynomial in zip(autocorrelation, polynomials):
         predictor = solve_toeplitz(acf[:16], acf[1:17])
         np.testing.assert_allclose(polynomial, np.concatenate([[1.0], -predictor]), atol=1e-10)
@@ -150,7 +150,7 @@ def test_score_files_keeps_input_order_and_numbers_in_helper_processes(clean, mo
     pairs = [(f"file{index}", clean, with_white_noise(clean, snr_db))
              for index, snr_db in enumerate((30, 0, 15))]
     in_process = score_files(pairs, workers=1, progress=False)
-    monkeypatch.setattr(parallel, "_PARENT_TAKES_JOBS", False)  # helpers score every file
+    monkeypatch.setattr(parallel, "PARENT_TAKES_JOBS", False)  # helpers score every file
     pooled = score_files(pairs, workers=2, progress=False)
     assert [score.file for score in pooled] == ["file0", "file1", "file2"]
     assert pooled == in_process

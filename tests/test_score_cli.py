@@ -74,7 +74,7 @@ def test_two_workers_give_the_same_rows(folders, tmp_path, monkeypatch):
     clean_dir, enhanced_dir = folders
     one, two = tmp_path / "one.csv", tmp_path / "two.csv"
     run_score([str(clean_dir), str(enhanced_dir), "--csv", str(one), "--workers", "1"])
-    monkeypatch.setattr(parallel, "_PARENT_TAKES_JOBS", False)  # the helper reads and scores all
+    monkeypatch.setattr(parallel, "PARENT_TAKES_JOBS", False)  # the helper reads and scores all
     run_score([str(clean_dir), str(enhanced_dir), "--csv", str(two), "--workers", "2"])
     assert read_rows(one) == read_rows(two)
 

@@ -47,6 +47,10 @@ corpus file must have it, and ``enhance``/``score`` resample other rates to it."
 N_FFT = 512
 HOP_LENGTH = 128
 NUM_BINS = N_FFT // 2 + 1
+MIN_CUT_LEN = 1920
+"""The shortest training crop that trains: 1920 samples give 16 STFT frames (hop 128), and the
+discriminator's four stride-2 4x4 convolutions need 16 to keep 2 frames for the last one
+(16 -> 8 -> 4 -> 2). One 512-sample frame, the bound once documented, crashes the first step."""
 COMPRESSION_EXPONENT = 0.3
 MAGNITUDE_FLOOR = 1e-10
 """Added before the power law so that its gradient at silent bins stays finite."""
@@ -117,18 +121,6 @@ def istft(spec: torch.Tensor, length: int | None = None) -> torch.Tensor:
         length=length,
     )
     return audio.reshape(*lead, audio.shape[-1]) if spec.dim() > 3 else audio
-
-
-def compress_magnitude(spec: torch.Tensor) -> torch.Tensor:
-    """Power-law compressed magnitude ``(|spec| + 1e-10) ** 0.3``, shaped [B, 1, 257, T].
-
-    This is the representation the reference feeds its metric discriminator and its
-    magnitude loss: the exponent 0.3 lifts quiet bins so that they are not ignored next to
-    loud ones. The channel axis added here is the discriminator's input channel.
-    """
-    if spec.dim() != 3:
-        raise ValueError(f"compress_magnitude expects a spectrogram [B, 257, T], got {tuple(spec.shape)}")
-    return (spec.abs().unsqueeze(1) + MAGNITUDE_FLOOR) ** COMPRESSION_EXPONENT
 
 
 # ----------------------------------------------------------------------------- audio files

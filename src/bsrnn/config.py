@@ -24,10 +24,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from bsrnn.audio import MIN_CUT_LEN, SAMPLE_RATE
 from bsrnn.errors import ConfigError
 from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
-
-SAMPLE_RATE = 16000
 
 # Fields that define the networks' shapes: on resume they must agree with the checkpoint.
 ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
@@ -55,10 +54,6 @@ RECIPE_FIELDS = (
 MONITOR_CHOICES = ("pesq", "val_loss")
 
 
-MIN_CUT_LEN = 1920
-"""The shortest training crop that trains: 1920 samples give 16 STFT frames (hop 128), and the
-discriminator's four stride-2 4x4 convolutions need 16 to keep 2 frames for the last one
-(16 -> 8 -> 4 -> 2). One 512-sample frame, the bound once documented, crashes the first step."""
 
 
 def _is_integer(value: Any) -> bool:
@@ -369,10 +364,6 @@ def recipe_values(name: str) -> dict[str, Any]:
 
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
-
-
-def field_help() -> dict[str, str]:
-    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(Config)}
 
 
 RETIRED_KEYS = {

@@ -17,7 +17,6 @@ a symbolic link (the demo never deletes through one).
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import shutil
@@ -55,11 +54,10 @@ def _run(command: list[str]) -> int:
 
 
 def _steps_logged(run_dir: Path) -> int:
-    metrics = run_dir / "metrics.jsonl"
-    if not metrics.exists():
-        return 0
-    steps = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
-    return max((s.get("global_step", 0) for s in steps if s.get("event") == "step"), default=0)
+    from bsrnn.training.run_files import read_metrics_log
+
+    events, _torn = read_metrics_log(run_dir)
+    return max((e.get("global_step", 0) for e in events if e.get("event") == "step"), default=0)
 
 
 def _refusal(run_dir: Path, found: str) -> UserError:

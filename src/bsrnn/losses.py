@@ -195,8 +195,9 @@ def _check_weights(weights: Sequence[float]) -> tuple[float, float, float]:
 def compressed_magnitude(spec: torch.Tensor, exponent: float = COMPRESSION_EXPONENT) -> torch.Tensor:
     """``(|spec| + 1e-10) ** exponent`` shaped [B, 1, 257, T], as the discriminator takes it.
 
-    The same operations as ``bsrnn.audio.compress_magnitude`` (so at 0.3 the same bits), with
-    the exponent a parameter.
+    This is the representation the reference feeds its metric discriminator and its magnitude
+    loss: the exponent (0.3 in the reference) lifts quiet bins so that they are not ignored next
+    to loud ones. The channel axis added here is the discriminator's input channel.
     """
     if spec.dim() != 3:
         raise ValueError(f"compressed_magnitude expects a spectrogram [B, 257, T], got {tuple(spec.shape)}")

@@ -21,7 +21,6 @@ validation. The phase is then read from what the trainer had printed.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import signal
@@ -31,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bsrnn.checkpoint import load_checkpoint
+from bsrnn.training.run_files import read_metrics_log
 from torture.common import (
     EPOCHS,
     RUN_TIMEOUT_S,
@@ -116,21 +116,8 @@ def choose_plan(rng: random.Random, run_dir: Path, timing: Timing, kind: str | N
 
 def _logged_since(run_dir: Path, offset: int) -> list[dict]:
     """Step events appended to ``metrics.jsonl`` after byte ``offset`` (this process's)."""
-    path = run_dir / "metrics.jsonl"
-    if not path.exists():
-        return []
-    with open(path, "rb") as handle:
-        handle.seek(offset)
-        text = handle.read().decode(errors="replace")
-    events = []
-    for line in text.splitlines():
-        try:
-            event = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if event.get("event") == "step":
-            events.append(event)
-    return events
+    events, _torn = read_metrics_log(run_dir, start=offset)
+    return [event for event in events if event.get("event") == "step"]
 
 
 def _metrics_size(run_dir: Path) -> int:

@@ -16,7 +16,7 @@ Typical use by a trainer::
 
 from __future__ import annotations
 
-from bsrnn.data.datasets import DEFAULT_CUT_LEN, FixedCrops, TestSet, TrainSet, crop_offset, tile_to_length
+from bsrnn.data.datasets import FixedCrops, TestSet, TrainSet, crop_offset, tile_to_length
 from bsrnn.data.demo_corpus import demo_corpus
 from bsrnn.data.layout import LAYOUTS, Corpus, find_corpus, write_corpus
 from bsrnn.data.report import DataProblem, ProblemReport
@@ -26,7 +26,6 @@ from bsrnn.data.synth import NOISE_KINDS
 from bsrnn.data.validate import check_corpus, check_data_dir, validate_corpus
 
 __all__ = [
-    "DEFAULT_CUT_LEN",
     "LAYOUTS",
     "NOISE_KINDS",
     "ArraySource",

@@ -23,10 +23,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from bsrnn.audio import MIN_CUT_LEN
 from bsrnn.data.sources import Pair, load_pair
 
-DEFAULT_CUT_LEN = 32000
-"""Two seconds at 16 kHz, the reference's ``cut_len``."""
 
 
 def crop_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
@@ -55,9 +54,9 @@ class TrainSet(Dataset):
     hold paths, or arrays for the in-memory demo), so it is safe with worker processes.
     """
 
-    def __init__(self, pairs: Sequence[Pair], cut_len: int = DEFAULT_CUT_LEN, seed: int = 0) -> None:
-        if cut_len <= 0:
-            raise ValueError(f"cut_len must be a positive number of samples, got {cut_len}")
+    def __init__(self, pairs: Sequence[Pair], cut_len: int, seed: int = 0) -> None:
+        if cut_len < MIN_CUT_LEN:
+            raise ValueError(f"cut_len must be at least {MIN_CUT_LEN} samples (MIN_CUT_LEN), got {cut_len}")
         self.pairs = list(pairs)
         self.cut_len = int(cut_len)
         self.seed = int(seed)
@@ -129,7 +128,7 @@ class FixedCrops(Dataset):
     validation losses of different epochs compare like with like. Items: (clean, noisy, name).
     """
 
-    def __init__(self, pairs: Sequence[Pair], cut_len: int = DEFAULT_CUT_LEN, seed: int = 0) -> None:
+    def __init__(self, pairs: Sequence[Pair], cut_len: int, seed: int = 0) -> None:
         self._crops = TrainSet(pairs, cut_len=cut_len, seed=seed)
 
     def __len__(self) -> int:

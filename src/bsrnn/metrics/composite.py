@@ -128,7 +128,7 @@ def _autocorrelation(frames: np.ndarray, max_lag: int) -> np.ndarray:
     return np.stack(lags, axis=1)
 
 
-def _levinson_durbin(autocorrelation: np.ndarray) -> np.ndarray:
+def levinson_durbin(autocorrelation: np.ndarray) -> np.ndarray:
     """LPC polynomials ``[1, -a_1, ..., -a_p]`` of every frame at once, ``[frames, p + 1]``."""
     num_frames, order = autocorrelation.shape[0], autocorrelation.shape[1] - 1
     predictor = np.zeros((num_frames, order))
@@ -159,8 +159,8 @@ def llr_frames(clean: np.ndarray, processed: np.ndarray, sample_rate: int) -> np
     clean_acf = _autocorrelation(windowed_frames(clean, sample_rate), order)
     processed_acf = _autocorrelation(windowed_frames(processed, sample_rate), order)
     with np.errstate(divide="ignore", invalid="ignore"):
-        clean_lpc = _levinson_durbin(clean_acf)
-        processed_lpc = _levinson_durbin(processed_acf)
+        clean_lpc = levinson_durbin(clean_acf)
+        processed_lpc = levinson_durbin(processed_acf)
         lag_index = np.abs(np.subtract.outer(np.arange(order + 1), np.arange(order + 1)))
         clean_toeplitz = clean_acf[:, lag_index]  # [frames, p + 1, p + 1]
         numerator = np.einsum("fi,fij,fj->f", processed_lpc, clean_toeplitz, processed_lpc)

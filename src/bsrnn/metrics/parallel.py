@@ -36,7 +36,7 @@ from bsrnn.metrics.pesq_pool import init_worker, start_workers
 Job = TypeVar("Job")
 Result = TypeVar("Result")
 
-_PARENT_TAKES_JOBS = True
+PARENT_TAKES_JOBS = True
 """Whether this process works through jobs while spawned helpers start; tests turn it off to
 make the helpers do all the work."""
 
@@ -168,7 +168,7 @@ def _with_spawned_helpers(task: Callable[[Job], Result], jobs: Sequence[Job], he
             while todo and len(in_flight) < 2 * warm:
                 index = todo.pop()
                 in_flight[executor.submit(task, jobs[index])] = index
-            if todo and _PARENT_TAKES_JOBS:
+            if todo and PARENT_TAKES_JOBS:
                 index = todo.popleft()
                 results[index] = task(jobs[index])
                 progress.update()

@@ -38,9 +38,10 @@ from typing import Any, NamedTuple
 import numpy as np
 from pesq import PesqError, pesq
 
+from bsrnn.audio import SAMPLE_RATE
+
 log = logging.getLogger(__name__)
 
-PESQ_SAMPLE_RATE = 16000
 _PARENT_POLL_S = 1.0
 
 
@@ -195,7 +196,7 @@ def wideband_pesq(clean: Any, estimate: Any) -> tuple[float, str | None]:
         if length > 0 and not np.any(samples):
             return float("nan"), f"PESQ skipped: the {role} is digital silence"
     try:
-        return float(pesq(PESQ_SAMPLE_RATE, clean_signal, estimate_signal, "wb")), None
+        return float(pesq(SAMPLE_RATE, clean_signal, estimate_signal, "wb")), None
     except (PesqError, ValueError) as error:
         # ValueError: the C routine's NaN path on degenerate signals; fs and mode are fixed here.
         message = error.args[0] if error.args else ""

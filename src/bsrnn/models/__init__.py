@@ -11,7 +11,6 @@ from bsrnn.models.discriminator import Discriminator
 from bsrnn.models.reference import (
     discriminator_from_state_dict,
     discriminator_state_dict_from_reference,
-    discriminator_state_dict_to_reference,
     generator_from_state_dict,
     generator_state_dict_from_reference,
     generator_state_dict_to_reference,
@@ -25,7 +24,6 @@ __all__ = [
     "Discriminator",
     "discriminator_from_state_dict",
     "discriminator_state_dict_from_reference",
-    "discriminator_state_dict_to_reference",
     "generator_from_state_dict",
     "generator_state_dict_from_reference",
     "generator_state_dict_to_reference",

@@ -246,11 +246,6 @@ def discriminator_state_dict_from_reference(state_dict: StateDict) -> dict[str, 
     return sd
 
 
-def discriminator_state_dict_to_reference(state_dict: StateDict) -> dict[str, torch.Tensor]:
-    """Our discriminator weights -> the reference names (identical; a plain copy)."""
-    return discriminator_state_dict_from_reference(state_dict)
-
-
 def _load_strict(model: torch.nn.Module, state_dict: StateDict) -> None:
     """``load_state_dict`` whose failures (missing keys, wrong shapes) are ValueErrors."""
     try:

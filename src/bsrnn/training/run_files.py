@@ -311,15 +311,17 @@ def _drop_torn_last_line(fd: int, path: Path) -> None:
     log.warning("%s ended in a torn line (%d bytes, from an interrupted write); dropped it", path, size - keep)
 
 
-def read_metrics_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
+def read_metrics_log(run_dir: Path, start: int = 0) -> tuple[list[dict[str, Any]], list[int]]:
     """Every event of a run in order, and the numbers of the lines that did not parse (torn
-    writes): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the tests and the torture
-    campaigns use it)."""
+    writes): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the demo, the tests and the
+    torture campaigns use it). ``start``: a byte offset to read from (what one process appended
+    after it; line numbers then count from there)."""
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
         return [], []
     events, torn = [], []
     with open(path, encoding="utf-8", errors="replace") as handle:
+        handle.seek(start)
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
