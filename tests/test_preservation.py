@@ -26,6 +26,7 @@ from bsrnn.checkpoint import (
 from bsrnn.checkpoint.fileformat import write_file_durably
 from bsrnn.config import Config
 from bsrnn.models import BSRNN
+from bsrnn.training.progress import TrainingProgress, saved_progress
 from bsrnn.training.resume import check_resumable
 
 from e2e import TINY, bsrnn, checkpoint
@@ -239,3 +240,17 @@ def test_train_keeps_state_by_content_and_refuses_to_start_beside_kept_state(tmp
         assert refused.returncode == 2, refused.stderr
         assert f"checkpoint_last.superseded-step{step}.pt" in refused.stderr and "--resume" in refused.stderr
         assert not (run / "checkpoint_last.pt").exists()
+
+
+def test_one_progress_reader_for_records_old_and_new_and_for_migrated_files() -> None:
+    """``last_completed_epoch`` was saved as ``epoch`` before it was named so; a migrated file has
+    only the top-level counters. Every reader goes through ``saved_progress``."""
+    old, new = _trainer_payload(), _trainer_payload()
+    new[keys.PROGRESS] = {**TrainingProgress(last_completed_epoch=3, global_step=25).state_dict()}
+    migrated = {keys.EPOCH: 3, keys.GLOBAL_STEP: 25}
+    for payload in (old, new, migrated):
+        progress = saved_progress(payload)
+        assert (progress.last_completed_epoch, progress.global_step, progress.current_epoch) == (3, 25, 4)
+    check_resumable("new.pt", new)
+    assert set(TrainingProgress().top_level_values()) == {keys.EPOCH, keys.GLOBAL_STEP, keys.STEP_IN_EPOCH,
+                                                           keys.VAL_LOSS, keys.BEST_VAL_LOSS, keys.VAL_PESQ}

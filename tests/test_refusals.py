@@ -142,7 +142,7 @@ def test_the_preemption_guard_stays_installed_until_the_last_save_has_committed(
     """``close`` waits for the last asynchronous save; a SIGTERM then must not kill the process."""
     handlers = []
     fake = SimpleNamespace(
-        config=SimpleNamespace(epochs=1), progress=SimpleNamespace(current_epoch=1, epoch=0, global_step=6),
+        config=SimpleNamespace(epochs=1), progress=SimpleNamespace(current_epoch=1, last_completed_epoch=0, global_step=6),
         files=SimpleNamespace(event=lambda *args, **values: None),
         close=lambda: handlers.append(signal.getsignal(signal.SIGTERM)),
         _result=lambda code, how: (code, how), manager=SimpleNamespace(wait_until_finished=lambda: None),

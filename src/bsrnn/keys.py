@@ -18,6 +18,18 @@ RNG = "rng"
 PROGRESS = "progress"
 CONFIG = "config"
 
+# Top-level copies of the progress counters and the last validation, for plain ``torch.load``
+# readers (the users' analysis scripts); the trainer's own record is the registered ``progress``.
+EPOCH = "epoch"
+"""The last completed epoch (-1 before the first)."""
+GLOBAL_STEP = "global_step"
+STEP_IN_EPOCH = "step_in_epoch"
+VAL_LOSS = "val_loss"
+BEST_VAL_LOSS = "best_val_loss"
+VAL_PESQ = "val_pesq"
+VALIDATION = "validation"
+"""The run's validation record (``training.plan.validation_record``)."""
+
 NETWORKS = (GENERATOR, DISCRIMINATOR)
 """The weights: never saved non-finite."""
 OPTIMIZERS = (GENERATOR_OPTIMIZER, DISCRIMINATOR_OPTIMIZER)

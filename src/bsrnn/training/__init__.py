@@ -38,6 +38,7 @@ from bsrnn.config import Config
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, init_distributed, shutdown_distributed
 from bsrnn.training.plan import Decision, RunPlan, check_source_exists, plan_run, run_dir_of
+from bsrnn.training.progress import TrainingProgress, saved_progress
 from bsrnn.training.resume import explicit_fields_of, summary_lines
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.tensorboard import require_tensorboard
@@ -125,9 +126,9 @@ def _train_locked(config: Config, explicit: set[str], device: torch.device, cont
     try:
         files.log_records(decision_log)
         if plan.done:
-            return TrainResult(0, Path(plan.config.save_model_dir), plan.completed_epochs - 1,
-                               int(plan.loaded.get("global_step", 0)) if plan.loaded is not None else 0,
-                               "already_done")
+            progress = saved_progress(plan.loaded.payload) if plan.loaded is not None else TrainingProgress()
+            return TrainResult(0, Path(plan.config.save_model_dir), progress.last_completed_epoch,
+                               progress.global_step, "already_done")
         return _train_with_files(plan, device, context, lock, files)
     finally:
         files.close()

@@ -51,6 +51,7 @@ from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision
+from bsrnn.training.progress import saved_progress
 from bsrnn.training.resume import check_resumable, reconcile
 
 log = logging.getLogger("bsrnn.train")
@@ -75,7 +76,7 @@ class RunPlan:
 
     @property
     def completed_epochs(self) -> int:
-        return int(self.loaded.get("epoch", -1)) + 1 if self.loaded is not None else 0
+        return saved_progress(self.loaded.payload).current_epoch if self.loaded is not None else 0
 
 
 def plan_run(config: Config, explicit: set[str], context: DistributedContext) -> RunPlan:
@@ -94,8 +95,9 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
         log.info("RESUMING FROM CHECKPOINT")
         log.info("Loading checkpoint from: %s", loaded.path)
         config = reconcile(config, explicit, loaded.get(keys.CONFIG), str(loaded.path)).with_gan_start_fixed()
-        completed = int(loaded.get("epoch", -1)) + 1
-        if completed >= config.epochs and not loaded.get("step_in_epoch"):
+        progress = saved_progress(loaded.payload)
+        completed = progress.current_epoch
+        if completed >= config.epochs and not progress.step_in_epoch:
             log.info(
                 "Resume epoch >= target epochs: the checkpoint has completed %d epoch(s) and the target is "
                 "--epochs %d. Nothing to train. To train more, raise the target, e.g. --epochs %d.",

@@ -1,6 +1,7 @@
 """The trainer's own counters, as stateful objects the checkpoint engine saves and restores.
 
-``epoch`` is the index of the last *completed* epoch, -1 before the first.
+``last_completed_epoch`` is the index of the last *completed* epoch, -1 before the first (saved as
+``last_completed_epoch``; records from before the name said ``epoch``, and are read as such).
 A mid-epoch checkpoint says how many batches of the next epoch are done (``step_in_epoch``);
 the resumed run skips exactly those, by arithmetic (``EpochBatches(start_batch=...)``).
 The running sums of the epoch in progress are saved too, so the epoch's summary line after a
@@ -14,10 +15,15 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from bsrnn import keys
+
+LEGACY_EPOCH_KEY = "epoch"
+"""``last_completed_epoch`` in the progress records of checkpoints written before it was named so."""
+
 
 @dataclass
 class TrainingProgress:
-    epoch: int = -1
+    last_completed_epoch: int = -1
     step_in_epoch: int = 0
     global_step: int = 0
     nonfinite_in_a_row: int = 0
@@ -31,7 +37,7 @@ class TrainingProgress:
     @property
     def current_epoch(self) -> int:
         """The epoch being trained (or about to be)."""
-        return self.epoch + 1
+        return self.last_completed_epoch + 1
 
     def add_step(self, values: Mapping[str, float]) -> None:
         for key, value in values.items():
@@ -49,7 +55,7 @@ class TrainingProgress:
                 self.best_val_loss = val_loss
 
     def finish_epoch(self) -> None:
-        self.epoch += 1
+        self.last_completed_epoch += 1
         self.step_in_epoch = 0
         self.epoch_sums = {}
         self.epoch_count = 0
@@ -57,10 +63,35 @@ class TrainingProgress:
     def state_dict(self) -> dict[str, Any]:
         return asdict(self)
 
+    def top_level_values(self) -> dict[str, Any]:
+        """The counters and the last validation under the top-level names users' scripts read
+        with plain ``torch.load`` (``keys``); written beside the registered record, never read back
+        except from a checkpoint that has no record (``saved_progress``)."""
+        return {keys.EPOCH: self.last_completed_epoch, keys.GLOBAL_STEP: self.global_step,
+                keys.STEP_IN_EPOCH: self.step_in_epoch, keys.VAL_LOSS: self.val_loss,
+                keys.BEST_VAL_LOSS: self.best_val_loss, keys.VAL_PESQ: self.val_pesq}
+
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        if LEGACY_EPOCH_KEY in state and "last_completed_epoch" not in state:
+            state = {**state, "last_completed_epoch": state[LEGACY_EPOCH_KEY]}
         for key, value in state.items():
             if hasattr(self, key):
                 setattr(self, key, dict(value) if isinstance(value, Mapping) else value)
+
+
+def saved_progress(payload: Mapping[str, Any]) -> TrainingProgress:
+    """The progress a checkpoint holds: its registered record, or, in a migrated file that has
+    none, the top-level counters. The one reader, so the plan, the resume summary and the
+    trainer can never disagree about where a run stands."""
+    progress = TrainingProgress()
+    record = payload.get(keys.PROGRESS)
+    if isinstance(record, Mapping) and record:
+        progress.load_state_dict(record)
+    else:
+        progress.last_completed_epoch = int(payload.get(keys.EPOCH, -1))
+        progress.global_step = int(payload.get(keys.GLOBAL_STEP, 0))
+        progress.step_in_epoch = int(payload.get(keys.STEP_IN_EPOCH, 0))
+    return progress
 
 
 class StepRate:

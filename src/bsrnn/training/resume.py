@@ -39,6 +39,7 @@ from bsrnn.config import (
 )
 from bsrnn.errors import ConfigError
 from bsrnn.models import BSRNN
+from bsrnn.training.progress import LEGACY_EPOCH_KEY, saved_progress
 from bsrnn.recipes import DEFAULT_RECIPE
 
 log = logging.getLogger(__name__)
@@ -84,7 +85,7 @@ def recipe_change(config: Config, explicit: set[str], checkpoint_config: Mapping
 # Top-level entries that the resume code reads as tables or as integers.
 _TABLES = (keys.CONFIG, *keys.REGISTERED, "monitor")
 _INTEGERS = ("epoch", "global_step", "step_in_epoch", "save_sequence")
-_PROGRESS_INTEGERS = ("epoch", "global_step", "step_in_epoch", "nonfinite_in_a_row", "nonfinite_skipped",
+_PROGRESS_INTEGERS = ("last_completed_epoch", "global_step", "step_in_epoch", "nonfinite_in_a_row", "nonfinite_skipped",
                       "epoch_count")
 
 
@@ -122,10 +123,11 @@ def check_resumable(path: Path | str, payload: Mapping[str, Any]) -> None:
             problems.append(f"{name} is empty")
     progress = payload.get(keys.PROGRESS)
     if isinstance(progress, Mapping) and progress:
-        problems += [f"progress.{key} is missing" for key in _PROGRESS_INTEGERS if key not in progress]
+        progress = {"last_completed_epoch": progress.get(LEGACY_EPOCH_KEY), **progress}  # records before the name
+        problems += [f"progress.{key} is missing" for key in _PROGRESS_INTEGERS if progress.get(key) is None]
         problems += [
             f"progress.{key} is {progress[key]!r}, expected an integer"
-            for key in _PROGRESS_INTEGERS if key in progress and not _is_integer(progress[key])
+            for key in _PROGRESS_INTEGERS if progress.get(key) is not None and not _is_integer(progress[key])
         ]
         if progress.get("epoch_sums") is not None and not isinstance(progress["epoch_sums"], Mapping):
             problems.append("progress.epoch_sums is not a table")
@@ -218,9 +220,9 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
                   learning_rates: Mapping[str, float], kept: Sequence[KeptState], validation: str = "") -> list[str]:
     """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter."""
-    epoch = int(payload.get("epoch", -1))
-    step_in_epoch = int(payload.get("step_in_epoch", 0))
-    resuming_epoch = epoch + 1
+    progress = saved_progress(payload)
+    epoch, step_in_epoch = progress.last_completed_epoch, progress.step_in_epoch
+    resuming_epoch = progress.current_epoch
     completed = ("none" if epoch < 0 else "1 (epoch 0)" if epoch == 0
                  else f"{epoch + 1} (epochs 0-{epoch})")
     monitor = payload.get("monitor") or {}
@@ -231,7 +233,7 @@ def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Conf
         f"  Checkpoint path: {path}",
         f"  Completed epochs: {completed}",
         f"  Resuming from: epoch {resuming_epoch}, step {step_in_epoch} of that epoch "
-        f"(global step {payload.get('global_step', 0)})",
+        f"(global step {progress.global_step})",
         f"  Target epochs: {config.epochs}",
         f"  Remaining epochs: {max(config.epochs - resuming_epoch, 0)}",
         f"  GAN term from epoch: {config.gan_epoch}",

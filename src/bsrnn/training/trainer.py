@@ -46,7 +46,7 @@ from bsrnn.training.builders import (
 )
 from bsrnn.training.observers import Observer
 from bsrnn.training.plan import RunPlan
-from bsrnn.training.progress import StepRate, TrainingProgress
+from bsrnn.training.progress import StepRate, TrainingProgress, saved_progress
 from bsrnn.training.resume import check_resumable
 from bsrnn.training.run_files import RunFiles
 from bsrnn.training.schedule import apply_resume_rule, describe_schedule, learning_rate_schedule
@@ -140,7 +140,7 @@ class Trainer:
         self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
             self._restore(loaded)
-            self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.epoch,
+            self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.last_completed_epoch,
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
                              monitor=config.monitor)
         else:
@@ -172,9 +172,8 @@ class Trainer:
             for change in apply_optimizer_settings(optimizer, self.config):
                 log.info("  %s: %s", name, change)
         self.kept = restored.kept
-        if keys.PROGRESS in missing:  # a migrated checkpoint: only weights and the epoch
-            self.progress.epoch = int(loaded.get("epoch", -1))
-            self.progress.global_step = int(loaded.get("global_step", 0))
+        if keys.PROGRESS in missing:  # a migrated checkpoint: only weights and the top-level counters
+            self.progress.load_state_dict(saved_progress(loaded.payload).state_dict())
         for name in missing:
             log.warning("The checkpoint has no %s: it starts fresh", name)
         for optimizer, scheduler in ((self.nets.optimizer_g, self.scheduler_g),
@@ -192,17 +191,9 @@ class Trainer:
         if not self.context.is_main:
             return
         progress = self.progress
-        values: dict[str, Any] = {
-            "epoch": progress.epoch,
-            "global_step": progress.global_step,
-            "step_in_epoch": progress.step_in_epoch,
-            "val_loss": progress.val_loss,
-            "best_val_loss": progress.best_val_loss,
-            "val_pesq": progress.val_pesq,
-            "validation": self.validation,
-            keys.CONFIG: self.config.to_dict(),
-        }
-        where = f"epoch {progress.epoch}" if progress.step_in_epoch == 0 else (
+        values: dict[str, Any] = {**progress.top_level_values(), keys.VALIDATION: self.validation,
+                                  keys.CONFIG: self.config.to_dict()}
+        where = f"epoch {progress.last_completed_epoch}" if progress.step_in_epoch == 0 else (
             f"epoch {progress.current_epoch} step {progress.step_in_epoch}")
         val = f", val_loss: {progress.val_loss:.4f}" if progress.val_loss is not None and metric is not None else ""
         monitor = self.config.monitor
@@ -273,7 +264,7 @@ class Trainer:
                     return self._preempted(signum)
             self.manager.wait_until_finished()  # "complete" only once the last save is durable
             log.info("Training complete: %d epochs, %d steps", config.epochs, progress.global_step)
-            self.files.event("completed", epoch=progress.epoch, global_step=progress.global_step)
+            self.files.event("completed", epoch=progress.last_completed_epoch, global_step=progress.global_step)
             return self._result(0, "completed")
         finally:
             elapsed = time.perf_counter() - started
@@ -288,7 +279,7 @@ class Trainer:
         self.manager.wait_until_finished()
         log.info("Stopped after --max-steps %d (global step %d); resume to continue",
                  max_steps, self.progress.global_step)
-        self.files.event("stopped", reason="max_steps", epoch=self.progress.epoch,
+        self.files.event("stopped", reason="max_steps", epoch=self.progress.last_completed_epoch,
                          global_step=self.progress.global_step)
         return self._result(0, "max_steps")
 
@@ -392,7 +383,7 @@ class Trainer:
         return self._result(128 + signum, name)
 
     def _result(self, code: int, how: str) -> TrainResult:
-        return TrainResult(code, self.run_dir, self.progress.epoch, self.progress.global_step, how)
+        return TrainResult(code, self.run_dir, self.progress.last_completed_epoch, self.progress.global_step, how)
 
     def close(self) -> None:
         try:
