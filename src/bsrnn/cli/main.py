@@ -28,7 +28,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("evaluate", ("score a checkpoint on a test set against its noisy inputs (PESQ, CSIG, CBAK, "
                               "COVL, SSNR, STOI, SI-SDR)")),
     "enhance": ("enhance", "enhance audio files of any length, rate, channel count and format"),
-    "score": ("score", "score enhanced audio against clean references (any system's outputs)"),
+    "score": ("score", "score enhanced audio against clean references (any system's outputs), or rate "
+                       "audio without one (DNSMOS)"),
     "compare": ("compare", "compare two systems' score CSVs file by file (differences, intervals, sign tests)"),
     "ckpt": ("ckpt", "inspect, verify, export and migrate checkpoints"),
     "plot": ("plot", "plot training and validation curves of a run"),

@@ -55,10 +55,14 @@ CSV_HELP = ("write one row per file (file, pesq, csig, cbak, covl, ssnr, stoi, s
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("clean_dir", metavar="CLEAN_DIR", type=Path,
+    parser.add_argument("clean_dir", metavar="CLEAN_DIR", type=Path, nargs="?",
                         help="folder of clean reference audio files (WAV, FLAC, ...)")
-    parser.add_argument("enhanced_dir", metavar="ENHANCED_DIR", type=Path,
+    parser.add_argument("enhanced_dir", metavar="ENHANCED_DIR", type=Path, nargs="?",
                         help="folder of enhanced audio files with the same names (any format)")
+    parser.add_argument("--no-reference", metavar="DIR", type=Path, default=None,
+                        help="instead of CLEAN_DIR ENHANCED_DIR: rate every audio file in DIR with DNSMOS "
+                             "(SIG, BAK, OVRL, P.808 MOS), which needs no clean reference; needs "
+                             "pip install 'bsrnn[dnsmos]'")
     parser.add_argument("--noisy", metavar="NOISY_DIR", type=Path, default=None,
                         help="folder of the noisy inputs, same names: also scored, for the baseline, the "
                              "improvement and its 95%% confidence interval (one more scoring pass)")
@@ -184,6 +188,31 @@ def print_and_write(scores: list[FileScore], noisy: list[FileScore] | None, args
     log.info("wrote %s (%d rows) and its settings, %s", args.csv, len(scores), settings_path(args.csv).name)
 
 
+def run_no_reference(args: argparse.Namespace, workers: int) -> int:
+    """``--no-reference DIR``: DNSMOS ratings of every file in DIR, as a table and a CSV."""
+    from bsrnn.metrics import check_csv_path, inspect_audio
+    from bsrnn.metrics.dnsmos import dnsmos_csv_text, dnsmos_files, format_dnsmos, require_dnsmos, score_no_reference
+    from bsrnn.output import write_bytes
+
+    require_dnsmos()
+    files = dnsmos_files(args.no_reference)
+    inputs = InputFiles(path for _, path in files)
+    if args.csv is not None:
+        check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
+    for _, path in files:
+        inspect_audio(path)
+    log.info("rating %d files with DNSMOS on %d worker%s", len(files), min(workers, len(files)),
+             "s" if min(workers, len(files)) > 1 else "")
+    scores = score_no_reference(files, workers)
+    print(format_dnsmos(scores, args.format))
+    if args.csv is not None:
+        args.csv.parent.mkdir(parents=True, exist_ok=True)
+        write_bytes(args.csv, dnsmos_csv_text(scores).encode("utf-8"), overwrite=args.overwrite, flag="--csv",
+                    inputs=inputs)
+        log.info("wrote %s (%d rows)", args.csv, len(scores))
+    return 0
+
+
 def run(args: argparse.Namespace) -> int:
     from bsrnn.metrics import check_csv_path
 
@@ -191,6 +220,14 @@ def run(args: argparse.Namespace) -> int:
     if workers < 1:
         raise UserError(f"--workers: expected 1 or more processes, got {workers}. "
                         f"Fix: pass --workers 1 to score in this process")
+    if args.no_reference is not None:
+        if args.clean_dir is not None or args.noisy is not None:
+            raise UserError("bsrnn score: expected either CLEAN_DIR ENHANCED_DIR or --no-reference DIR, found both. "
+                            "Fix: drop the folders (DNSMOS needs no reference) or --no-reference")
+        return run_no_reference(args, workers)
+    if args.enhanced_dir is None:
+        raise UserError("bsrnn score: expected CLEAN_DIR and ENHANCED_DIR (or --no-reference DIR for DNSMOS). "
+                        "Run `bsrnn score --help` for usage.")
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite)
     pairs = pair_by_name(args.clean_dir, args.enhanced_dir, args.noisy)

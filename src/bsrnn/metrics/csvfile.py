@@ -55,7 +55,8 @@ def settings_path(csv_path: str | os.PathLike[str]) -> Path:
     return path.with_name(path.name + SETTINGS_SUFFIX)
 
 
-def _csv_value(value: object) -> str:
+def csv_cell(value: object) -> str:
+    """A value as the score CSVs write it: floats with 6 decimals, NaN as ``nan``."""
     if isinstance(value, float):
         return "nan" if math.isnan(value) else f"{value:.6f}"
     return str(value)
@@ -95,9 +96,9 @@ def csv_text(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None = No
     writer = csv.writer(buffer)
     writer.writerow(CSV_COLUMNS + (NOISY_COLUMNS if noisy is not None else ()))
     for index, score in enumerate(scores):
-        row = [_csv_value(value) for value in astuple(score)]
+        row = [csv_cell(value) for value in astuple(score)]
         if noisy is not None:
-            row += [_csv_value(value) for value in (*noisy[index].metrics().values(), noisy[index].error)]
+            row += [csv_cell(value) for value in (*noisy[index].metrics().values(), noisy[index].error)]
         writer.writerow(row)
     return buffer.getvalue()
 
