@@ -11,6 +11,9 @@ text, markdown, latex or json. ``--csv`` writes one row per file, named by the c
 reference's file name (the name that stays the same whichever system's outputs are scored),
 and its settings beside it (``bsrnn.metrics.csvfile``). Inputs are checked before any scoring
 starts, so a bad file fails in a second, not after an hour.
+
+``bsrnn score --no-reference DIR`` rates the files of one folder with DNSMOS instead, which needs
+no clean reference (``bsrnn.metrics.dnsmos``; the optional extra ``bsrnn[dnsmos]``).
 """
 
 from __future__ import annotations
@@ -46,7 +49,8 @@ def add_format_argument(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("--format", choices=FORMATS, default="text",
                         help="how the table is printed: text (default), markdown, latex (a booktabs "
-                             "tabular), or json (every number at full precision); other messages go to stderr")
+                             "tabular), or json (every number at full precision); with markdown, latex or json "
+                             "stdout holds the table alone")
 
 
 CSV_HELP = ("write one row per file (file, pesq, csig, cbak, covl, ssnr, stoi, si_sdr, duration_s, error; "

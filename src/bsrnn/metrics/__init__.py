@@ -12,6 +12,8 @@ tables and statistics that report them.
 - ``report``: the table that ``bsrnn score`` and ``bsrnn evaluate`` print.
 - ``csvfile``: their per-file CSV and its settings file, written and read back.
 - ``comparison``: ``bsrnn compare``, two CSVs file by file.
+- ``dnsmos``: DNSMOS ratings without a clean reference (optional: ``bsrnn[dnsmos]``); not
+  imported here.
 
 ``import bsrnn.metrics`` loads numpy, soundfile, pesq and tqdm only (never torch, so that
 ``bsrnn score`` may fork its helpers); scipy and pystoi load when first used.

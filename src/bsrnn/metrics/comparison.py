@@ -89,6 +89,8 @@ class FileDifference:
 
 @dataclass(frozen=True)
 class Comparison:
+    """Everything ``bsrnn compare`` prints, in every format."""
+
     a: ScoreFile
     b: ScoreFile
     files: int

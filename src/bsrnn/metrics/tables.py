@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
@@ -18,6 +19,8 @@ FORMATS = ("text", "markdown", "latex", "json")
 """The values of ``--format``; ``text`` is the default of every command."""
 
 PLUS_MINUS = "±"
+NOTE_WIDTH = 100
+"""Text tables wrap their notes at this width (a terminal's); other formats keep one line each."""
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
                   "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
@@ -58,7 +61,8 @@ def _text(table: Table) -> str:
         return "  ".join(cell.rjust(width) if numeric else cell.ljust(width)
                          for cell, width, numeric in zip(cells, widths, table.numeric)).rstrip()
 
-    return "\n".join([line(table.columns), *(line(row) for row in table.rows), *table.notes])
+    notes = [textwrap.fill(note, NOTE_WIDTH, subsequent_indent="  ") for note in table.notes]
+    return "\n".join([line(table.columns), *(line(row) for row in table.rows), *notes])
 
 
 def _markdown(table: Table) -> str:
