@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +28,22 @@ def test_evaluate_prints_the_metric_table_and_writes_one_csv_row_per_utterance(t
     out = tmp_path / "eval.csv"
     result = bsrnn("evaluate", str(trained_run), "--demo", "--csv", str(out), "--workers", "2")
     assert result.returncode == 0, result.stderr
-    for metric in ("pesq", "csig", "cbak", "covl", "ssnr", "stoi"):
+    for metric in ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "si_sdr"):
         assert metric in result.stdout
+    assert "noisy  enhanced  improvement (95% CI)  improved" in result.stdout  # the baseline is scored too
     rows = list(csv.DictReader(out.open()))
     assert len(rows) == 8
-    assert {"file", "pesq", "csig", "cbak", "covl", "ssnr", "stoi"} <= set(rows[0])
-    assert all(1.0 <= float(row["pesq"]) <= 4.7 for row in rows)
+    assert {"file", "pesq", "csig", "cbak", "covl", "ssnr", "stoi", "si_sdr", "noisy_pesq", "noisy_si_sdr"} <= set(rows[0])
+    assert all(1.0 <= float(row["pesq"]) <= 4.7 and 1.0 <= float(row["noisy_pesq"]) <= 4.7 for row in rows)
+    assert out.with_name("eval.csv.settings.json").is_file()
+
+
+def test_evaluate_as_json_prints_nothing_else_on_stdout(trained_run: Path) -> None:
+    result = bsrnn("evaluate", str(trained_run), "--demo", "--workers", "1", "--format", "json", "--no-baseline")
+    assert result.returncode == 0, result.stderr
+    table = json.loads(result.stdout)
+    assert table["files"] == 8 and table["noisy_baseline"] is False and "improvement" not in table["metrics"]["pesq"]
+    assert "Using " in result.stderr and "Evaluating on 8 test utterances (no noisy baseline" in result.stderr
 
 
 def test_enhance_handles_a_long_mono_file_and_a_44k_stereo_file(trained_run: Path, tmp_path: Path) -> None:

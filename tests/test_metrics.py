@@ -12,7 +12,7 @@ from scipy.linalg import solve_toeplitz
 from scipy.signal import butter, lfilter, sosfiltfilt
 
 from bsrnn.audio import SAMPLE_RATE
-from bsrnn.metrics import FileScore, format_table, parallel, score_files, score_pair, write_csv
+from bsrnn.metrics import FileScore, format_table, parallel, score_files, score_pair, si_sdr, write_csv
 from bsrnn.metrics.composite import (
     SEGSNR_CEILING_DB,
     SEGSNR_FLOOR_DB,
@@ -20,6 +20,7 @@ from bsrnn.metrics.composite import (
     _nearest_peak,
     segmental_snr_frames,
 )
+from bsrnn.metrics.si_sdr import EPSILON
 
 
 def speech_like_signal(seconds: float = 3.0, seed: int = 0) -> np.ndarray:
@@ -59,6 +60,7 @@ def test_identical_signals_score_pesq_4_64_stoi_1_and_composite_at_their_maxima(
     assert scores["stoi"] == pytest.approx(1.0, abs=1e-9)
     assert (scores["csig"], scores["cbak"], scores["covl"]) == (5.0, 5.0, 5.0)
     assert scores["ssnr"] == SEGSNR_CEILING_DB
+    assert scores["si_sdr"] > 150  # finite: the error energy is 0, float64 epsilon keeps the ratio finite
     assert "error" not in scores
 
 
@@ -67,11 +69,12 @@ def test_a_half_scaled_copy_still_scores_high(clean):
     assert scores["pesq"] > 4.5 and scores["stoi"] > 0.99
     assert scores["csig"] == 5.0 and scores["covl"] == 5.0 and scores["cbak"] > 4.0
     assert scores["ssnr"] == pytest.approx(20 * math.log10(2), abs=0.01)  # error is half the signal
+    assert scores["si_sdr"] > 150  # scale-invariant: a scaled copy is a perfect estimate
 
 
 def test_more_noise_lowers_every_metric(clean):
     by_snr = [score_pair(clean, with_white_noise(clean, snr_db)) for snr_db in (20, 10, 0)]
-    for metric in ("pesq", "stoi", "csig", "cbak", "covl", "ssnr"):
+    for metric in ("pesq", "stoi", "csig", "cbak", "covl", "ssnr", "si_sdr"):
         values = [scores[metric] for scores in by_snr]
         assert values[0] > values[1] > values[2], (metric, values)
 
@@ -122,7 +125,7 @@ def test_vectorised_peak_search_matches_the_band_by_band_definition():
 
 def test_silent_reference_gives_nan_with_an_error_instead_of_a_number(clean):
     scores = score_pair(np.zeros_like(clean), clean)
-    metrics = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
+    metrics = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "si_sdr")
     assert all(math.isnan(scores[metric]) for metric in metrics)
     assert "all zeros" in scores["error"]
 
@@ -131,6 +134,7 @@ def test_silent_estimate_makes_pesq_and_its_regressions_nan_and_says_why(clean):
     scores = score_pair(clean, np.zeros_like(clean))
     assert math.isnan(scores["pesq"]) and math.isnan(scores["csig"]) and math.isnan(scores["covl"])
     assert "PESQ" in scores["error"]
+    assert math.isnan(scores["si_sdr"]) and "SI-SDR is undefined for a constant (or silent) estimate" in scores["error"]
     assert math.isfinite(scores["stoi"]) and math.isfinite(scores["ssnr"])
 
 
@@ -157,15 +161,55 @@ def test_score_files_keeps_input_order_and_numbers_in_helper_processes(clean, mo
 
 
 def test_table_and_csv_leave_failed_metrics_out_of_the_means(tmp_path):
-    good = FileScore("a.wav", 3.0, 4.0, 3.0, 3.5, 10.0, 0.9, 2.0)
-    failed = FileScore("b.wav", math.nan, math.nan, math.nan, math.nan, 5.0, 0.8, 2.0,
+    good = FileScore("a.wav", 3.0, 4.0, 3.0, 3.5, 10.0, 0.9, 12.0, 2.0)
+    failed = FileScore("b.wav", math.nan, math.nan, math.nan, math.nan, 5.0, 0.8, 8.0, 2.0,
                        error="PESQ failed (NoUtterancesError: No utterances detected)")
     table = format_table([good, failed])
-    assert "3.0000" in table.splitlines()[1] and "1 not fully scored" in table
+    assert table.splitlines()[1].split() == ["pesq", "3.000", "1"] and "1 not fully scored" in table
+    assert table.splitlines()[5].split() == ["ssnr", "7.50", "2"]
     write_csv([good, failed], tmp_path / "scores.csv")
     with open(tmp_path / "scores.csv", newline="") as handle:
         rows = list(csv.DictReader(handle))
-    assert list(rows[0]) == ["file", "pesq", "csig", "cbak", "covl", "ssnr", "stoi",
+    assert list(rows[0]) == ["file", "pesq", "csig", "cbak", "covl", "ssnr", "stoi", "si_sdr",
                              "duration_s", "error"]
     assert [row["file"] for row in rows] == ["a.wav", "b.wav"]
     assert rows[1]["pesq"] == "nan" and rows[1]["ssnr"] == "5.000000"
+
+
+# ------------------------------------------------------------------------------- SI-SDR
+def orthogonal_noise(reference: np.ndarray, energy_ratio: float, seed: int = 7) -> np.ndarray:
+    """Zero-mean noise orthogonal to the zero-mean ``reference``, with ``energy_ratio`` times its energy."""
+    reference = reference - reference.mean()
+    noise = np.random.default_rng(seed).standard_normal(len(reference))
+    noise -= noise.mean()
+    noise -= (noise @ reference) / (reference @ reference) * reference
+    return noise * np.sqrt(energy_ratio * (reference @ reference) / (noise @ noise))
+
+
+def test_si_sdr_of_a_reference_plus_orthogonal_noise_is_the_energy_ratio(clean):
+    """With the error orthogonal to the reference, the projection is the reference itself, and
+    SI-SDR is 10 log10(|s|^2 / |n|^2): 10 dB for a tenth of its energy, -3.01 dB for twice it."""
+    for ratio, expected_db in ((0.1, 10.0), (1.0, 0.0), (2.0, -10 * math.log10(2))):
+        assert si_sdr(clean, clean + orthogonal_noise(clean, ratio)) == pytest.approx(expected_db, abs=1e-9)
+
+
+def test_si_sdr_is_invariant_to_the_estimates_scale_and_offset(clean):
+    estimate = clean + orthogonal_noise(clean, 0.3)
+    value = si_sdr(clean, estimate)
+    for scale, offset in ((0.01, 0.0), (7.5, 0.0), (-1.0, 0.0), (1.0, 0.2)):
+        assert si_sdr(clean, scale * estimate + offset) == pytest.approx(value, abs=1e-9)
+
+
+def test_si_sdr_of_a_scaled_copy_is_near_the_float64_ceiling(clean):
+    assert si_sdr(clean, 0.25 * clean) > 150.0
+    assert si_sdr(clean, clean) == pytest.approx(10 * math.log10(
+        (np.sum((clean - clean.mean()) ** 2) + EPSILON) / EPSILON), rel=1e-9)
+
+
+def test_si_sdr_of_a_constant_signal_is_refused_and_shapes_must_agree(clean):
+    with pytest.raises(ValueError, match="constant .*reference"):
+        si_sdr(np.full(100, 0.3), np.arange(100.0))
+    with pytest.raises(ValueError, match="constant .*estimate"):
+        si_sdr(np.arange(100.0), np.full(100, 0.3))
+    with pytest.raises(ValueError, match="one length"):
+        si_sdr(clean, clean[:-1])

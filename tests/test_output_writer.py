@@ -65,7 +65,8 @@ def test_a_failed_fsync_keeps_the_old_csv_never_a_0_byte_one(tmp_path: Path, mon
 
     monkeypatch.setattr(os, "fsync", full)
     with pytest.raises(OSError):
-        write_csv([FileScore("a.wav", 3.0, 4.0, 3.0, 3.5, 10.0, 0.9, 1.0, "")], destination, overwrite=True)
+        write_csv([FileScore("a.wav", 3.0, 4.0, 3.0, 3.5, 10.0, 0.9, 12.0, 1.0, "")], destination,
+                  overwrite=True)
     assert destination.read_bytes() == b"old" and entries(tmp_path) == ["scores.csv"]
 
 

@@ -90,7 +90,7 @@ def test_an_existing_csv_is_refused_before_scoring_and_replaced_with_overwrite(f
     assert csv_path.read_text() == "earlier scores\n"
     assert run_score([*argv, "--overwrite"]) == 0
     assert len(read_rows(csv_path)) == 3 and sorted(path.name for path in tmp_path.iterdir()) == [
-        "clean", "enhanced", "scores.csv"]
+        "clean", "enhanced", "scores.csv", "scores.csv.settings.json"]
 
 
 def test_the_csv_never_replaces_an_input_or_goes_through_a_link(folders, tmp_path):

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from bsrnn.checkpoint import LoadedCheckpoint
+from bsrnn.audio import istft, stft
 from bsrnn.config import MIN_CUT_LEN, Config
 from bsrnn.data import ArraySource, Pair, demo_corpus
 from bsrnn.data.datasets import FullUtterances
@@ -17,9 +18,10 @@ from bsrnn.data.holdout import by_fraction, hold_out, speaker_of
 from bsrnn.data.layout import Corpus
 from bsrnn.errors import UserError
 from bsrnn.metrics.pesq_pool import PesqPool
+from bsrnn.metrics.si_sdr import si_sdr
 from bsrnn.models import BSRNN, Discriminator
-from bsrnn.training.steps import VALIDATION_LOOKAHEAD, Networks, validate
 from bsrnn.training.plan import validation_record, validation_split
+from bsrnn.training.steps import VALIDATION_LOOKAHEAD, Networks, finish_validation, validate
 from e2e import TINY_DEFAULT_MONITOR, bsrnn, checkpoint
 
 
@@ -163,9 +165,30 @@ def test_validation_looking_ahead_gives_the_sums_of_one_batch_at_a_time() -> Non
                                    device=torch.device("cpu")) for batch in batches]
     finally:
         torch.set_num_threads(threads)
-    assert together["items"] == count and together["pesq_count"] == count
+    assert together["items"] == count and together["pesq_count"] == count and together["si_sdr_count"] == count
     for key in together:
         assert together[key] == pytest.approx(sum(single[key] for single in one_by_one), rel=1e-9)
+
+
+def test_validation_reports_the_mean_si_sdr_of_the_enhanced_utterances() -> None:
+    """val_si_sdr (the VALID line, metrics.jsonl) is SI-SDR of what the generator makes of each utterance."""
+    torch.manual_seed(1)
+    nets = Networks(BSRNN(num_channel=4, num_layer=1), Discriminator(ndf=4), None, None)  # type: ignore[arg-type]
+    utterances = FullUtterances(demo_corpus(seed=0, num_train=1, num_test=2).test, min_len=MIN_CUT_LEN)
+    batches = [(clean[None, :16000], noisy[None, :16000]) for clean, noisy, _ in utterances]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # beside a PESQ worker on 2 cores, 2 threads spin-wait for each other
+    try:
+        with PesqPool(workers=1) as pool:
+            values = finish_validation(validate(nets, batches, use_gan=False, loss_weights=[0.5, 0.5, 1.0],
+                                                pesq_pool=pool, device=torch.device("cpu")))
+    finally:
+        torch.set_num_threads(threads)
+    nets.generator.eval()
+    with torch.no_grad():
+        expected = [si_sdr(clean[0].numpy(), istft(nets.generator(stft(noisy)), length=16000)[0].numpy())
+                    for clean, noisy in batches]
+    assert values["val_si_sdr"] == pytest.approx(np.mean(expected), rel=1e-6)
 
 
 def test_the_cli_validates_a_new_run_on_whole_utterances_and_its_resume_keeps_them(tmp_path: Path) -> None:

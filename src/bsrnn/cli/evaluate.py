@@ -1,7 +1,11 @@
 """``bsrnn evaluate CHECKPOINT_OR_RUN_DIR --data-dir DIR``: score a checkpoint on a test set.
 
 Every test utterance is enhanced at full length and scored with the same code as
-``bsrnn score`` (PESQ, CSIG, CBAK, COVL, SSNR, STOI): a table of means, one CSV row per file.
+``bsrnn score`` (PESQ, CSIG, CBAK, COVL, SSNR, STOI, SI-SDR). The noisy inputs are scored too
+(one more scoring pass; ``--no-baseline`` skips it), so the table is the one a paper prints:
+noisy mean, enhanced mean, the improvement with its 95 % confidence interval, the files
+improved (``bsrnn.metrics.report``), in ``--format`` text, markdown, latex or json. ``--csv``
+writes one row per file, the noisy input's metrics included, and its settings beside it.
 ``--pcs`` scores the outputs of perceptual contrast stretching, as ``bsrnn enhance --pcs``
 writes them.
 """
@@ -10,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
 from pathlib import Path
 
 from bsrnn.cli.enhance import PCS_ON, add_pcs_argument, add_precision_argument
+from bsrnn.cli.score import CSV_HELP, add_format_argument
 from bsrnn.output import add_overwrite_argument
 
 
@@ -25,8 +31,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
                         help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
                              "verifies, else checkpoint_last.pt)")
-    parser.add_argument("--csv", type=Path, help="write one row per file here")
-    add_overwrite_argument(parser, "the --csv file")
+    parser.add_argument("--no-baseline", dest="baseline", action="store_false",
+                        help="do not score the noisy inputs: the table then has no noisy column, improvement "
+                             "or interval. Scoring them is one more scoring pass (about doubles the scoring time)")
+    add_format_argument(parser)
+    parser.add_argument("--csv", metavar="FILE", type=Path, help=CSV_HELP)
+    add_overwrite_argument(parser, "the --csv file and its settings file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
@@ -38,19 +48,22 @@ def run(args: argparse.Namespace) -> int:
     decoded), so that nothing fails after minutes of enhancing and scoring."""
     from tqdm import tqdm
 
+    from bsrnn.cli.score import print_and_write, score_with_baseline
     from bsrnn.data import FileSource, check_data_dir, demo_corpus, load_pair
     from bsrnn.data.validate import check_finite_samples
     from bsrnn.enhancement import enhance_waveform, load_generator
-    from bsrnn.errors import UserError
-    from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
+    from bsrnn.metrics import check_csv_path
     from bsrnn.output import InputFiles
 
+    # What the user reads along the way: stdout with a text table; stderr otherwise, so that
+    # stdout holds nothing but the Markdown, LaTeX or JSON asked for.
+    stream = sys.stdout if args.format == "text" else sys.stderr
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite)
     generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
-    print(generator.describe())
+    print(generator.describe(), file=stream)
     if args.pcs:
-        print(PCS_ON)
+        print(PCS_ON, file=stream)
     corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
     if not args.demo:
         check_finite_samples(corpus, splits=("test",))
@@ -60,21 +73,29 @@ def run(args: argparse.Namespace) -> int:
                                            if isinstance(source, FileSource))])
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
-    print(f"Evaluating on {len(pairs)} test utterances")
-    jobs = []
+    print(f"Evaluating on {len(pairs)} test utterances"
+          + ("" if args.baseline else " (no noisy baseline: --no-baseline)"), file=stream)
+    jobs, baseline = [], []
     for pair in tqdm(pairs, desc="enhance", disable=None):
         clean, noisy = load_pair(pair)
         # The noisy file's name, as `bsrnn score` names the files of `bsrnn enhance`'s output, so
         # both CSVs join on the same column; an in-memory demo pair has only its name.
         label = pair.noisy.path.name if isinstance(pair.noisy, FileSource) else pair.name
         jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
-    scores = score_files(jobs, workers=max(1, args.workers))
-    print(format_table(scores))
-    if args.csv is not None:
-        try:
-            write_csv(scores, args.csv, overwrite=args.overwrite, inputs=inputs)
-        except OSError as error:
-            raise UserError(f"--csv {args.csv}: cannot write it ({error}). Fix: choose a writable path; "
-                            "the table above has the means") from error
-        print(f"Wrote {args.csv}")
+        if args.baseline:
+            baseline.append((label, clean, noisy))
+    scores, noisy_scores = score_with_baseline(jobs, baseline if args.baseline else None, max(1, args.workers))
+    source: dict[str, object] = {
+        "command": "evaluate",
+        "scored": f"evaluate of {generator.path}" + (f", {args.precision}" if args.precision != "fp32" else "")
+                  + (", PCS" if args.pcs else ""),
+        "checkpoint": str(generator.path.resolve()),
+        "model": generator.describe(),
+        "load": args.load,
+        "precision": args.precision,
+        "pcs": bool(args.pcs),
+        "device": args.device,
+        "test_set": "demo" if args.demo else str(args.data_dir.resolve()),
+    }
+    print_and_write(scores, noisy_scores, args, source, inputs)
     return 0

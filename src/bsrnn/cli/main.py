@@ -25,9 +25,12 @@ log = logging.getLogger("bsrnn")
 # command runs (or when --help lists them), so `bsrnn ckpt verify` does not import the trainer.
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("train", "train (or resume) a BSRNN + MetricGAN run"),
-    "evaluate": ("evaluate", "score a checkpoint on a test set (PESQ, CSIG, CBAK, COVL, SSNR, STOI)"),
+    "evaluate": ("evaluate", ("score a checkpoint on a test set against its noisy inputs (PESQ, CSIG, CBAK, "
+                              "COVL, SSNR, STOI, SI-SDR)")),
     "enhance": ("enhance", "enhance audio files of any length, rate, channel count and format"),
-    "score": ("score", "score enhanced audio against clean references (any system's outputs)"),
+    "score": ("score", "score enhanced audio against clean references (any system's outputs), or rate "
+                       "audio without one (DNSMOS)"),
+    "compare": ("compare", "compare two systems' score CSVs file by file (differences, intervals, sign tests)"),
     "ckpt": ("ckpt", "inspect, verify, export and migrate checkpoints"),
     "plot": ("plot", "plot training and validation curves of a run"),
     "data": ("data", "prepare public corpora (VoiceBank+DEMAND) as 16 kHz training folders"),
@@ -39,7 +42,8 @@ Band-Split RNN speech enhancement. Prepare a public corpus such as
 VoiceBank+DEMAND for training (data), train a model on pairs of clean and noisy
 recordings (train), check it on a test set (evaluate), remove noise from your
 own audio files with it (enhance), measure any enhanced files against clean ones
-(score), draw its training curves (plot) and manage its checkpoints (ckpt).
+(score), tell whether one system beats another (compare), draw its training
+curves (plot) and manage its checkpoints (ckpt).
 
 Try it on built-in demo data first:  bsrnn train --demo --run-dir runs/demo
 """

@@ -1,103 +1,142 @@
-"""What ``bsrnn score`` and ``bsrnn evaluate`` show and write: a table of means and a CSV.
+"""The table ``bsrnn score`` and ``bsrnn evaluate`` print: the one a paper prints.
+
+Per metric: the mean of the enhanced files, and with a noisy baseline (``score --noisy``, and
+``evaluate`` unless ``--no-baseline``) the noisy input's mean, the improvement (enhanced -
+noisy, paired over files) with its 95 % confidence interval, and how many files improved
+(``stats.paired_difference``). The same table in text, Markdown, LaTeX or JSON (``tables``).
 
 A metric that could not be computed for a file is NaN in its row (written ``nan``) with the
-reason in ``error``; it is left out of that metric's mean, and the table says over how many
-files each mean was taken, so a failure is never mistaken for a score.
+reason in ``error``; it is left out of that metric's mean and of the pairs, and the table says
+over how many files each number was taken, so a failure is never mistaken for a score.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 import math
-import os
 from collections.abc import Sequence
-from dataclasses import astuple, fields
-from pathlib import Path
+from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from bsrnn.errors import UserError
-from bsrnn.metrics.scoring import METRICS, FileScore
-from bsrnn.output import InputFiles, check_destinations, write_bytes
+from bsrnn.metrics.scoring import METRICS, SCORING_SETTINGS, FileScore
+from bsrnn.metrics.stats import CONFIDENCE, PairedDifference, paired_difference
+from bsrnn.metrics.tables import PLUS_MINUS, Table, interval, number, render, to_json
 
-CSV_COLUMNS = tuple(field.name for field in fields(FileScore))
-"""The CSV header: file, pesq, csig, cbak, covl, ssnr, stoi, duration_s, error (``FileScore``'s
-fields, in order)."""
+LABELS = {"pesq": "PESQ", "csig": "CSIG", "cbak": "CBAK", "covl": "COVL", "ssnr": "SSNR (dB)", "stoi": "STOI",
+          "si_sdr": "SI-SDR (dB)"}
+"""How a paper names each metric (Markdown and LaTeX tables); text tables use the CSV's names."""
+
+DECIMALS = {"pesq": 3, "csig": 3, "cbak": 3, "covl": 3, "ssnr": 2, "stoi": 4, "si_sdr": 2}
+"""Decimals shown per metric (JSON keeps every digit): as papers print them, one more."""
+
+PESQ_NOTE = "PESQ: wide-band (ITU-T P.862.2) MOS-LQO as the pesq package computes it, raw (not mapped)."
+INTERVAL_NOTE = (f"improvement: enhanced - noisy per file, mean {PLUS_MINUS} half-width of its "
+                 f"{CONFIDENCE:.0%} confidence interval (Student's t, n-1 df); improved: files whose enhanced "
+                 "score is higher, of those scored both ways.")
+
+
+def metric_values(scores: Sequence[FileScore], metric: str) -> np.ndarray:
+    """One metric of every file, in file order (NaN where it could not be computed)."""
+    return np.array([getattr(score, metric) for score in scores], dtype=np.float64)
+
+
+def _mean(values: np.ndarray) -> float:
+    finite = values[np.isfinite(values)]
+    return float(finite.mean()) if finite.size else math.nan
 
 
 def mean_scores(scores: Sequence[FileScore]) -> dict[str, float]:
     """Mean of each metric over the files where it could be computed (NaN if none)."""
-    means = {}
-    for name in METRICS:
-        values = np.array([getattr(score, name) for score in scores], dtype=np.float64)
-        finite = values[np.isfinite(values)]
-        means[name] = float(finite.mean()) if finite.size else float("nan")
-    return means
+    return {name: _mean(metric_values(scores, name)) for name in METRICS}
 
 
-def format_table(scores: Sequence[FileScore]) -> str:
-    """The means as a small text table, with how many files each mean covers."""
-    means = mean_scores(scores)
-    lines = [f"{'metric':<8}{'mean':>10}{'files':>8}"]
-    for name in METRICS:
-        count = sum(1 for score in scores if math.isfinite(getattr(score, name)))
-        lines.append(f"{name:<8}{means[name]:>10.4f}{count:>8d}")
+@dataclass(frozen=True)
+class MetricSummary:
+    """One row of the table: one metric over the test set."""
+
+    metric: str
+    files: int
+    """Enhanced files where the metric could be computed: the enhanced mean's n."""
+    enhanced: float
+    noisy: float | None
+    """The noisy input's mean (over its own finite files); None without a baseline."""
+    improvement: PairedDifference | None
+
+
+def summarize(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None = None) -> list[MetricSummary]:
+    """The table's rows; ``noisy`` holds the noisy input's scores, file for file with ``scores``."""
+    if noisy is not None and [score.file for score in noisy] != [score.file for score in scores]:
+        raise ValueError("summarize: the noisy scores must name the same files, in the same order")
+    rows = []
+    for metric in METRICS:
+        enhanced = metric_values(scores, metric)
+        baseline = None if noisy is None else metric_values(noisy, metric)
+        rows.append(MetricSummary(
+            metric=metric,
+            files=int(np.isfinite(enhanced).sum()),
+            enhanced=_mean(enhanced),
+            noisy=None if baseline is None else _mean(baseline),
+            improvement=None if baseline is None else paired_difference(baseline, enhanced),
+        ))
+    return rows
+
+
+def _failures(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None) -> str:
     failed = sum(1 for score in scores if score.error)
-    lines.append(f"{len(scores)} files" + (f", {failed} not fully scored (NaN metrics are left "
-                                           f"out of the means)" if failed else ""))
-    return "\n".join(lines)
+    text = f"{len(scores)} files"
+    if failed:
+        text += f", {failed} not fully scored (NaN metrics are left out of the means)"
+    noisy_failed = sum(1 for score in noisy or () if score.error)
+    if noisy_failed:
+        text += f"; {noisy_failed} noisy inputs not fully scored"
+    return text
 
 
-def _csv_value(value: object) -> str:
-    if isinstance(value, float):
-        return "nan" if math.isnan(value) else f"{value:.6f}"
-    return str(value)
+def score_table(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None = None, *,
+                labels: dict[str, str] | None = None) -> Table:
+    """The table as cells: ``labels`` name the metrics (default: the CSV's column names)."""
+    names = labels or {metric: metric for metric in METRICS}
+    rows = []
+    for row in summarize(scores, noisy):
+        decimals = DECIMALS[row.metric]
+        cells = [names[row.metric]]
+        if row.improvement is not None and row.noisy is not None:
+            change = row.improvement
+            cells += [number(row.noisy, decimals), number(row.enhanced, decimals),
+                      interval(change.mean, change.ci_half_width, decimals), f"{change.better}/{change.files}"]
+        else:
+            cells.append(number(row.enhanced, decimals))
+        rows.append([*cells, str(row.files)])
+    if noisy is None:
+        return Table(["metric", "enhanced", "files"], rows, [False, True, True],
+                     [_failures(scores, noisy), PESQ_NOTE])
+    columns = ["metric", "noisy", "enhanced", f"improvement ({CONFIDENCE:.0%} CI)", "improved", "files"]
+    return Table(columns, rows, [False, True, True, True, True, True],
+                 [_failures(scores, noisy), INTERVAL_NOTE, PESQ_NOTE])
 
 
-def check_csv_path(path: Path, flag: str = "--csv", *, overwrite: bool = False,
-                   inputs: InputFiles | None = None) -> None:
-    """Refuse a CSV path that cannot or may not be written, before any scoring work is done.
-
-    Finding out after an hour of scoring would waste the hour. Missing folders are fine
-    (``write_csv`` creates them), as long as the nearest existing one is a folder this user
-    can write in; nothing is created here. The output writer's rules apply too
-    (``bsrnn.output.check_destinations``): no symbolic link, no input, and an existing file
-    only with ``overwrite``.
-    """
-    if path.is_dir() and not path.is_symlink():
-        raise UserError(f"{flag} {path}: expected a file name, found a folder. "
-                        f"Fix: pass e.g. {flag} {path / 'scores.csv'}")
-    existing = path.parent
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir():
-        raise UserError(f"{flag} {path}: expected a folder to write it in, found that {existing} is a file. "
-                        "Fix: choose a path inside a folder")
-    check_destinations([path], overwrite=overwrite, flag=flag, inputs=inputs)
-    if not os.access(existing, os.W_OK | os.X_OK):
-        raise UserError(f"{flag} {path}: expected a place this user can write, found {existing} is not "
-                        "writable. Fix: choose another path")
+def score_json(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None = None) -> str:
+    """The table's numbers at full precision, with the settings they were scored under."""
+    metrics = {}
+    for row in summarize(scores, noisy):
+        entry: dict[str, object] = {"label": LABELS[row.metric], "files": row.files, "enhanced": row.enhanced}
+        if row.improvement is not None:
+            change = row.improvement
+            entry["noisy"] = row.noisy
+            entry["improvement"] = {**asdict(change), "ci_low": change.ci_low, "ci_high": change.ci_high}
+        metrics[row.metric] = entry
+    return to_json({
+        "files": len(scores),
+        "not_fully_scored": sum(1 for score in scores if score.error),
+        "noisy_baseline": noisy is not None,
+        "confidence": CONFIDENCE,
+        "settings": SCORING_SETTINGS,
+        "metrics": metrics,
+    })
 
 
-def csv_text(scores: Sequence[FileScore]) -> str:
-    """One row per file, the columns of ``CSV_COLUMNS``, as the text of a CSV file."""
-    buffer = io.StringIO(newline="")
-    writer = csv.writer(buffer)
-    writer.writerow(CSV_COLUMNS)
-    for score in scores:
-        writer.writerow([_csv_value(value) for value in astuple(score)])
-    return buffer.getvalue()
-
-
-def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str], *, overwrite: bool = False,
-              flag: str = "--csv", inputs: InputFiles | None = None) -> None:
-    """Write ``csv_text(scores)`` to ``path`` through ``bsrnn.output.write_file``; missing folders
-    are created.
-
-    Complete or not at all: a full disk leaves the previous file (or none), never a 0-byte or
-    cut-off CSV. An existing file is replaced only with ``overwrite``.
-    """
-    target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(target, csv_text(scores).encode("utf-8"), overwrite=overwrite, flag=flag, inputs=inputs)
+def format_table(scores: Sequence[FileScore], noisy: Sequence[FileScore] | None = None, fmt: str = "text") -> str:
+    """The table in ``fmt`` (``tables.FORMATS``): what ``score`` and ``evaluate`` print."""
+    if fmt == "json":
+        return score_json(scores, noisy)
+    return render(score_table(scores, noisy, labels=None if fmt == "text" else LABELS), fmt)

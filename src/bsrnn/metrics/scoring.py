@@ -2,7 +2,9 @@
 
 ``bsrnn score`` (folders of audio files) and ``bsrnn evaluate`` (signals enhanced in memory)
 both go through ``score_files``, so any system's outputs are scored exactly the way ours are.
-Metrics are PESQ (wide band), CSIG, CBAK, COVL, SSNR and STOI at 16 kHz. A metric that cannot
+Metrics are PESQ (wide band), CSIG, CBAK, COVL, SSNR, STOI and SI-SDR at 16 kHz (their
+definitions: README.md, "What the metrics are"; what must agree for two score files to be
+compared: ``SCORING_SETTINGS``). A metric that cannot
 be computed for a file (silent reference, too short) is NaN with the reason in ``error``, is
 left out of the means, and is counted, so a failure is never mistaken for a score.
 
@@ -26,10 +28,27 @@ from bsrnn.audio import SAMPLE_RATE, AudioFileError, AudioInfo, audio_info, read
 from bsrnn.metrics.composite import composite_distortions, composite_ratings, frame_length
 from bsrnn.metrics.parallel import run_jobs
 from bsrnn.metrics.pesq_pool import wideband_pesq
+from bsrnn.metrics.si_sdr import si_sdr
 
 log = logging.getLogger(__name__)
 
-METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi")
+METRICS = ("pesq", "csig", "cbak", "covl", "ssnr", "stoi", "si_sdr")
+"""The metrics of a score, in table and CSV order; higher is better for every one."""
+
+SCORING_SETTINGS: dict[str, object] = {
+    "sample_rate": SAMPLE_RATE,
+    "pesq": "P.862.2 wide-band MOS-LQO, pesq package mode wb, raw",
+    "composite": "CSIG/CBAK/COVL, Hu & Loizou 2008, on wide-band PESQ",
+    "ssnr": "segmental SNR, frames clipped to [-10, 35] dB",
+    "stoi": "classic, pystoi extended=False",
+    "si_sdr": "Le Roux et al. 2019, zero-mean, float64 epsilon",
+    "alignment": "shorter length, other rates resampled with resample_poly",
+}
+"""What a score's numbers depend on, beside the audio: written beside every score CSV
+(``csvfile``), and two CSVs scored under other settings are refused by ``bsrnn compare``.
+Change a value here whenever a change of this code changes a score, so that old and new
+numbers are never compared as if they were alike. Library versions are recorded apart
+(``csvfile.library_versions``): a different one only warns."""
 
 ScoreInput = str | os.PathLike[str] | np.ndarray
 """An audio file's path, or a mono signal already at 16 kHz."""
@@ -83,7 +102,7 @@ def classic_stoi(clean: np.ndarray, enhanced: np.ndarray) -> tuple[float, str | 
 
 def score_pair(clean: np.ndarray, enhanced: np.ndarray,
                sample_rate: int = SAMPLE_RATE) -> dict[str, float | str]:
-    """PESQ, CSIG, CBAK, COVL, SSNR and STOI of one enhanced signal against its reference.
+    """PESQ, CSIG, CBAK, COVL, SSNR, STOI and SI-SDR of one enhanced signal against its reference.
 
     Both signals are resampled to 16 kHz if needed and trimmed to the shorter one. Every
     metric key is always present; metrics that could not be computed are NaN, and an extra
@@ -120,6 +139,10 @@ def score_pair(clean: np.ndarray, enhanced: np.ndarray,
     result["stoi"], stoi_error = classic_stoi(clean_16k, enhanced_16k)
     if stoi_error:
         errors.append(stoi_error)
+    try:
+        result["si_sdr"] = si_sdr(clean_16k, enhanced_16k)
+    except ValueError as error:
+        errors.append(str(error))
     if errors:
         result["error"] = "; ".join(errors)
     return result
@@ -137,11 +160,12 @@ class FileScore:
     covl: float
     ssnr: float
     stoi: float
+    si_sdr: float
     duration_s: float
     error: str = ""
 
     def metrics(self) -> dict[str, float]:
-        """The six metrics by name, in table order."""
+        """The metrics by name, in table order."""
         return {name: getattr(self, name) for name in METRICS}
 
 

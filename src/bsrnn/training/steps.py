@@ -55,6 +55,7 @@ from bsrnn.losses import (
     generator_loss,
 )
 from bsrnn.metrics.pesq_pool import PendingPesq, PesqBatch, PesqPool
+from bsrnn.metrics.si_sdr import si_sdr
 from bsrnn.training.distributed import DistributedContext, average_gradients
 
 log = logging.getLogger(__name__)
@@ -116,6 +117,8 @@ class _Forward:
     est_audio: torch.Tensor | None  # istft(est_spec) with its gradient, when a loss needs it
     pending_enhanced: PendingPesq  # PESQ(clean -> est)
     pending_noisy: PendingPesq | None  # the third discriminator term's PESQ; None when it is off
+    clean_samples: np.ndarray  # (batch, samples) on the CPU, as PESQ gets them; validation's SI-SDR too
+    est_samples: np.ndarray
 
 
 def _forward(generator: Callable[..., torch.Tensor], clean: torch.Tensor, noisy: torch.Tensor, pesq_pool: PesqPool,
@@ -138,7 +141,8 @@ def _forward(generator: Callable[..., torch.Tensor], clean: torch.Tensor, noisy:
     exponent = objective.compress_factor
     return _Forward(
         clean, clean_spec, est_spec, compressed_magnitude(clean_spec, exponent), compressed_magnitude(est_spec, exponent),
-        compressed_magnitude(noisy_spec, exponent), est_waveform, pending_enhanced, pending_noisy,
+        compressed_magnitude(noisy_spec, exponent), est_waveform, pending_enhanced, pending_noisy, clean_audio,
+        est_audio,
     )
 
 
@@ -376,7 +380,8 @@ def validate(
     device: torch.device,
     objective: Objective = REFERENCE_OBJECTIVE,
 ) -> dict[str, float]:
-    """Sums over this process's validation batches: losses weighted by batch size, PESQ sums.
+    """Sums over this process's validation batches: losses weighted by batch size, PESQ and
+    SI-SDR sums with their counts (an utterance where one cannot be computed is not counted).
 
     Returned as sums (with counts) so that ranks can add theirs before dividing. ``recon`` is
     the generator loss without the GAN term, comparable across the GAN start. The generator
@@ -386,7 +391,8 @@ def validate(
     """
     nets.generator.eval()
     nets.discriminator.eval()
-    sums = {"items": 0.0, "loss": 0.0, "recon": 0.0, "disc_loss": 0.0, "pesq_sum": 0.0, "pesq_count": 0.0}
+    sums = {"items": 0.0, "loss": 0.0, "recon": 0.0, "disc_loss": 0.0, "pesq_sum": 0.0, "pesq_count": 0.0,
+            "si_sdr_sum": 0.0, "si_sdr_count": 0.0}
 
     def add(forward: _Forward) -> None:
         gen = _generator_loss(forward, nets.run_discriminator if use_gan else None, loss_weights, objective)
@@ -398,6 +404,12 @@ def validate(
         sums["disc_loss"] += float(disc.total) * size
         sums["pesq_sum"] += float(enhanced.scores[enhanced.valid].sum())
         sums["pesq_count"] += float(enhanced.valid.sum())
+        for reference, estimate in zip(forward.clean_samples, forward.est_samples, strict=True):
+            try:  # microseconds per utterance, beside PESQ's tenths of a second
+                sums["si_sdr_sum"] += si_sdr(reference, estimate)
+                sums["si_sdr_count"] += 1.0
+            except ValueError:  # a silent crop or estimate: no ratio to report
+                pass
 
     ahead: list[_Forward] = []
     try:
@@ -419,5 +431,7 @@ def finish_validation(sums: dict[str, float]) -> dict[str, float]:
     values = {"val_loss": sums["loss"] / items, "val_disc_loss": sums["disc_loss"] / items, "val_pesq": pesq}
     if "recon" in sums:
         values["val_recon"] = sums["recon"] / items
+    if "si_sdr_count" in sums:
+        values["val_si_sdr"] = sums["si_sdr_sum"] / sums["si_sdr_count"] if sums["si_sdr_count"] else math.nan
     return values
 

@@ -348,8 +348,9 @@ class Trainer:
         # validation loss gains the GAN term at the GAN start, after which it can rarely beat
         # the epochs before (selectable, and kept by runs that chose it).
         metric = val["val_loss"] if self.config.monitor == "val_loss" else val["val_pesq"]
-        log.info("VALID - Generator loss: %.4f (without GAN term: %.4f), Discriminator loss: %.4f, PESQ: %.2f; %s",
-                 val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"], self._best_so_far(metric))
+        log.info("VALID - Generator loss: %.4f (without GAN term: %.4f), Discriminator loss: %.4f, PESQ: %.2f, "
+                 "SI-SDR: %.2f dB; %s", val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"],
+                 val["val_si_sdr"], self._best_so_far(metric))
         lrs = self.learning_rates()
         self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
                          train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
