@@ -30,6 +30,8 @@ _VOWELS = np.array(
      [300, 870, 2240], [660, 1720, 2410], [490, 1350, 1690]],
     dtype=np.float64,
 )  # fmt: skip
+NOISE_FLOOR_DB = -50.0
+"""The clean speech's noise floor (pink), relative to its RMS: a quiet studio recording's."""
 _BANDWIDTHS = np.array([80.0, 110.0, 150.0])
 _FORMANT_GAINS = np.array([1.0, 0.5, 0.25])
 _BINS_HZ = np.maximum(np.fft.rfftfreq(N_FFT, 1.0 / SAMPLE_RATE), 1.0)
@@ -160,6 +162,10 @@ def speech_like(rng: np.random.Generator, n: int, speaker: Speaker, continuous: 
         hiss = 1.0 / np.sqrt(1.0 + ((_BINS_HZ**2 - centre**2) / (2500.0 * _BINS_HZ)) ** 2)
         hiss_frames = np.repeat(hiss[:, None], frames, axis=1)
         speech += _filter_frames(rng.standard_normal(n) * fricative_env, hiss_frames)
+    # A recording's noise floor (room and microphone), as every studio recording has: without
+    # it the pauses are digital silence, for which the composite measures' LLR is undefined
+    # and CSIG = COVL = 1 for every demo file (compute_metrics.py's clamp).
+    speech = unit_rms(speech) + 10 ** (NOISE_FLOOR_DB / 20) * unit_rms(_coloured(rng, n, 1.0))
     return unit_rms(speech)
 
 
