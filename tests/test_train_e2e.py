@@ -194,3 +194,21 @@ def test_resume_dir_alone_continues_a_moved_run_in_that_directory(tmp_path: Path
     assert result.returncode == 0, result.stderr
     assert checkpoint(moved)["global_step"] == 2 * STEPS_PER_EPOCH + 1
     assert checkpoint(reference_run)["global_step"] == 2 * STEPS_PER_EPOCH  # the original is untouched
+
+
+def test_until_step_is_a_total_a_requeue_loop_can_repeat(tmp_path: Path) -> None:
+    """The same command, run again and again by a requeue loop, stops at the same global step;
+    --max-steps, which counts per invocation, would go further on every restart."""
+    run = tmp_path / "run"
+    command = ["train", *TINY, "--epochs", "3", "--run-dir", str(run), "--resume", "auto", "--until-step", "4"]
+    for _ in range(2):
+        result = bsrnn(*command)
+        assert result.returncode == 0, result.stderr
+        assert checkpoint(run)["global_step"] == 4
+    assert "Nothing to train" in result.stderr
+    assert checkpoint(run)["config"]["until_step"] == 4
+    assert events(run, "stopped")[0]["reason"] == "until_step"
+    more = bsrnn("train", "--run-dir", str(run), "--resume", "auto", "--until-step", "8")
+    assert more.returncode == 0, more.stderr
+    saved = checkpoint(run)
+    assert saved["global_step"] == 8 and saved["config"]["until_step"] == 8

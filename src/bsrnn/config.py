@@ -215,6 +215,10 @@ class Config:
     device: str = _field("auto", "cpu, cuda or auto")
     save_every_steps: int = _field(0, "also save checkpoint_last.pt every N steps (0: only at epoch ends)")
     max_steps: int | None = _field(None, "stop this invocation after N training steps (saving last)")
+    until_step: int | None = _field(
+        None, "stop when the run's global step reaches N (saving last); kept with the run like --epochs, so "
+        "a requeue loop that repeats one command stops at step N, where --max-steps would go N further per restart"
+    )
     workers: int = _field(0, "data loading worker processes")
     pesq_workers: int = _field(2, "PESQ worker processes for the discriminator (0: in the training process)")
     delayed_discriminator: bool = _field(
@@ -277,6 +281,7 @@ class Config:
                      "max_nonfinite_steps"):
             rules[name] = (lambda value: value > 0, "a positive integer")
         rules["max_steps"] = (lambda value: value > 0, "a positive integer or unset")
+        rules["until_step"] = (lambda value: value > 0, "a positive integer or unset")
         for name in ("save_every_steps", "workers", "pesq_workers", "seed"):
             rules[name] = (lambda value: value >= 0, "an integer >= 0")
         rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")

@@ -15,7 +15,8 @@ second trainer never reads anything), and returned as one frozen ``RunPlan``:
    ranks load exactly that file.
 2. **The config** (``resume.reconcile``): the checkpoint's config is the base, file and flags
    override it, architecture fields must agree; then the GAN start is fixed as an absolute epoch.
-3. **Anything left to train?** A checkpoint that reached ``--epochs`` gives a plan that is done.
+3. **Anything left to train?** A checkpoint that reached ``--epochs`` or ``--until-step`` gives a
+   plan that is done.
 4. **The data and the validation set** (``validation_split``, ``validation_record``): a run
    keeps the set, whole utterances or crops, and crop seed it started with; the plan's config
    says the run's ``validation_length``.
@@ -103,6 +104,10 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
                 "--epochs %d. Nothing to train. To train more, raise the target, e.g. --epochs %d.",
                 completed, config.epochs, completed + 20,
             )
+            return RunPlan(config, loaded, None, done=True)
+        if config.until_step is not None and progress.global_step >= config.until_step:
+            log.info("Resume step >= --until-step: the checkpoint is at global step %d and the run stops at %d. "
+                     "Nothing to train. To train more, raise --until-step.", progress.global_step, config.until_step)
             return RunPlan(config, loaded, None, done=True)
     split = _validation_data(config, loaded)
     validation = validation_record(split, config, loaded)

@@ -68,7 +68,7 @@ class TrainResult:
     run_dir: Path
     epoch: int
     global_step: int
-    stopped_by: str  # "completed", "max_steps", "already_done", or a signal name
+    stopped_by: str  # "completed", "max_steps", "until_step", "already_done", or a signal name
 
 class Trainer:
     """Owns one run's objects; ``run()`` trains until done, ``max_steps`` or a signal."""
@@ -247,18 +247,18 @@ class Trainer:
                     if signum is not None:
                         return self._preempted(signum)
                     save_due = bool(config.save_every_steps) and progress.global_step % config.save_every_steps == 0
-                    stop = max_steps is not None and self.steps_this_run >= max_steps
+                    stop = self._stop_reason(max_steps)
                     if stop and progress.step_in_epoch == len(batches):
                         stop_at_epoch_end = True  # validate and save the epoch, as a longer run would
                         break
                     if save_due or stop:
                         self._save(metric=None)
                     if stop:
-                        return self._stopped_by_max_steps(max_steps)
+                        return self._stopped(stop)
                 bar.close()
                 self._end_epoch(epoch, use_gan)
                 if stop_at_epoch_end:
-                    return self._stopped_by_max_steps(max_steps)
+                    return self._stopped(self._stop_reason(max_steps))
                 signum = agree_on_stop(guard.requested, self.context, self.device)
                 if signum is not None:  # arrived during validation: the epoch is saved already
                     return self._preempted(signum)
@@ -275,13 +275,23 @@ class Trainer:
             finally:          # signal now cannot kill the process before that save commits
                 guard.uninstall()
 
-    def _stopped_by_max_steps(self, max_steps: int | None) -> TrainResult:
+    def _stop_reason(self, max_steps: int | None) -> str | None:
+        """Why the run stops after this step: this invocation's ``max_steps``, or the run's
+        ``until_step`` reached (a total, so a requeue loop repeating one command ends there)."""
+        if self.config.until_step is not None and self.progress.global_step >= self.config.until_step:
+            return "until_step"
+        if max_steps is not None and self.steps_this_run >= max_steps:
+            return "max_steps"
+        return None
+
+    def _stopped(self, reason: str) -> TrainResult:
         self.manager.wait_until_finished()
-        log.info("Stopped after --max-steps %d (global step %d); resume to continue",
-                 max_steps, self.progress.global_step)
-        self.files.event("stopped", reason="max_steps", epoch=self.progress.last_completed_epoch,
+        limit = (f"--until-step {self.config.until_step}" if reason == "until_step"
+                 else f"--max-steps {self.config.max_steps}")
+        log.info("Stopped at %s (global step %d); resume to continue", limit, self.progress.global_step)
+        self.files.event("stopped", reason=reason, epoch=self.progress.last_completed_epoch,
                          global_step=self.progress.global_step)
-        return self._result(0, "max_steps")
+        return self._result(0, reason)
 
     def _account(self, result: Any, epoch: int) -> None:
         config, progress = self.config, self.progress
@@ -321,14 +331,16 @@ class Trainer:
                                 rank=self.context.rank, world_size=self.context.world_size))
 
     def _steps_left(self) -> int:
-        """Training steps from here to the target epochs, or to ``max_steps`` of this invocation if
-        that comes first (validation time not included)."""
+        """Training steps from here to the target epochs, or to ``max_steps`` of this invocation or
+        the run's ``until_step`` if one comes first (validation time not included)."""
         per_epoch = self._steps_per_epoch()
         epochs_after = self.config.epochs - self.progress.current_epoch - 1
-        to_target = max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch
-        if self.config.max_steps is None:
-            return to_target
-        return min(to_target, max(self.config.max_steps - self.steps_this_run, 0))
+        steps = [max(per_epoch - self.progress.step_in_epoch, 0) + max(epochs_after, 0) * per_epoch]
+        if self.config.max_steps is not None:
+            steps.append(max(self.config.max_steps - self.steps_this_run, 0))
+        if self.config.until_step is not None:
+            steps.append(max(self.config.until_step - self.progress.global_step, 0))
+        return min(steps)
 
     def _end_epoch(self, epoch: int, use_gan: bool) -> None:
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
