@@ -12,12 +12,15 @@ import json
 import logging
 import os
 import socket
+import stat
 import time
 from pathlib import Path
 
 import pytest
 
+from bsrnn.checkpoint import read_index
 from bsrnn.config import Config
+from bsrnn.errors import UserError
 from bsrnn.training import run_files
 from bsrnn.training.run_files import LOG_NAME, METRICS_NAME, RunFiles, RunFilesError, read_metrics
 
@@ -250,3 +253,43 @@ def test_a_status_json_that_cannot_be_written_warns_once_and_never_stops_the_eve
     assert len(warnings) == 1 and "status.json" in warnings[0] and "No space left" in warnings[0], warnings
     assert [event["global_step"] for event in read_metrics(tmp_path)] == [1, 2, 3]
     assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_resumed_hard_linked_copy_of_a_run_appends_to_files_of_its_own(tmp_path: Path) -> None:
+    """``cp -al R SNAP`` then resuming SNAP appended to R's metrics.jsonl and train.log."""
+    original, copy = tmp_path / "R", tmp_path / "SNAP"
+    files = run_files.RunFiles(original)
+    files.event("start", global_step=0)
+    files.close()
+    copy.mkdir()
+    for name in (run_files.METRICS_NAME, run_files.LOG_NAME):
+        os.link(original / name, copy / name)
+    before = {name: (original / name).read_bytes() for name in (run_files.METRICS_NAME, run_files.LOG_NAME)}
+    files = run_files.RunFiles(copy)
+    files.event("resume", global_step=0)
+    logging.getLogger("bsrnn.train").warning("a line of the copy")
+    files.close()
+    assert {name: (original / name).read_bytes() for name in before} == before
+    assert (copy / run_files.METRICS_NAME).read_bytes().startswith(before[run_files.METRICS_NAME])
+    assert (copy / run_files.METRICS_NAME).stat().st_nlink == 1
+
+
+@pytest.mark.parametrize("kind", ["fifo", "dev-zero"])
+def test_a_fifo_or_a_device_in_the_run_directory_is_refused_without_blocking(tmp_path: Path, kind: str) -> None:
+    metrics = tmp_path / run_files.METRICS_NAME
+    if kind == "fifo":
+        os.mkfifo(metrics)
+    elif os.geteuid() == 0:
+        os.mknod(metrics, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
+    else:
+        pytest.skip("making a device node needs root")
+    with pytest.raises(UserError, match="not a regular file"):
+        run_files.RunFiles(tmp_path)
+
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero"])
+def test_a_checkpoint_index_that_is_a_fifo_or_a_link_to_dev_zero_is_ignored_without_blocking(
+        tmp_path: Path, kind: str) -> None:
+    index = tmp_path / "checkpoint_index.json"
+    os.mkfifo(index) if kind == "fifo" else os.symlink("/dev/zero", index)
+    assert read_index(tmp_path) == {}

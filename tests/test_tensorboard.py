@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 
+from bsrnn.errors import UserError
 from bsrnn.models import BSRNN, Discriminator
 from bsrnn.training.steps import Networks
 from bsrnn.training.tensorboard import (
@@ -231,3 +232,15 @@ def test_train_with_tensorboard_on_whole_utterances_of_different_lengths_saves_t
     lengths = {logged.Audio(tag)[0].length_frames for tag in tags_ending(logged, "audio", "/enhanced")}
     assert len(lengths) > 1, "the demo's validation utterances should differ in length"
     assert lengths == {logged.Audio(tag)[0].length_frames for tag in tags_ending(logged, "audio", "/noisy")}
+
+
+def test_a_symlinked_tensorboard_folder_is_refused_not_written_through(tmp_path: Path) -> None:
+    pytest.importorskip("tensorboard", reason="install the test extra: pip install -e '.[test]'")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / TENSORBOARD_DIR).symlink_to(elsewhere)
+    with pytest.raises(UserError, match="symbolic link"):
+        TensorBoardLog(run, [], global_step=0)
+    assert list(elsewhere.iterdir()) == []

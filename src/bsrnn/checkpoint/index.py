@@ -24,6 +24,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -93,7 +94,7 @@ def write_index(run_dir: Path, entries: Mapping[str, IndexEntry]) -> None:
 def read_index(run_dir: Path) -> dict[str, IndexEntry]:
     """The entries of the index whose files still match them (empty if there is no usable index)."""
     try:
-        body = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
+        body = json.loads(_read_small_regular_file(Path(run_dir) / INDEX_NAME))
     except (OSError, ValueError):
         return {}
     if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:
@@ -117,6 +118,22 @@ def read_index(run_dir: Path) -> dict[str, IndexEntry]:
         if size == entry.size and trailer_digest(path) == entry.digest:
             entries[kind] = entry
     return entries
+
+
+INDEX_MAX_BYTES = 1 << 20
+"""Far above any index (two entries); a bigger file is not one."""
+
+
+def _read_small_regular_file(path: Path) -> str:
+    """The index's text, or ``OSError``/``ValueError`` for anything that is not a small regular
+    file: it is read while the run directory's lock is held, so a FIFO planted there must not
+    block it and a link to ``/dev/zero`` must not read until memory runs out."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    with open(fd, "rb") as handle:
+        found = os.fstat(handle.fileno())
+        if not stat.S_ISREG(found.st_mode) or found.st_size > INDEX_MAX_BYTES:
+            raise ValueError(f"{path} is not a checkpoint index (not a small regular file)")
+        return handle.read(INDEX_MAX_BYTES).decode("utf-8")
 
 
 def _digest(body: Mapping[str, Any]) -> str:

@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bsrnn.checkpoint import read_index
+from bsrnn.checkpoint import atomic, read_index
 from bsrnn.config import Config, to_toml
 from bsrnn.errors import RunFailedError, UserError
 from bsrnn.training.observers import Observer, describe_error
@@ -71,20 +72,51 @@ class RunFilesError(RunFailedError):
 
 
 def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` for the run directory's own files: never through a symbolic link.
+    """``os.open`` for the run directory's own files: never through a symbolic link, only a
+    regular file, and a file appended to is the run's own.
 
-    A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
-    the trainer append to whatever it points at. Refused with a message saying what to do.
+    - A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
+      the trainer append to whatever it points at. Refused with a message saying what to do.
+    - A FIFO or a device would block the trainer (while it holds the lock) or feed it forever:
+      opened without blocking and refused by type.
+    - A file with other hard links (a run copied with ``cp -al R SNAP``, then resumed) would
+      have the resumed run append to the original run's log too. Before appending (``O_APPEND``)
+      such a file is first made private: copied, and the copy renamed over this name.
     """
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UserError(
                 f"{path} is a symbolic link; the run directory's files are never written through links. "
                 "Remove the link (or choose another --run-dir) and run again."
             ) from error
+        if error.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing without blocking
+            raise UserError(f"{path} is a FIFO, not a regular file. Move it away and run again.") from error
         raise
+    found = os.fstat(fd)
+    if not stat.S_ISREG(found.st_mode):
+        os.close(fd)
+        kind = "a FIFO" if stat.S_ISFIFO(found.st_mode) else "a directory" if stat.S_ISDIR(found.st_mode) else "a device"
+        raise UserError(f"{path} is {kind}, not a regular file. Move it away and run again.")
+    if flags & os.O_APPEND and found.st_nlink > 1:
+        os.close(fd)
+        _make_private(path)
+        return open_in_run_dir(path, flags, mode)
+    return fd
+
+
+def _make_private(path: Path) -> None:
+    """Replace ``path``, a file with other hard links, by a copy of its own: the other names keep
+    the original, untouched."""
+    temporary = atomic.temporary_path(path)
+    try:
+        atomic.copy_durably(path, temporary)
+        atomic.commit(temporary, path)
+    except BaseException:
+        atomic.discard(temporary)
+        raise
+    log.info("%s had other hard links (a copied run?): this run now appends to a copy of its own", path.name)
 
 
 class _TrainLogHandler(logging.FileHandler):

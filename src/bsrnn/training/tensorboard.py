@@ -135,6 +135,10 @@ class TensorBoardLog:
         from torch.utils.tensorboard import SummaryWriter
 
         self.directory = Path(run_dir) / TENSORBOARD_DIR
+        if self.directory.is_symlink() or (self.directory.exists() and not self.directory.is_dir()):
+            # The run directory's files are never written through links (run_files.open_in_run_dir).
+            raise UserError(f"{self.directory} is {'a symbolic link' if self.directory.is_symlink() else 'not a folder'}; "
+                            "TensorBoard logs are never written through links. Remove it to get TensorBoard logs.")
         self.examples = list(examples)
         self._top_db = [max(float(log_magnitude_db(example.clean).max()), float(log_magnitude_db(example.noisy).max()))
                         for example in self.examples]
