@@ -239,6 +239,40 @@ def test_damaged_or_missing_outputs_are_redone(release: Path, reference: Path, t
     assert snapshot(out) == snapshot(reference)
 
 
+def test_a_finished_folder_keeps_neither_the_lock_nor_the_progress_log(reference: Path) -> None:
+    assert (reference / MANIFEST_NAME).is_file()
+    assert not (reference / ".lock").exists() and not (reference / PROGRESS_NAME).exists()
+    assert {path.name for path in reference.iterdir()} == {"train", "test", CHECKSUMS_NAME, MANIFEST_NAME}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_unfinished_preparation_is_refused_naming_the_command_that_finishes_it(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """What a killed `data prepare` leaves: some wavs, the progress log, no prepare.json."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / MANIFEST_NAME).unlink()
+    (out / "test" / "noisy" / "p232_002.wav").unlink()
+    (out / "test" / "clean" / "p232_002.wav").unlink()
+    (out / PROGRESS_NAME).write_text(json.dumps({"fingerprint": {"speakers": 28}}) + "\n")
+    args = (["train", "--data-dir", str(out), "--run-dir", str(tmp_path / "run"), "--max-steps", "1",
+             "--num-channel", "4", "--num-layer", "1", "--batch-size", "2", "--pesq-workers", "0"]
+            if command == "train" else
+            ["evaluate", str(tmp_path / "no-run"), "--data-dir", str(out)])
+    if command == "evaluate":  # a run to evaluate: the data are checked after its checkpoint is loaded
+        from tiny_generator import TINY_CONFIG, tiny_generator
+
+        from bsrnn.checkpoint import CheckpointManager
+
+        with CheckpointManager(tmp_path / "no-run") as manager:
+            manager.register("model_state_dict", tiny_generator())
+            manager.save(metric=0.5, values={"epoch": 0, "step_in_epoch": 0, "config": TINY_CONFIG})
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and PROGRESS_NAME in err and MANIFEST_NAME in err
+    assert f"bsrnn data prepare vbd SOURCE --out {out}" in err
+
+
 def test_another_release_in_the_same_out_is_refused_naming_the_difference(release: Path, tmp_path: Path) -> None:
     source = tmp_path / "vbd"
     shutil.copytree(release, source)
