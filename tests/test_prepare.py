@@ -302,6 +302,19 @@ def test_a_second_preparation_into_the_same_out_is_refused_naming_the_first(rele
     assert not list(out.glob("train"))
 
 
+def test_zip_members_that_differ_only_in_case_are_refused_naming_them(
+        release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "vbd"
+    shutil.copytree(release, source)
+    for side in ("clean", "noisy"):  # a twin on both sides: they pair, so only the case is wrong
+        with zipfile.ZipFile(source / f"{side}_testset_wav.zip", "a") as archive:
+            archive.writestr(f"{side}_testset_wav/P232_001.wav", archive.read(f"{side}_testset_wav/p232_001.wav"))
+    code, err = _cli(capsys, str(source), "--out", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" not in err
+    assert "clean_testset_wav.zip: P232_001.wav and p232_001.wav" in err and "only in case" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
 # ----------------------------------------------------------------------------- source problems, rates
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(["data", "prepare", "vbd", *args])
