@@ -122,6 +122,27 @@ def test_migrate_into_a_directory_in_use_is_refused_before_anything_is_checked(t
     assert (out / "checkpoint_last.pt").exists()
 
 
+def test_migrate_refuses_a_torch_with_an_unsafe_loader_before_unpickling_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legacy pickles get the torch floor of every other loader (check_torch_loader)."""
+    from bsrnn.checkpoint import reading
+    from bsrnn.models import BSRNN
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(BSRNN(num_channel=4, num_layer=1).state_dict(), legacy / "gene_epoch_0_0.5")
+    monkeypatch.setattr(reading, "SAFE_LOADER_TORCH", (99, 0))  # this torch is now "too old"
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load ran on a torch below the floor")
+
+    monkeypatch.setattr(torch, "load", never)
+    assert main(["ckpt", "migrate", str(legacy), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "needs torch >= 99.0" in err and "CVE-2025-32434" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def _umask() -> int:
     import os
 
