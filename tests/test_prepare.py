@@ -315,6 +315,35 @@ def test_zip_members_that_differ_only_in_case_are_refused_naming_them(
     assert not (tmp_path / "out").exists()  # refused before anything was written
 
 
+def test_conversion_workers_die_with_a_sigkilled_prepare(tmp_path: Path) -> None:
+    """`data prepare --workers 2`, SIGKILLed while converting: no helper process survives it."""
+    import time
+
+    from e2e import descendants, kill_and_assert_no_survivors
+
+    source = tmp_path / "vbd"
+    source.mkdir()
+    buffer = io.BytesIO()  # one noise file under every name: a release big enough to be busy a while
+    soundfile.write(buffer, 0.1 * np.random.default_rng(0).standard_normal(96000), 48000, format="WAV",
+                    subtype="PCM_16")
+    for release in release_sets(28):
+        with zipfile.ZipFile(source / release.zip_name, "w") as archive:
+            for index in range(150 if release.split == "train" else 4):
+                archive.writestr(f"{release.folder}/p{226 + index % 2}_{index:03d}.wav", buffer.getvalue())
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "bsrnn", "data", "prepare", "vbd", str(source), "--out",
+                                str(out), "--workers", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    helpers: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        helpers = descendants(process.pid)
+        if len(helpers) >= 2 and any(out.glob("train/*/*.wav")):  # converting, in workers
+            break
+        time.sleep(0.01)
+    assert process.poll() is None and len(helpers) >= 2, "the preparation ended before it could be killed"
+    kill_and_assert_no_survivors(process, helpers)
+
+
 # ----------------------------------------------------------------------------- source problems, rates
 def _cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str]:
     code = main(["data", "prepare", "vbd", *args])

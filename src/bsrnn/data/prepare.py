@@ -68,13 +68,11 @@ one file outside that claim: its order follows the run's history.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
 import io
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import zipfile
 import zlib
@@ -97,6 +95,7 @@ from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
+from bsrnn.metrics.pesq_pool import start_workers
 
 log = logging.getLogger(__name__)
 
@@ -547,16 +546,19 @@ def finished_manifest(out: Path, tasks: list[Task]) -> dict[str, Any] | None:
 def _converted(pending: list[Task], workers: int) -> Iterator[tuple[int, Converted | str]]:
     """Convert ``pending`` in order, in this process or in ``workers`` processes.
 
-    Workers start from a fork server that has imported this module once (a plain fork would copy
-    the parent's threads, tqdm's monitor among them); only this process writes files. At most
-    ``4 * workers`` files are in flight, so a slow disk cannot pile converted files up in memory.
+    Workers are spawned by ``bsrnn.metrics.pesq_pool.start_workers``: a fresh interpreter each
+    (a plain fork would copy this process's threads, tqdm's monitor among them), that leaves
+    signals to this process and exits within a second of its death, however it dies. (Workers of
+    a fork server did not: each holds the server's liveness pipe, so after a SIGKILL of this
+    process neither the server nor the workers ever saw it go.) Only this process writes files.
+    At most ``4 * workers`` files are in flight, so a slow disk cannot pile converted files up in
+    memory.
     """
     if workers == 1:
         yield from map(convert_task, pending)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+    executor, _ = start_workers(workers)
+    with executor:
         remaining = iter(pending)
         in_flight = collections.deque(executor.submit(convert_task, task)
                                       for task in itertools.islice(remaining, 4 * workers))
