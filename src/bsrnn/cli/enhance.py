@@ -49,6 +49,20 @@ def add_pcs_argument(parser: argparse.ArgumentParser) -> None:
                              "then scaled back to the enhanced peak level. Off by default")
 
 
+LOAD_CHOICES = ("auto", "best", "last")
+"""``bsrnn.checkpoint.WHICH_CHOICES``, written out so that parsing flags does not import torch."""
+
+
+def add_load_argument(parser: argparse.ArgumentParser) -> None:
+    """``--load``, shared by every command that uses a run's weights (``enhance``, ``evaluate``,
+    ``ckpt export``): one rule, ``bsrnn.enhancement.choose_checkpoint``, for which file they take."""
+    parser.add_argument("--load", choices=LOAD_CHOICES, default="auto",
+                        help="which checkpoint of a run directory: auto (default) takes checkpoint_best.pt if it "
+                             "verifies, else checkpoint_last.pt (the weights that validated best, as enhance, "
+                             "evaluate and ckpt export all do); best or last takes exactly that file. Ignored "
+                             "for a checkpoint file or a bundle")
+
+
 PCS_ON = "Perceptual contrast stretching (--pcs) of the enhanced spectra: on"
 """What ``enhance`` and ``evaluate`` print with ``--pcs`` (nothing without it)."""
 
@@ -59,9 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
-                             "verifies, else checkpoint_last.pt)")
+    add_load_argument(parser)
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     add_precision_argument(parser)
     add_pcs_argument(parser)

@@ -12,7 +12,7 @@ import argparse
 import os
 from pathlib import Path
 
-from bsrnn.cli.enhance import PCS_ON, add_pcs_argument, add_precision_argument
+from bsrnn.cli.enhance import PCS_ON, add_load_argument, add_pcs_argument, add_precision_argument
 from bsrnn.output import add_overwrite_argument
 
 
@@ -22,9 +22,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, help="dataset root; its test split is used")
     source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
-                             "verifies, else checkpoint_last.pt)")
+    add_load_argument(parser)
     parser.add_argument("--csv", type=Path, help="write one row per file here")
     add_overwrite_argument(parser, "the --csv file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
