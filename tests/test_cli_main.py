@@ -82,3 +82,50 @@ def test_the_top_level_help_speaks_to_users(capsys) -> None:
 def test_no_command_prints_the_help_and_exits_2(capsys) -> None:
     assert main([]) == 2
     assert "usage: bsrnn" in capsys.readouterr().out
+
+
+# ----------------------------------------------------------------------------- inference defaults, -q
+def test_inference_runs_where_train_does_by_default_cuda_if_available() -> None:
+    import torch
+
+    from bsrnn.enhancement import inference_device
+
+    for command in (["enhance", "run", "x.wav", "--out", "o"], ["evaluate", "run", "--demo"]):
+        assert build_parser().parse_args(command).device == "auto"
+    expected = "cuda" if torch.cuda.is_available() else "cpu"
+    assert inference_device("auto").type == expected
+    assert inference_device("auto", "int8").type == "cpu"  # int8 has CPU kernels only
+    assert inference_device("cpu").type == "cpu"
+    with pytest.raises(UserError, match="expected cpu, cuda, cuda:N or auto"):
+        inference_device("gpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="--device cuda: expected a machine with CUDA"):
+            inference_device("cuda")
+
+
+def test_enhance_help_says_the_device_default_and_why(capsys) -> None:
+    with pytest.raises(SystemExit):
+        main(["enhance", "--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default auto, as for train: cuda if available, else cpu" in text
+
+
+@pytest.mark.parametrize("where", ["before", "after"])
+def test_quiet_enhance_prints_nothing_but_writes_its_files(tmp_path: Path, capsys, where: str) -> None:
+    import numpy as np
+    import soundfile
+
+    from bsrnn.checkpoint import CheckpointManager
+    from tiny_generator import TINY_CONFIG, tiny_generator
+
+    with CheckpointManager(tmp_path / "run") as manager:
+        manager.register("model_state_dict", tiny_generator())
+        manager.save(metric=0.5, values={"epoch": 0, "step_in_epoch": 0, "config": TINY_CONFIG})
+    soundfile.write(tmp_path / "x.wav", 0.1 * np.random.default_rng(0).standard_normal(16000), 16000)
+    command = ["enhance", str(tmp_path / "run"), str(tmp_path / "x.wav"), "--out", str(tmp_path / "out")]
+    assert main(["-q", *command] if where == "before" else [*command, "-q"]) == 0
+    printed = capsys.readouterr()
+    assert (printed.out, printed.err) == ("", "")
+    assert (tmp_path / "out" / "x.wav").is_file()
+    assert main([*command[:-1], str(tmp_path / "loud")]) == 0  # without -q it says what it did
+    assert "Enhancing 1 file(s)" in capsys.readouterr().out

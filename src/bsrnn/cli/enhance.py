@@ -24,6 +24,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from bsrnn.cli.main import inform, quiet
 from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
@@ -47,6 +48,13 @@ def add_pcs_argument(parser: argparse.ArgumentParser) -> None:
                         help="perceptual contrast stretching of the enhanced spectrum (Chao et al., Interspeech "
                              "2022): magnitudes raised per frequency by the SII band importance, phase kept, "
                              "then scaled back to the enhanced peak level. Off by default")
+
+
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, shared by ``enhance`` and ``evaluate`` (``bsrnn.enhancement.inference_device``)."""
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto, as for train: cuda if available, else "
+                             "cpu; cpu for --precision int8, which has CPU kernels only)")
 
 
 LOAD_CHOICES = ("auto", "best", "last")
@@ -74,7 +82,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
     add_load_argument(parser)
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_argument(parser)
     add_precision_argument(parser)
     add_pcs_argument(parser)
     add_overwrite_argument(parser, "files in --out")
@@ -126,10 +134,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bsrnn.audio import output_format_like, read_audio, write_audio
-    from bsrnn.enhancement import check_input_file, enhance_audio, load_generator
+    from bsrnn.enhancement import check_input_file, enhance_audio, inference_device, load_generator
     from bsrnn.errors import UserError
     from bsrnn.output import InputFiles, check_destinations
 
+    device = inference_device(args.device, args.precision)
     files = collect_audio_files(args.inputs)
     out_dir: Path = args.out
     check_out_dir(out_dir, files)
@@ -153,23 +162,23 @@ def run(args: argparse.Namespace) -> int:
         except UserError as error:
             skip(path, error)
     if usable:
-        generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
-        print(generator.describe())
+        generator = load_generator(args.checkpoint, args.load, device, args.precision)
+        inform(args, f"{generator.describe()}; on {device}")
         if args.pcs:
-            print(PCS_ON)
-        print(f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
-              f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
+            inform(args, PCS_ON)
+        inform(args, f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
+               f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"--out {out_dir}: expected a folder that can be created, found that it cannot "
                             f"({error.strerror or error}). Fix: choose a writable place") from error
     written = 0
-    for path in tqdm(usable, desc="enhance", disable=None):
+    for path in tqdm(usable, desc="enhance", disable=True if quiet(args) else None):
         container, subtype = formats[path]
         try:
             audio, rate = read_audio(path)
-            enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path, pcs=args.pcs)
+            enhanced = enhance_audio(generator.enhancer, audio, rate, device, where=path, pcs=args.pcs)
             write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container,
                         overwrite=args.overwrite, flag="--out", inputs=inputs)
         except UserError as error:
@@ -177,7 +186,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         written += 1
     if usable:
-        print(f"Wrote {written} file(s) to {out_dir}")
+        inform(args, f"Wrote {written} file(s) to {out_dir}")
     if skipped:
         names = ", ".join(str(path) for path in skipped)
         raise UserError(f"skipped {len(skipped)} of {len(files)} input file(s), nothing written for them "

@@ -12,7 +12,14 @@ import argparse
 import os
 from pathlib import Path
 
-from bsrnn.cli.enhance import PCS_ON, add_load_argument, add_pcs_argument, add_precision_argument
+from bsrnn.cli.enhance import (
+    PCS_ON,
+    add_device_argument,
+    add_load_argument,
+    add_pcs_argument,
+    add_precision_argument,
+)
+from bsrnn.cli.main import inform, quiet
 from bsrnn.output import add_overwrite_argument
 
 
@@ -26,7 +33,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", type=Path, help="write one row per file here")
     add_overwrite_argument(parser, "the --csv file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_argument(parser)
     add_precision_argument(parser)
     add_pcs_argument(parser)
 
@@ -38,17 +45,18 @@ def run(args: argparse.Namespace) -> int:
 
     from bsrnn.data import FileSource, check_data_dir, demo_corpus, load_pair
     from bsrnn.data.validate import check_finite_samples
-    from bsrnn.enhancement import enhance_waveform, load_generator
+    from bsrnn.enhancement import enhance_waveform, inference_device, load_generator
     from bsrnn.errors import UserError
     from bsrnn.metrics import check_csv_path, format_table, score_files, write_csv
     from bsrnn.output import InputFiles
 
+    device = inference_device(args.device, args.precision)
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite)
-    generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
-    print(generator.describe())
+    generator = load_generator(args.checkpoint, args.load, device, args.precision)
+    inform(args, f"{generator.describe()}; on {device}")
     if args.pcs:
-        print(PCS_ON)
+        inform(args, PCS_ON)
     corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
     if not args.demo:
         check_finite_samples(corpus, splits=("test",))
@@ -58,15 +66,15 @@ def run(args: argparse.Namespace) -> int:
                                            if isinstance(source, FileSource))])
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
-    print(f"Evaluating on {len(pairs)} test utterances")
+    inform(args, f"Evaluating on {len(pairs)} test utterances")
     jobs = []
-    for pair in tqdm(pairs, desc="enhance", disable=None):
+    for pair in tqdm(pairs, desc="enhance", disable=True if quiet(args) else None):
         clean, noisy = load_pair(pair)
         # The noisy file's name, as `bsrnn score` names the files of `bsrnn enhance`'s output, so
         # both CSVs join on the same column; an in-memory demo pair has only its name.
         label = pair.noisy.path.name if isinstance(pair.noisy, FileSource) else pair.name
-        jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
-    scores = score_files(jobs, workers=max(1, args.workers))
+        jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, device, pcs=args.pcs)))
+    scores = score_files(jobs, workers=max(1, args.workers), progress=not quiet(args))
     print(format_table(scores))
     if args.csv is not None:
         try:
@@ -74,5 +82,5 @@ def run(args: argparse.Namespace) -> int:
         except OSError as error:
             raise UserError(f"--csv {args.csv}: cannot write it ({error}). Fix: choose a writable path; "
                             "the table above has the means") from error
-        print(f"Wrote {args.csv}")
+        inform(args, f"Wrote {args.csv}")
     return 0

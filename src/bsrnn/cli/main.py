@@ -131,6 +131,17 @@ def add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="print only warnings and errors")
 
 
+def quiet(args: argparse.Namespace) -> bool:
+    """Whether ``-q`` asked for warnings and errors only: no progress lines, no progress bars."""
+    return bool(getattr(args, "quiet", False))
+
+
+def inform(args: argparse.Namespace, message: str) -> None:
+    """Print a progress line for the user (stdout), unless ``-q``; results are printed as they are."""
+    if not quiet(args):
+        print(message)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bsrnn", description=DESCRIPTION, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,6 +17,7 @@ import os
 from pathlib import Path
 from typing import NamedTuple
 
+from bsrnn.cli.main import quiet
 from bsrnn.errors import DataError, UserError
 from bsrnn.output import add_overwrite_argument
 
@@ -137,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
     check_pairs(pairs)
     workers = min(workers, len(pairs))
     log.info("scoring %d files with %d worker%s", len(pairs), workers, "s" if workers > 1 else "")
-    scores = score_files(pairs, workers=workers)
+    scores = score_files(pairs, workers=workers, progress=not quiet(args))
     print(format_table(scores))
     if args.csv is not None:
         try:
