@@ -129,3 +129,15 @@ def test_quiet_enhance_prints_nothing_but_writes_its_files(tmp_path: Path, capsy
     assert (tmp_path / "out" / "x.wav").is_file()
     assert main([*command[:-1], str(tmp_path / "loud")]) == 0  # without -q it says what it did
     assert "Enhancing 1 file(s)" in capsys.readouterr().out
+
+
+def test_version_prints_the_versions_and_exits_0() -> None:
+    import subprocess
+    import sys
+
+    from bsrnn import __version__
+
+    result = subprocess.run([sys.executable, "-m", "bsrnn", "--version"], capture_output=True, text=True,
+                            timeout=60, check=False)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(f"bsrnn {__version__} (torch ") and "Python" in result.stdout

@@ -12,6 +12,7 @@ import argparse
 import difflib
 import importlib
 import logging
+import platform
 import re
 import sys
 from collections.abc import Sequence
@@ -142,9 +143,25 @@ def inform(args: argparse.Namespace, message: str) -> None:
         print(message)
 
 
+def version_line() -> str:
+    """``bsrnn --version``: this package's version, and torch's and Python's, which decide what a
+    checkpoint can be loaded with (read from package metadata: torch is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bsrnn import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"bsrnn {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bsrnn", description=DESCRIPTION, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the versions of bsrnn, torch and Python, and exit")
     add_common_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
