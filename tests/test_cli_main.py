@@ -141,3 +141,22 @@ def test_version_prints_the_versions_and_exits_0() -> None:
                             timeout=60, check=False)
     assert result.returncode == 0, result.stderr
     assert result.stdout.startswith(f"bsrnn {__version__} (torch ") and "Python" in result.stdout
+
+
+@pytest.mark.parametrize("flags,expected", [
+    (["--init-lr", "-1e-3"], "init_lr: expected a finite number > 0"),  # argparse took -1e-3 for a flag
+    (["--init-lr=-1e-3"], "init_lr: expected a finite number > 0"),
+    (["--grad-clip", "-.5E+1"], "grad_clip: expected a finite number > 0"),
+    (["--loss-weights", "0", "0", "0"], "loss_weights: expected three finite numbers >= 0, not all 0"),
+    (["--loss-weights", "-1e-1", "0", "1"], "loss_weights: expected three finite numbers >= 0"),
+    (["--seed", "18446744073709551616"], "seed: expected an integer from 0 to 9223372036854775807"),
+])
+def test_out_of_range_train_values_are_refused_by_the_config_check_before_anything_exists(
+        tmp_path: Path, capsys, flags: list[str], expected: str) -> None:
+    run_dir = tmp_path / "run"
+    tiny = ["--max-steps", "1", "--num-channel", "4", "--num-layer", "1", "--batch-size", "2", "--cut-len", "8000",
+            "--pesq-workers", "0"]  # should the check ever let one through, it trains one tiny step, not a run
+    assert main(["train", "--demo", "--run-dir", str(run_dir), *tiny, *flags]) == 2
+    err = capsys.readouterr().err
+    assert expected in err and "expected one argument" not in err and "Traceback" not in err
+    assert not run_dir.exists()

@@ -370,3 +370,12 @@ def test_an_input_far_beyond_full_scale_is_told_to_scale_down_not_to_blame_the_c
     torch.manual_seed(0)
     with pytest.raises(UserError, match="far beyond full scale .* scale it down"):
         enhance_audio(BSRNN(**TINY_CONFIG).eval(), speech_like() * 1e30, 16000, where="loud.wav")
+
+
+def test_a_fifo_given_as_input_is_named_as_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=r"found a FIFO, not a regular file"):
+        collect_audio_files([fifo])
+    with pytest.raises(UserError, match="found nothing there"):  # and a missing path is still that
+        collect_audio_files([tmp_path / "missing.wav"])

@@ -96,6 +96,7 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
     clash: on a case-insensitive file system (macOS, Windows) their outputs would be one file.
     """
     from bsrnn.audio import AUDIO_SUFFIXES, list_audio_files
+    from bsrnn.checkpoint.reading import file_kind
     from bsrnn.errors import UserError
 
     files: list[Path] = []
@@ -109,6 +110,10 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
             files.extend(found)
         elif item.is_file():
             files.append(item)
+        elif item.exists():
+            raise UserError(f"Input {item}: expected an audio file or a folder of them, found "
+                            f"{file_kind(item.stat().st_mode)}, not a regular file. Fix: save the audio to a "
+                            "regular file and pass that")
         else:
             raise UserError(f"Input {item}: expected an audio file or a folder of them, found nothing there. "
                             "Fix: check the path")

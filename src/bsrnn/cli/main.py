@@ -62,12 +62,23 @@ def _did_you_mean(typed: str, candidates: Sequence[str]) -> str | None:
     return matches[0] if matches else None
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+"""A command-line word that is a negative number (``-3``, ``-0.5``, ``-1e-3``), not an option."""
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors share one exit path.
 
     Unknown options and mistyped choices come back with the closest valid one, and the error
-    names the command whose options were meant (``bsrnn train``, not ``bsrnn``).
+    names the command whose options were meant (``bsrnn train``, not ``bsrnn``). A negative
+    number in scientific notation is a value like ``-0.001`` (argparse's own pattern knows only
+    ``-3`` and ``-0.5``, so ``--init-lr -1e-3`` was "expected one argument"): the value then
+    reaches the check that knows its range and says so.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def option_strings(self) -> list[str]:
         """Every option this parser accepts, as its usage line shows them (plus --help)."""
