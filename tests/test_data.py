@@ -201,7 +201,7 @@ def test_the_default_scan_reads_headers_only_and_the_deep_scan_decodes_each_file
     decode = soundfile.SoundFile.read
 
     def counting_decode(self, *args, **kwargs):
-        decoded.append(self.name)
+        decoded.append(os.fsdecode(self.name))  # files are opened by their bytes (audio.native_path)
         return decode(self, *args, **kwargs)
 
     monkeypatch.setattr(soundfile.SoundFile, "read", counting_decode)

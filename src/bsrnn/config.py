@@ -26,6 +26,7 @@ from typing import Any
 
 from bsrnn.errors import ConfigError
 from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
+from bsrnn.text import printable_name
 
 SAMPLE_RATE = 16000
 
@@ -457,7 +458,17 @@ def read_toml(path: Path | str) -> dict[str, Any]:
 
 
 def to_toml(config: Config) -> str:
-    """The resolved config as TOML (unset optional fields are left out: TOML has no null)."""
+    """The resolved config as TOML (unset optional fields are left out: TOML has no null).
+
+    TOML is UTF-8 text: a path that is not UTF-8 (``--data-dir`` bytes held as surrogate
+    escapes) is written with its escapes spelt out (``bsrnn.text.printable_name``), so the file
+    stays valid TOML; the checkpoint keeps the exact value.
+    """
     import tomli_w
 
-    return tomli_w.dumps({key: value for key, value in config.to_dict().items() if value is not None})
+    def printable(value: Any) -> Any:
+        if isinstance(value, str):
+            return printable_name(value)
+        return [printable(item) for item in value] if isinstance(value, list) else value
+
+    return tomli_w.dumps({key: printable(value) for key, value in config.to_dict().items() if value is not None})

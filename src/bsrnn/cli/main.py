@@ -191,7 +191,18 @@ def _configure_logging(quiet: bool) -> None:
     )
 
 
+def _printable_file_names() -> None:
+    """Let stdout and stderr print any file name: a name that is not UTF-8 (``b"\\xfd"``, which
+    Python holds as the surrogate ``"\\udcfd"``) is shown as ``\\udcfd`` instead of raising
+    ``UnicodeEncodeError`` in the middle of a command (and losing its other files' work)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a replaced stream (tests) may lack it
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_file_names()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # before parsing succeeds; the parsed value once it has
     try:

@@ -93,7 +93,8 @@ def by_speakers(train: Sequence[Pair], speakers: Sequence[str], source: str = ""
 
 def name_position(name: str) -> float:
     """Where a name falls in [0, 1): the first 64 bits of its SHA-256. A function of the name alone."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+    # surrogateescape: a name that is not UTF-8 hashes as the bytes it was read from (UTF-8 names as before)
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2**64
 
 
 def by_fraction(train: Sequence[Pair], fraction: float, source: str = "") -> ValidationSplit:

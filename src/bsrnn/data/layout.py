@@ -28,6 +28,7 @@ from bsrnn.audio import audio_files_by_name, describe_name_clashes, write_audio
 from bsrnn.data.report import DataProblem, ProblemReport
 from bsrnn.data.sources import FileSource, Pair
 from bsrnn.errors import DataError, UserError
+from bsrnn.text import printable_name
 
 logger = logging.getLogger(__name__)
 
@@ -192,8 +193,9 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
                 detail = f"no audio file named {name} in {folders[other]}"
                 report.add(DataProblem.of("name_mismatch", str(files[side][name]), detail))
         names = sorted(files["clean"].keys() & files["noisy"].keys(), key=natural_key)
-        corpus.split(split).extend(
-            Pair(name, FileSource(files["clean"][name]), FileSource(files["noisy"][name])) for name in names
+        corpus.split(split).extend(  # a name that is not UTF-8 is spelt out: it is logged and hashed in training
+            Pair(printable_name(name), FileSource(files["clean"][name]), FileSource(files["noisy"][name]))
+            for name in names
         )
     if report.kinds().get("missing_folder"):
         report.notes.append(_layouts_looked_for(root, wanted))

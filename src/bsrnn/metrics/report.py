@@ -96,8 +96,11 @@ def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str], *, over
     are created.
 
     Complete or not at all: a full disk leaves the previous file (or none), never a 0-byte or
-    cut-off CSV. An existing file is replaced only with ``overwrite``.
+    cut-off CSV. An existing file is replaced only with ``overwrite``. The CSV is UTF-8 text: a
+    file name that is not UTF-8 (its bytes held as surrogate escapes) is written with the
+    escapes spelt out (``bad\\udcfd.wav``), as the terminal shows it.
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    write_bytes(target, csv_text(scores).encode("utf-8"), overwrite=overwrite, flag=flag, inputs=inputs)
+    write_bytes(target, csv_text(scores).encode("utf-8", errors="backslashreplace"), overwrite=overwrite, flag=flag,
+                inputs=inputs)
