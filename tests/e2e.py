@@ -93,3 +93,47 @@ def assert_same_training_state(a: dict[str, Any], b: dict[str, Any]) -> None:
                 assert torch.equal(value, b[key]["state"][index][name]), f"{key}[{index}].{name} differs"
     for key in ("epoch", "global_step", "step_in_epoch", "val_loss", "best_val_loss"):
         assert a[key] == b[key], key
+
+
+def _process_table() -> dict[int, tuple[int, str]]:
+    """pid -> (parent pid, state letter) of every process, from /proc (Linux)."""
+    table = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            text = stat.read_text()
+        except OSError:  # gone meanwhile
+            continue
+        fields = text[text.rfind(")") + 2:].split()  # after "pid (comm) ": state, ppid, ...
+        table[int(stat.parent.name)] = (int(fields[1]), fields[0])
+    return table
+
+
+def descendants(pid: int) -> set[int]:
+    """Every live process below ``pid`` (children, their children, ...)."""
+    table = _process_table()
+    found: set[int] = set()
+    frontier = {pid}
+    while frontier:
+        frontier = {child for child, (parent, _) in table.items() if parent in frontier and child not in found}
+        found |= frontier
+    return found
+
+
+def kill_and_assert_no_survivors(process: subprocess.Popen, helpers: set[int], within_s: float = 5.0) -> None:
+    """SIGKILL ``process`` (it can clean nothing up) and assert that every process in ``helpers``
+    (its descendants, taken just before) is gone within ``within_s``; survivors are killed."""
+    process.kill()
+    process.wait(timeout=30)
+    deadline = time.monotonic() + within_s
+    alive = set(helpers)
+    while alive and time.monotonic() < deadline:
+        time.sleep(0.1)
+        table = _process_table()
+        alive = {pid for pid in alive if pid in table and table[pid][1] != "Z"}  # a zombie has exited
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert not alive, f"helper processes {sorted(alive)} outlived their SIGKILLed parent by {within_s} s"
+

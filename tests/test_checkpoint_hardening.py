@@ -66,6 +66,35 @@ def test_a_forked_child_does_not_keep_the_run_directory_locked_after_its_parent_
                 pass
 
 
+def test_a_lock_whose_file_its_holder_removed_meanwhile_is_taken_on_a_new_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """``remove`` deletes .lock while still holding it; a process that opened the old file just
+    before gets its flock after the release, on a file no name leads to: it must lock again."""
+    holder = RunDirectoryLock(tmp_path).acquire()
+    latecomer = RunDirectoryLock(tmp_path)
+    real_open_and_lock = RunDirectoryLock._open_and_lock
+    calls = []
+
+    def opened_just_before_the_removal(self: RunDirectoryLock) -> int:
+        calls.append(self)
+        if len(calls) == 1:
+            fd = os.open(self.path, os.O_RDWR)
+            holder.remove()  # unlink while held, then release: our flock succeeds on the old file
+            import fcntl
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return fd
+        return real_open_and_lock(self)
+
+    monkeypatch.setattr(RunDirectoryLock, "_open_and_lock", opened_just_before_the_removal)
+    latecomer.acquire()
+    assert len(calls) == 2 and latecomer.held
+    latecomer.check_still_held()  # .lock names the file it holds
+    monkeypatch.undo()
+    with pytest.raises(RunDirectoryBusyError, match=f"PID {os.getpid()}"):
+        RunDirectoryLock(tmp_path).acquire()
+    latecomer.release()
+
+
 def test_the_lock_refuses_a_symlink_and_writes_nothing_through_it(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious")

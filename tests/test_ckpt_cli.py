@@ -122,6 +122,27 @@ def test_migrate_into_a_directory_in_use_is_refused_before_anything_is_checked(t
     assert (out / "checkpoint_last.pt").exists()
 
 
+def test_migrate_refuses_a_torch_with_an_unsafe_loader_before_unpickling_anything(
+        tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The legacy pickles get the torch floor of every other loader (check_torch_loader)."""
+    from bsrnn.checkpoint import reading
+    from bsrnn.models import BSRNN
+
+    legacy = tmp_path / "legacy"
+    legacy.mkdir()
+    torch.save(BSRNN(num_channel=4, num_layer=1).state_dict(), legacy / "gene_epoch_0_0.5")
+    monkeypatch.setattr(reading, "SAFE_LOADER_TORCH", (99, 0))  # this torch is now "too old"
+
+    def never(*args: object, **kwargs: object) -> None:
+        raise AssertionError("torch.load ran on a torch below the floor")
+
+    monkeypatch.setattr(torch, "load", never)
+    assert main(["ckpt", "migrate", str(legacy), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "needs torch >= 99.0" in err and "CVE-2025-32434" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
+
+
 def _umask() -> int:
     import os
 
@@ -152,6 +173,39 @@ def test_an_exported_bundle_describes_itself_and_enhances_like_its_checkpoint(tm
     from_bundle = load_generator(out)
     assert from_bundle.epoch == 2 and "bundle" in from_bundle.describe()
     assert np.array_equal(enhance_waveform(from_bundle.model, audio), enhance_waveform(load_generator(run).model, audio))
+
+
+def test_export_of_a_run_takes_the_checkpoint_enhance_and_evaluate_use(tmp_path: Path,
+                                                                         capsys: pytest.CaptureFixture) -> None:
+    """A run whose last state is newer than its best: every inference command takes best."""
+    from bsrnn.bundle import read_bundle
+    from bsrnn.enhancement import load_generator
+    from bsrnn.models import BSRNN
+
+    run = tmp_path / "run"
+    config = {"num_channel": 4, "num_layer": 1}
+    with CheckpointManager(run, monitor="val_loss", mode="min") as manager:
+        manager.register("model_state_dict", BSRNN(**config))
+        manager.save(metric=0.2, values={"epoch": 0, "global_step": 10, "config": config})
+        manager.save(metric=0.9, values={"epoch": 1, "global_step": 20, "config": config})  # last, not best
+    out = tmp_path / "model.safetensors"
+    assert main(["ckpt", "export", str(run), "--out", str(out)]) == 0
+    assert "checkpoint_best.pt" in capsys.readouterr().out
+    _, metadata = read_bundle(out)
+    assert metadata["source"] == str(load_generator(run).path) == str(run / "checkpoint_best.pt")
+    assert metadata["global_step"] == "10"
+    assert main(["ckpt", "export", str(run), "--out", str(tmp_path / "last.safetensors"), "--load", "last"]) == 0
+    assert read_bundle(tmp_path / "last.safetensors")[1]["global_step"] == "20"
+
+
+def test_every_inference_command_explains_load_the_same_way(capsys: pytest.CaptureFixture) -> None:
+    helps = []
+    for command in (["enhance"], ["evaluate"], ["ckpt", "export"]):
+        with pytest.raises(SystemExit):
+            main([*command, "--help"])
+        helps.append(" ".join(capsys.readouterr().out.split()))
+    for text in helps:
+        assert "auto (default) takes checkpoint_best.pt if it verifies, else checkpoint_last.pt" in text
 
 
 def test_a_safetensors_file_that_is_not_a_bundle_is_refused_clearly(tmp_path: Path) -> None:

@@ -93,6 +93,8 @@ def test_the_python_api_treats_non_default_fields_as_set() -> None:
     {"grad_clip": float("inf")}, {"grad_clip": 0},
     {"loss_weights": [0.5, float("inf"), 1.0]}, {"loss_weights": [0.5, float("nan"), 1.0]},
     {"loss_weights": [0.5, -0.1, 1.0]}, {"loss_weights": [True, 0.5, 1.0]},
+    {"loss_weights": [0, 0, 0]}, {"loss_weights": [0.0, 0.0, 0.0]},  # nothing to learn from
+    {"seed": -1}, {"seed": 2**63}, {"seed": 2**64},  # beyond TOML's integers and torch's seeds
 ])
 def test_non_finite_and_out_of_range_numbers_are_refused_by_name(changes: dict) -> None:
     (name,) = changes
@@ -101,7 +103,7 @@ def test_non_finite_and_out_of_range_numbers_are_refused_by_name(changes: dict) 
 
 
 def test_the_edges_of_the_ranges_are_accepted() -> None:
-    config = Config(lr_decay=1.0, init_lr=1, loss_weights=[0, 0, 1], grad_clip=1e-6)
+    config = Config(lr_decay=1.0, init_lr=1, loss_weights=[0, 0, 1], grad_clip=1e-6, seed=2**63 - 1)
     assert config.lr_decay == 1.0
 
 
@@ -124,7 +126,7 @@ def test_wrong_types_in_a_toml_file_are_reported_together(tmp_path: Path) -> Non
     for expected in ("data_dir: expected a dataset folder path (a non-empty string) or unset, found 5",
                      "save_model_dir: expected a run directory path", "device: expected", "monitor: expected",
                      "epochs: expected a positive integer, found True", "resume_from_checkpoint: expected",
-                     "seed: expected an integer >= 0, found 1.0", "init_lr: expected a finite number > 0"):
+                     "seed: expected an integer from 0 to 9223372036854775807 (2**63 - 1), found 1.0", "init_lr: expected a finite number > 0"):
         assert expected in message
 
 

@@ -124,6 +124,8 @@ def test_wrong_sample_rate_names_the_file_the_rate_and_how_to_resample(tmp_path)
     message = _error_of(tmp_path)
     assert str(tmp_path / "train/clean/p1_1.wav") in message
     assert "48000 Hz" in message and "expected 16000 Hz" in message and "sox" in message and "-r 16000" in message
+    # The usual case is an unzipped VoiceBank+DEMAND release: the command that prepares it comes first.
+    assert -1 < message.index("bsrnn data prepare vbd SOURCE --out DIR") < message.index("sox")
 
 
 def test_stereo_training_file_is_named(tmp_path) -> None:
@@ -199,7 +201,7 @@ def test_the_default_scan_reads_headers_only_and_the_deep_scan_decodes_each_file
     decode = soundfile.SoundFile.read
 
     def counting_decode(self, *args, **kwargs):
-        decoded.append(self.name)
+        decoded.append(os.fsdecode(self.name))  # files are opened by their bytes (audio.native_path)
         return decode(self, *args, **kwargs)
 
     monkeypatch.setattr(soundfile.SoundFile, "read", counting_decode)

@@ -370,3 +370,56 @@ def test_an_input_far_beyond_full_scale_is_told_to_scale_down_not_to_blame_the_c
     torch.manual_seed(0)
     with pytest.raises(UserError, match="far beyond full scale .* scale it down"):
         enhance_audio(BSRNN(**TINY_CONFIG).eval(), speech_like() * 1e30, 16000, where="loud.wav")
+
+
+def test_a_fifo_given_as_input_is_named_as_not_a_regular_file(tmp_path: Path) -> None:
+    fifo = tmp_path / "stream.wav"
+    os.mkfifo(fifo)
+    with pytest.raises(UserError, match=r"found a FIFO, not a regular file"):
+        collect_audio_files([fifo])
+    with pytest.raises(UserError, match="found nothing there"):  # and a missing path is still that
+        collect_audio_files([tmp_path / "missing.wav"])
+
+
+# ----------------------------------------------------------------------------- names that are not UTF-8
+def _write_with_byte_name(folder: Path, stem: bytes, samples: np.ndarray) -> None:
+    """A 16 kHz WAV whose file name holds a byte that is not UTF-8 (``stem + b".wav"``)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    soundfile.write(folder / "tmp.wav", samples, 16000)
+    os.rename(folder / "tmp.wav", os.fsencode(folder) + b"/" + stem + b".wav")
+
+
+def test_enhance_and_score_handle_file_names_that_are_not_utf8(tmp_path: Path) -> None:
+    run_dir, inputs, out = tmp_path / "run", tmp_path / "in", tmp_path / "out"
+    make_run(run_dir, best=True)
+    inputs.mkdir()
+    soundfile.write(inputs / "good.wav", speech_like(), 16000)
+    _write_with_byte_name(inputs, b"bad\xfd", speech_like(seed=1))
+    result = bsrnn("enhance", str(run_dir), str(inputs), "--out", str(out))
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert "Enhancing 2 file(s)" in result.stdout and "Wrote 2 file(s)" in result.stdout
+    assert sorted(os.listdir(os.fsencode(out))) == [b"bad\xfd.wav", b"good.wav"]  # the names kept, byte for byte
+
+    csv_path = tmp_path / "scores.csv"
+    scored = bsrnn("score", str(inputs), str(out), "--csv", str(csv_path), "--workers", "2")
+    assert scored.returncode == 0 and "Traceback" not in scored.stderr, scored.stderr
+    rows = csv_path.read_bytes().decode("utf-8").splitlines()  # UTF-8 text, the odd byte spelt out
+    assert [row.split(",")[0] for row in rows[1:]] == ["bad\\udcfd.wav", "good.wav"]
+
+
+def test_train_on_a_corpus_with_a_file_name_that_is_not_utf8(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for index in range(6):
+            clean = speech_like(seed=index)
+            noisy = clean + 0.05 * rng.standard_normal(len(clean))
+            for side, samples in (("clean", clean), ("noisy", noisy)):
+                stem = f"p22{index % 2 + 6}_00{index}".encode() + (b"\xfd" if index == 0 else b"")
+                _write_with_byte_name(data / split / side, stem, samples)
+    run_dir = tmp_path / "run"
+    result = bsrnn("train", "--data-dir", str(data), "--run-dir", str(run_dir), "--valid-speakers", "p226",
+                   "--max-steps", "1", "--num-channel", "4", "--num-layer", "1", "--batch-size", "2",
+                   "--cut-len", "8000", "--pesq-workers", "0", "--validation-length", "crops")
+    assert result.returncode == 0 and "Traceback" not in result.stderr, result.stderr
+    assert (run_dir / "checkpoint_last.pt").is_file()

@@ -193,3 +193,12 @@ def test_the_plot_never_replaces_the_metrics_it_reads(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="that are inputs"):
         plot_run(run_dir, run_dir / "metrics.jsonl", overwrite=True)
     assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+def test_a_fifo_for_metrics_jsonl_is_named_as_not_a_regular_file(tmp_path: Path, capsys) -> None:
+    import os
+
+    os.mkfifo(tmp_path / "metrics.jsonl")  # read, it would block the command for ever
+    assert main(["plot", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'metrics.jsonl'} is a FIFO, not a regular file" in err and "has no" not in err

@@ -239,6 +239,40 @@ def test_damaged_or_missing_outputs_are_redone(release: Path, reference: Path, t
     assert snapshot(out) == snapshot(reference)
 
 
+def test_a_finished_folder_keeps_neither_the_lock_nor_the_progress_log(reference: Path) -> None:
+    assert (reference / MANIFEST_NAME).is_file()
+    assert not (reference / ".lock").exists() and not (reference / PROGRESS_NAME).exists()
+    assert {path.name for path in reference.iterdir()} == {"train", "test", CHECKSUMS_NAME, MANIFEST_NAME}
+
+
+@pytest.mark.parametrize("command", ["train", "evaluate"])
+def test_an_unfinished_preparation_is_refused_naming_the_command_that_finishes_it(
+        reference: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], command: str) -> None:
+    """What a killed `data prepare` leaves: some wavs, the progress log, no prepare.json."""
+    out = tmp_path / "out"
+    shutil.copytree(reference, out)
+    (out / MANIFEST_NAME).unlink()
+    (out / "test" / "noisy" / "p232_002.wav").unlink()
+    (out / "test" / "clean" / "p232_002.wav").unlink()
+    (out / PROGRESS_NAME).write_text(json.dumps({"fingerprint": {"speakers": 28}}) + "\n")
+    args = (["train", "--data-dir", str(out), "--run-dir", str(tmp_path / "run"), "--max-steps", "1",
+             "--num-channel", "4", "--num-layer", "1", "--batch-size", "2", "--pesq-workers", "0"]
+            if command == "train" else
+            ["evaluate", str(tmp_path / "no-run"), "--data-dir", str(out)])
+    if command == "evaluate":  # a run to evaluate: the data are checked after its checkpoint is loaded
+        from tiny_generator import TINY_CONFIG, tiny_generator
+
+        from bsrnn.checkpoint import CheckpointManager
+
+        with CheckpointManager(tmp_path / "no-run") as manager:
+            manager.register("model_state_dict", tiny_generator())
+            manager.save(metric=0.5, values={"epoch": 0, "step_in_epoch": 0, "config": TINY_CONFIG})
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and PROGRESS_NAME in err and MANIFEST_NAME in err
+    assert f"bsrnn data prepare vbd SOURCE --out {out}" in err
+
+
 def test_another_release_in_the_same_out_is_refused_naming_the_difference(release: Path, tmp_path: Path) -> None:
     source = tmp_path / "vbd"
     shutil.copytree(release, source)
@@ -266,6 +300,48 @@ def test_a_second_preparation_into_the_same_out_is_refused_naming_the_first(rele
         with pytest.raises(UserError, match=f"PID {os.getpid()}"):
             prepare_voicebank(release, out, progress=False)
     assert not list(out.glob("train"))
+
+
+def test_zip_members_that_differ_only_in_case_are_refused_naming_them(
+        release: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    source = tmp_path / "vbd"
+    shutil.copytree(release, source)
+    for side in ("clean", "noisy"):  # a twin on both sides: they pair, so only the case is wrong
+        with zipfile.ZipFile(source / f"{side}_testset_wav.zip", "a") as archive:
+            archive.writestr(f"{side}_testset_wav/P232_001.wav", archive.read(f"{side}_testset_wav/p232_001.wav"))
+    code, err = _cli(capsys, str(source), "--out", str(tmp_path / "out"))
+    assert code == 2 and "Traceback" not in err
+    assert "clean_testset_wav.zip: P232_001.wav and p232_001.wav" in err and "only in case" in err
+    assert not (tmp_path / "out").exists()  # refused before anything was written
+
+
+def test_conversion_workers_die_with_a_sigkilled_prepare(tmp_path: Path) -> None:
+    """`data prepare --workers 2`, SIGKILLed while converting: no helper process survives it."""
+    import time
+
+    from e2e import descendants, kill_and_assert_no_survivors
+
+    source = tmp_path / "vbd"
+    source.mkdir()
+    buffer = io.BytesIO()  # one noise file under every name: a release big enough to be busy a while
+    soundfile.write(buffer, 0.1 * np.random.default_rng(0).standard_normal(96000), 48000, format="WAV",
+                    subtype="PCM_16")
+    for release in release_sets(28):
+        with zipfile.ZipFile(source / release.zip_name, "w") as archive:
+            for index in range(150 if release.split == "train" else 4):
+                archive.writestr(f"{release.folder}/p{226 + index % 2}_{index:03d}.wav", buffer.getvalue())
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "-m", "bsrnn", "data", "prepare", "vbd", str(source), "--out",
+                                str(out), "--workers", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    helpers: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None:
+        helpers = descendants(process.pid)
+        if len(helpers) >= 2 and any(out.glob("train/*/*.wav")):  # converting, in workers
+            break
+        time.sleep(0.01)
+    assert process.poll() is None and len(helpers) >= 2, "the preparation ended before it could be killed"
+    kill_and_assert_no_survivors(process, helpers)
 
 
 # ----------------------------------------------------------------------------- source problems, rates

@@ -187,3 +187,31 @@ def test_python_m_bsrnn_score_runs_in_a_subprocess(folders, tmp_path):
     run_score([str(clean_dir), str(enhanced_dir), "--csv", str(in_process_csv), "--workers", "1"])
     assert read_rows(csv_path) == read_rows(in_process_csv)
     assert "only_clean.wav" in done.stderr  # warnings reach the console
+
+
+def test_scoring_workers_die_with_a_sigkilled_score(tmp_path: Path) -> None:
+    """`bsrnn score --workers 2`, SIGKILLed while scoring: no helper process survives it."""
+    import time
+
+    from e2e import descendants, env, kill_and_assert_no_survivors
+
+    clean_dir, enhanced_dir = tmp_path / "clean", tmp_path / "enhanced"
+    clean_dir.mkdir()
+    enhanced_dir.mkdir()
+    clean = speech_like(0, 3.0)
+    noisy = clean + 0.05 * np.random.default_rng(0).standard_normal(len(clean))
+    for index in range(40):  # seconds of scoring
+        soundfile.write(clean_dir / f"p232_{index:03d}.wav", clean, SAMPLE_RATE)
+        soundfile.write(enhanced_dir / f"p232_{index:03d}.wav", noisy, SAMPLE_RATE)
+    process = subprocess.Popen([sys.executable, "-m", "bsrnn", "score", str(clean_dir), str(enhanced_dir),
+                                "--workers", "2", "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               env=env())
+    deadline = time.monotonic() + 120
+    helpers: set[int] = set()
+    while time.monotonic() < deadline and process.poll() is None and len(helpers) < 2:
+        helpers = descendants(process.pid)
+        time.sleep(0.01)
+    time.sleep(0.5)  # past their start: scoring
+    helpers |= descendants(process.pid)
+    assert process.poll() is None and len(helpers) >= 2, "scoring ended before it could be killed"
+    kill_and_assert_no_survivors(process, helpers)

@@ -163,6 +163,16 @@ class AudioFileError(DataError):
         return type(self), (str(self), self.path, self.reason)
 
 
+def native_path(path: str | os.PathLike[str]) -> bytes:
+    """``path`` as the bytes the file system holds, for libsndfile.
+
+    soundfile encodes a ``str`` path as strict UTF-8, so a file whose name is not UTF-8 (Python
+    holds its bytes as surrogate escapes, ``b"\\xfd"`` as ``"\\udcfd"``) raised
+    ``UnicodeEncodeError``; the bytes open every file the file system holds.
+    """
+    return os.fsencode(path)
+
+
 def _found_instead(path: Path, error: Exception) -> str:
     """What is at ``path`` instead of readable audio, in the words of the message."""
     if not path.exists():
@@ -173,7 +183,7 @@ def _found_instead(path: Path, error: Exception) -> str:
         return "a file this user may not read (permission denied)"
     if path.stat().st_size == 0:
         return "an empty file (0 bytes)"
-    detail = str(error).replace(f"Error opening {str(path)!r}: ", "").removeprefix("Error : ").strip()
+    detail = str(error).replace(f"Error opening {native_path(path)!r}: ", "").removeprefix("Error : ").strip()
     return f"data it cannot decode ({detail.rstrip('.')})"
 
 
@@ -203,7 +213,7 @@ class AudioInfo(NamedTuple):
 def audio_info(path: str | os.PathLike[str]) -> AudioInfo:
     """The header of the audio file at ``path``; ``AudioFileError`` naming it if unreadable."""
     try:
-        info = soundfile.info(str(path))
+        info = soundfile.info(native_path(path))
     except _IO_ERRORS as error:
         raise unreadable_audio(path, error) from error
     return AudioInfo(int(info.samplerate), int(info.channels), int(info.frames), str(info.format),
@@ -219,7 +229,7 @@ def read_audio(path: str | os.PathLike[str], dtype: Literal["float32", "int16"] 
     decoded to the end (a truncated FLAC, say) raises ``AudioFileError`` naming it.
     """
     try:
-        samples, rate = soundfile.read(str(path), dtype=dtype, always_2d=True)
+        samples, rate = soundfile.read(native_path(path), dtype=dtype, always_2d=True)
     except _IO_ERRORS as error:
         raise unreadable_audio(path, error) from error
     channels_first = np.ascontiguousarray(samples.T)
@@ -303,8 +313,8 @@ def write_audio(path: str | os.PathLike[str], audio: np.ndarray | torch.Tensor, 
     frames_first = samples.T if samples.ndim == 2 else samples
 
     def encode(temporary: Path) -> None:
-        soundfile.write(str(temporary), frames_first, int(rate), subtype=subtype, format=name)
-        written = soundfile.info(str(temporary)).frames
+        soundfile.write(native_path(temporary), frames_first, int(rate), subtype=subtype, format=name)
+        written = soundfile.info(native_path(temporary)).frames
         if written != frames_first.shape[0]:
             raise OSError(f"{written} of {frames_first.shape[0]} frames were written")
 

@@ -27,6 +27,7 @@ from typing import Any
 from bsrnn.audio import MIN_CUT_LEN, SAMPLE_RATE
 from bsrnn.errors import ConfigError
 from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
+from bsrnn.text import printable_name
 
 # Fields that define the networks' shapes: on resume they must agree with the checkpoint.
 ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
@@ -113,6 +114,10 @@ def halfway_gan_start(epochs: int) -> int:
     return (epochs + 1) // 2
 
 
+MAX_SEED = 2**63 - 1
+"""The largest seed: a TOML integer (``config.toml``) is 64-bit signed, and torch's seeds stop at 2**64 - 1."""
+
+
 @dataclass(kw_only=True, frozen=True)
 class Config:
     """Everything that defines a training run. Field names are the TOML keys and flags.
@@ -137,7 +142,7 @@ class Config:
     tensorboard: bool = _field(
         False, "also write TensorBoard logs to RUN_DIR/tensorboard/: the logged training values, learning "
         "rates, steps/s, PESQ wait, each epoch's validation values, and audio and spectrograms of 3 fixed "
-        "validation utterances (needs pip install 'bsrnn[tensorboard]'; not kept on resume: pass it again)"
+        "validation utterances (needs the tensorboard package: pip install tensorboard; not kept on resume: pass it again)"
     )
     lr_schedule: str = _field(
         "step", "learning-rate schedule of both optimizers, stepped every epoch: 'step' (x lr_decay every "
@@ -262,8 +267,9 @@ class Config:
             "grad_clip": (lambda value: value > 0, "a finite number > 0 (e.g. 5.0)"),
             "lr_decay": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.98; 1: no decay)"),
             "log_seconds": (lambda value: value >= 0, "a finite number >= 0 (0: log by steps only)"),
-            "loss_weights": (lambda value: len(value) == 3 and all(weight >= 0 for weight in value),
-                             "three finite numbers >= 0 for complex L1, magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"),
+            "loss_weights": (lambda value: len(value) == 3 and all(weight >= 0 for weight in value) and any(value),
+                             "three finite numbers >= 0, not all 0 (a generator with no loss learns nothing), for "
+                             "complex L1, magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"),
             "amp": (lambda value: value in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES)),
             "monitor": (lambda value: value in MONITOR_CHOICES, "'pesq' or 'val_loss'"),
             "compress_factor": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.3; 1: no compression)"),
@@ -282,8 +288,10 @@ class Config:
             rules[name] = (lambda value: value > 0, "a positive integer")
         rules["max_steps"] = (lambda value: value > 0, "a positive integer or unset")
         rules["until_step"] = (lambda value: value > 0, "a positive integer or unset")
-        for name in ("save_every_steps", "workers", "pesq_workers", "seed"):
+        for name in ("save_every_steps", "workers", "pesq_workers"):
             rules[name] = (lambda value: value >= 0, "an integer >= 0")
+        # torch.manual_seed takes at most 2**64 - 1, and config.toml holds TOML integers (64-bit signed).
+        rules["seed"] = (lambda value: 0 <= value <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2**63 - 1)")
         rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")
         rules["valid_fraction"] = (lambda value: 0 <= value < 1, "a number in [0, 1) (e.g. 0.05; 0: the default rule)")
         rules["valid_speakers"] = (lambda value: all(item.strip() and "," not in item for item in value),
@@ -455,7 +463,17 @@ def read_toml(path: Path | str) -> dict[str, Any]:
 
 
 def to_toml(config: Config) -> str:
-    """The resolved config as TOML (unset optional fields are left out: TOML has no null)."""
+    """The resolved config as TOML (unset optional fields are left out: TOML has no null).
+
+    TOML is UTF-8 text: a path that is not UTF-8 (``--data-dir`` bytes held as surrogate
+    escapes) is written with its escapes spelt out (``bsrnn.text.printable_name``), so the file
+    stays valid TOML; the checkpoint keeps the exact value.
+    """
     import tomli_w
 
-    return tomli_w.dumps({key: value for key, value in config.to_dict().items() if value is not None})
+    def printable(value: Any) -> Any:
+        if isinstance(value, str):
+            return printable_name(value)
+        return [printable(item) for item in value] if isinstance(value, list) else value
+
+    return tomli_w.dumps({key: printable(value) for key, value in config.to_dict().items() if value is not None})

@@ -274,6 +274,31 @@ def _prepared_or_none(model: BSRNN, precision: str, device: str | torch.device) 
     return None if prepared is model else prepared
 
 
+def inference_device(name: str, precision: str = DEFAULT_PRECISION) -> torch.device:
+    """The device ``enhance``/``evaluate --device NAME`` run on; ``auto`` (their default, as for
+    ``train``) is CUDA where it is available, else the CPU.
+
+    ``auto`` picks the CPU for ``int8``, whose kernels are CPU only, so that the same command
+    line works on any machine. A name torch does not know, a precision the device type cannot
+    run (``check_precision``) or CUDA where there is none is a UserError with the fix, before any
+    checkpoint is read.
+    """
+    if name == "auto":
+        device = torch.device("cuda" if torch.cuda.is_available() and precision != "int8" else "cpu")
+        check_precision(precision, device)
+        return device
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name}: expected cpu, cuda, cuda:N or auto, found {name!r}. "
+                        "Fix: pass --device auto (the default: cuda if available, else cpu)") from None
+    check_precision(precision, device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: expected a machine with CUDA, found none here. Fix: pass --device cpu, "
+                        "or --device auto (the default), which uses cuda only where there is one")
+    return device
+
+
 def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
     """Refuse, with the fix, a precision this device cannot run; cheap (no model needed).
 

@@ -5,7 +5,9 @@ The old scripts left ``gene_epoch_{N}_{loss}`` (generator) and ``disc_epoch_{N}`
 prefix, and no record of the architecture. We infer ``num_channel``, ``num_layer`` and ``ndf``
 from the shapes, convert the names, and commit a ``checkpoint_last.pt`` through the engine.
 No optimizer or scheduler state exists in the old files: the checkpoint says so (``inspect``
-shows it), and a resumed run starts those fresh. Nothing in the legacy folder is touched.
+shows it), and a resumed run starts those fresh. Nothing in the legacy folder is touched. The
+old files are unpickled weights-only, and only on a torch whose loader is safe
+(``bsrnn.checkpoint.reading.check_torch_loader``, as for every checkpoint).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ import torch
 
 from bsrnn import keys
 from bsrnn.checkpoint import BEST_NAME, LAST_NAME, CheckpointManager
+from bsrnn.checkpoint.reading import check_torch_loader
 from bsrnn.config import Config
 from bsrnn.errors import UserError
 from bsrnn.models import discriminator_from_state_dict, generator_from_state_dict
@@ -55,6 +58,12 @@ def legacy_epochs(legacy_dir: Path) -> dict[int, dict[str, Path]]:
 
 
 def _load_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    """A legacy file's bare state dict, unpickled weights-only, on a torch whose loader is safe.
+
+    Legacy files carry no digest and come from anywhere: the same torch floor as every other
+    loader of ours (``check_torch_loader``) applies before the first byte is unpickled.
+    """
+    check_torch_loader()
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - any load failure is reported the same way

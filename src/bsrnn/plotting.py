@@ -282,6 +282,7 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 def read_run(run_dir: Path) -> tuple[list[Event], dict[str, Any]]:
     """The events and config of ``run_dir``, or UserError saying why there is nothing to plot."""
+    from bsrnn.checkpoint.reading import file_kind
     from bsrnn.training.run_files import METRICS_NAME, read_metrics
 
     if not run_dir.exists():
@@ -290,7 +291,12 @@ def read_run(run_dir: Path) -> tuple[list[Event], dict[str, Any]]:
     if not run_dir.is_dir():
         raise UserError(f"{run_dir} is a file: expected a run directory (the folder that holds {METRICS_NAME}). "
                         f"Fix: pass its folder, e.g. `bsrnn plot {run_dir.parent}`.")
-    if not (run_dir / METRICS_NAME).is_file():
+    metrics = run_dir / METRICS_NAME
+    if metrics.exists() and not metrics.is_file():
+        raise UserError(f"{metrics} is {file_kind(metrics.stat().st_mode)}, not a regular file: expected the "
+                        f"{METRICS_NAME} a `bsrnn train` run writes. Fix: move it away, or plot the run it was "
+                        "copied from")
+    if not metrics.is_file():
         raise UserError(f"{run_dir} has no {METRICS_NAME}: expected the --run-dir of a `bsrnn train` run, which "
                         "writes it when training starts. Fix: check the path.")
     events = read_metrics(run_dir)

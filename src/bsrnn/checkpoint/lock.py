@@ -23,6 +23,8 @@ Two details keep that promise honest:
   it, a second trainer can lock the new file and both would commit, alternating older and
   newer states. So a writer calls ``check_still_held`` before every commit: the name must
   still lead to the file it locked (same device and inode), or it stops before committing.
+  For the same reason ``acquire`` checks the name after its ``flock`` and locks again if the
+  file it locked was deleted meanwhile (``remove``: a folder that keeps no ``.lock`` when done).
 """
 
 from __future__ import annotations
@@ -34,9 +36,12 @@ import stat
 import time
 from pathlib import Path
 
+from bsrnn.checkpoint.atomic import fsync_directory
 from bsrnn.checkpoint.errors import CheckpointError
 
 LOCK_NAME = ".lock"
+_ATTEMPTS = 5
+"""Tries to lock ``.lock`` when its holder keeps deleting it between our open and our flock."""
 _HELD: set[RunDirectoryLock] = set()  # held locks, for the fork hook (strong: held until released)
 
 
@@ -79,6 +84,26 @@ class RunDirectoryLock:
                 f"Cannot create the run directory {self.run_dir}: {error.strerror or error} "
                 f"({error.filename or self.run_dir}). Choose a --run-dir in a writable folder."
             ) from error
+        for _ in range(_ATTEMPTS):
+            fd = self._open_and_lock()
+            if self._names(fd):
+                break
+            os.close(fd)  # the holder removed .lock between our open and our flock: lock the new one
+        else:
+            raise CheckpointError(f"Cannot lock the run directory {self.run_dir}: {self.path} keeps being "
+                                  "removed and created again by another process.")
+        try:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
+        self._fd = fd
+        _HELD.add(self)
+        return self
+
+    def _open_and_lock(self) -> int:
+        """``.lock`` opened (never through a link) and flocked; busy: ``RunDirectoryBusyError``."""
         flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK
         try:
             fd = os.open(self.path, flags, 0o644)
@@ -97,14 +122,19 @@ class RunDirectoryLock:
                     f"Run directory {self.run_dir} is in use by another bsrnn process (PID {_holder(fd)}). "
                     "Nothing was read or written. Wait for it to finish or stop it, or choose another --run-dir."
                 ) from None
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
         except BaseException:
             os.close(fd)
             raise
-        self._fd = fd
-        _HELD.add(self)
-        return self
+        return fd
+
+    def _names(self, fd: int) -> bool:
+        """Whether ``.lock`` still leads to the file open as ``fd`` (same device and inode)."""
+        held = os.fstat(fd)
+        try:
+            named = os.lstat(self.path)
+        except FileNotFoundError:
+            return False
+        return (named.st_dev, named.st_ino) == (held.st_dev, held.st_ino)
 
     def _cannot_open(self, error: OSError) -> str:
         if error.errno == errno.ELOOP:
@@ -123,6 +153,21 @@ class RunDirectoryLock:
             os.close(self._fd)
             self._fd = None
         _HELD.discard(self)
+
+    def remove(self) -> None:
+        """Delete ``.lock``, then release it: for a folder that should not keep the file once the
+        work is done (a prepared corpus).
+
+        Deleted while still held, and only if the name still leads to the file we locked: a
+        process that opened the old file meanwhile gets its flock only after the release, then
+        finds the name gone (``acquire`` checks) and locks a new file; so two writers never
+        hold two different files at once. Deleting after the release could remove the file that
+        such a process had just locked.
+        """
+        if self._fd is not None and self._names(self._fd):
+            self.path.unlink()
+            fsync_directory(self.run_dir)
+        self.release()
 
     def forget_in_child(self) -> None:
         """In a forked child: close the inherited descriptor without unlocking the parent's lock."""
@@ -147,13 +192,8 @@ class RunDirectoryLock:
         """
         if self._fd is None:
             raise LockLostError(f"{self.path}: this process holds no lock on {self.run_dir}")
-        held = os.fstat(self._fd)
-        try:
-            named = os.lstat(self.path)
-        except FileNotFoundError:
-            named = None
-        if named is None or (named.st_dev, named.st_ino) != (held.st_dev, held.st_ino):
-            found = "is gone" if named is None else "is another file now"
+        if not self._names(self._fd):
+            found = "is gone" if not os.path.lexists(self.path) else "is another file now"
             raise LockLostError(
                 f"{self.path} {found}: the run directory's lock was removed or replaced while this trainer "
                 f"(PID {os.getpid()}) held it, so another trainer may be writing to {self.run_dir}. Stopping "

@@ -77,6 +77,22 @@ def read_verified_bytes(path: Path | str) -> VerifiedBytes:
     return VerifiedBytes(path, data, _check_digest(path, data, hashed))
 
 
+def file_kind(mode: int) -> str:
+    """What a file of ``st_mode`` ``mode`` is, in words ("a FIFO"), for the messages of every
+    command that reads only regular files: a FIFO blocks its reader, a device may never end."""
+    if stat.S_ISREG(mode):
+        return "a regular file"
+    if stat.S_ISDIR(mode):
+        return "a folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a special file"
+
+
 def _open_regular_file(path: Path) -> io.FileIO:
     """Open ``path`` for reading only if it is a regular file (checked on the open descriptor).
 
@@ -87,9 +103,7 @@ def _open_regular_file(path: Path) -> io.FileIO:
     mode = os.fstat(fd).st_mode
     if not stat.S_ISREG(mode):
         os.close(fd)
-        kind = ("a FIFO" if stat.S_ISFIFO(mode) else "a device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
-                else "a socket" if stat.S_ISSOCK(mode) else "not a regular file")
-        raise CheckpointForeignError(path, f"it is {kind}, not a regular file")
+        raise CheckpointForeignError(path, f"it is {file_kind(mode)}, not a regular file")
     os.set_blocking(fd, True)
     return io.FileIO(fd, "rb", closefd=True)
 

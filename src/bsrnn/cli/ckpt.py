@@ -9,6 +9,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from bsrnn.cli.enhance import add_load_argument
 from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
@@ -22,7 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "also list the superseded and quarantined checkpoints kept there.")
     inspect.add_argument("path", type=Path, help="a checkpoint file or a run directory")
     inspect.add_argument("--load", choices=["auto", "last", "best"], default="auto",
-                         help="which checkpoint of a run directory (default: auto)")
+                         help="which checkpoint of a run directory: auto (default) takes checkpoint_last.pt if "
+                              "it verifies, else checkpoint_best.pt (what `train --resume` would continue from; "
+                              "enhance, evaluate and ckpt export prefer best); best or last takes exactly that file")
     inspect.add_argument("--json", action="store_true", help="print JSON instead of text")
     inspect.set_defaults(_action=_inspect)
 
@@ -37,10 +40,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             description="Write the generator's weights (no optimizer state) as a "
                             ".safetensors bundle whose metadata holds the architecture, the signal front end "
                             "and the source checkpoint; `bsrnn enhance` and `evaluate` accept it in place of "
-                            "a run directory.")
+                            "a run directory. From a run directory it takes the checkpoint they would use.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
     export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
-    export.add_argument("--load", choices=["auto", "last", "best"], default="auto")
+    add_load_argument(export)
     add_overwrite_argument(export, "the --out bundle")
     export.set_defaults(_action=_export)
 
@@ -102,7 +105,7 @@ def _verify(args: argparse.Namespace) -> int:
 
 def _export(args: argparse.Namespace) -> int:
     from bsrnn.bundle import BUNDLE_SUFFIX, write_bundle
-    from bsrnn.checkpoint import load_checkpoint
+    from bsrnn.enhancement import choose_checkpoint
     from bsrnn.errors import UserError
     from bsrnn.output import check_destinations
 
@@ -111,10 +114,11 @@ def _export(args: argparse.Namespace) -> int:
     if args.out.is_dir():
         raise UserError(f"--out {args.out}: expected a file name, found a folder. Fix: e.g. --out {args.out}/model.safetensors")
     check_destinations([args.out], overwrite=args.overwrite, flag="--out")
-    loaded = load_checkpoint(args.checkpoint, args.load)
+    loaded, reason = choose_checkpoint(args.checkpoint, args.load)  # the file enhance and evaluate would use
     args.out.parent.mkdir(parents=True, exist_ok=True)
     count = write_bundle(loaded, args.out, overwrite=args.overwrite)
-    print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}); use it with `bsrnn enhance {args.out} ...`")
+    print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}: {reason}); use it with "
+          f"`bsrnn enhance {args.out} ...`")
     return 0
 
 

@@ -24,6 +24,7 @@ import argparse
 import logging
 from pathlib import Path
 
+from bsrnn.cli.main import inform, quiet
 from bsrnn.output import add_overwrite_argument
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,27 @@ def add_pcs_argument(parser: argparse.ArgumentParser) -> None:
                              "then scaled back to the enhanced peak level. Off by default")
 
 
+def add_device_argument(parser: argparse.ArgumentParser) -> None:
+    """``--device``, shared by ``enhance`` and ``evaluate`` (``bsrnn.enhancement.inference_device``)."""
+    parser.add_argument("--device", default="auto",
+                        help="cpu, cuda, cuda:N or auto (default auto, as for train: cuda if available, else "
+                             "cpu; cpu for --precision int8, which has CPU kernels only)")
+
+
+LOAD_CHOICES = ("auto", "best", "last")
+"""``bsrnn.checkpoint.WHICH_CHOICES``, written out so that parsing flags does not import torch."""
+
+
+def add_load_argument(parser: argparse.ArgumentParser) -> None:
+    """``--load``, shared by every command that uses a run's weights (``enhance``, ``evaluate``,
+    ``ckpt export``): one rule, ``bsrnn.enhancement.choose_checkpoint``, for which file they take."""
+    parser.add_argument("--load", choices=LOAD_CHOICES, default="auto",
+                        help="which checkpoint of a run directory: auto (default) takes checkpoint_best.pt if it "
+                             "verifies, else checkpoint_last.pt (the weights that validated best, as enhance, "
+                             "evaluate and ckpt export all do); best or last takes exactly that file. Ignored "
+                             "for a checkpoint file or a bundle")
+
+
 PCS_ON = "Perceptual contrast stretching (--pcs) of the enhanced spectra: on"
 """What ``enhance`` and ``evaluate`` print with ``--pcs`` (nothing without it)."""
 
@@ -59,10 +81,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
-                             "verifies, else checkpoint_last.pt)")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_load_argument(parser)
+    add_device_argument(parser)
     add_precision_argument(parser)
     add_pcs_argument(parser)
     add_overwrite_argument(parser, "files in --out")
@@ -76,6 +96,7 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
     clash: on a case-insensitive file system (macOS, Windows) their outputs would be one file.
     """
     from bsrnn.audio import AUDIO_SUFFIXES, list_audio_files
+    from bsrnn.checkpoint.reading import file_kind
     from bsrnn.errors import UserError
 
     files: list[Path] = []
@@ -89,6 +110,10 @@ def collect_audio_files(inputs: list[Path]) -> list[Path]:
             files.extend(found)
         elif item.is_file():
             files.append(item)
+        elif item.exists():
+            raise UserError(f"Input {item}: expected an audio file or a folder of them, found "
+                            f"{file_kind(item.stat().st_mode)}, not a regular file. Fix: save the audio to a "
+                            "regular file and pass that")
         else:
             raise UserError(f"Input {item}: expected an audio file or a folder of them, found nothing there. "
                             "Fix: check the path")
@@ -114,10 +139,11 @@ def run(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from bsrnn.audio import output_format_like, read_audio, write_audio
-    from bsrnn.enhancement import check_input_file, enhance_audio, load_generator
+    from bsrnn.enhancement import check_input_file, enhance_audio, inference_device, load_generator
     from bsrnn.errors import UserError
     from bsrnn.output import InputFiles, check_destinations
 
+    device = inference_device(args.device, args.precision)
     files = collect_audio_files(args.inputs)
     out_dir: Path = args.out
     check_out_dir(out_dir, files)
@@ -141,23 +167,23 @@ def run(args: argparse.Namespace) -> int:
         except UserError as error:
             skip(path, error)
     if usable:
-        generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
-        print(generator.describe())
+        generator = load_generator(args.checkpoint, args.load, device, args.precision)
+        inform(args, f"{generator.describe()}; on {device}")
         if args.pcs:
-            print(PCS_ON)
-        print(f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
-              f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
+            inform(args, PCS_ON)
+        inform(args, f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
+               f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
         try:
             out_dir.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise UserError(f"--out {out_dir}: expected a folder that can be created, found that it cannot "
                             f"({error.strerror or error}). Fix: choose a writable place") from error
     written = 0
-    for path in tqdm(usable, desc="enhance", disable=None):
+    for path in tqdm(usable, desc="enhance", disable=True if quiet(args) else None):
         container, subtype = formats[path]
         try:
             audio, rate = read_audio(path)
-            enhanced = enhance_audio(generator.enhancer, audio, rate, args.device, where=path, pcs=args.pcs)
+            enhanced = enhance_audio(generator.enhancer, audio, rate, device, where=path, pcs=args.pcs)
             write_audio(out_dir / path.name, enhanced, rate, subtype=subtype, format=container,
                         overwrite=args.overwrite, flag="--out", inputs=inputs)
         except UserError as error:
@@ -165,7 +191,7 @@ def run(args: argparse.Namespace) -> int:
             continue
         written += 1
     if usable:
-        print(f"Wrote {written} file(s) to {out_dir}")
+        inform(args, f"Wrote {written} file(s) to {out_dir}")
     if skipped:
         names = ", ".join(str(path) for path in skipped)
         raise UserError(f"skipped {len(skipped)} of {len(files)} input file(s), nothing written for them "

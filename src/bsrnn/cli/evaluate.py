@@ -17,7 +17,14 @@ import os
 import sys
 from pathlib import Path
 
-from bsrnn.cli.enhance import PCS_ON, add_pcs_argument, add_precision_argument
+from bsrnn.cli.enhance import (
+    PCS_ON,
+    add_device_argument,
+    add_load_argument,
+    add_pcs_argument,
+    add_precision_argument,
+)
+from bsrnn.cli.main import inform, quiet
 from bsrnn.cli.score import CSV_HELP, add_format_argument
 from bsrnn.output import add_overwrite_argument
 
@@ -28,9 +35,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, help="dataset root; its test split is used")
     source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")
-    parser.add_argument("--load", choices=["auto", "best", "last"], default="auto",
-                        help="which checkpoint of a run directory (default auto: checkpoint_best.pt if it "
-                             "verifies, else checkpoint_last.pt)")
+    add_load_argument(parser)
     parser.add_argument("--no-baseline", dest="baseline", action="store_false",
                         help="do not score the noisy inputs: the table then has no noisy column, improvement "
                              "or interval. Scoring them is one more scoring pass (about doubles the scoring time)")
@@ -38,7 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="FILE", type=Path, help=CSV_HELP)
     add_overwrite_argument(parser, "the --csv file and its settings file")
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="scoring processes")
-    parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
+    add_device_argument(parser)
     add_precision_argument(parser)
     add_pcs_argument(parser)
 
@@ -51,19 +56,20 @@ def run(args: argparse.Namespace) -> int:
     from bsrnn.cli.score import print_and_write, score_with_baseline
     from bsrnn.data import FileSource, check_data_dir, demo_corpus, load_pair
     from bsrnn.data.validate import check_finite_samples
-    from bsrnn.enhancement import enhance_waveform, load_generator
+    from bsrnn.enhancement import enhance_waveform, inference_device, load_generator
     from bsrnn.metrics import check_csv_path
     from bsrnn.output import InputFiles
 
     # What the user reads along the way: stdout with a text table; stderr otherwise, so that
     # stdout holds nothing but the Markdown, LaTeX or JSON asked for.
     stream = sys.stdout if args.format == "text" else sys.stderr
+    device = inference_device(args.device, args.precision)
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite)
-    generator = load_generator(args.checkpoint, args.load, args.device, args.precision)
-    print(generator.describe(), file=stream)
+    generator = load_generator(args.checkpoint, args.load, device, args.precision)
+    inform(args, f"{generator.describe()}; on {device}", stream)
     if args.pcs:
-        print(PCS_ON, file=stream)
+        inform(args, PCS_ON, stream)
     corpus = demo_corpus(seed=0) if args.demo else check_data_dir(args.data_dir, splits=("test",))
     if not args.demo:
         check_finite_samples(corpus, splits=("test",))
@@ -73,18 +79,19 @@ def run(args: argparse.Namespace) -> int:
                                            if isinstance(source, FileSource))])
     if args.csv is not None:
         check_csv_path(args.csv, overwrite=args.overwrite, inputs=inputs)
-    print(f"Evaluating on {len(pairs)} test utterances"
-          + ("" if args.baseline else " (no noisy baseline: --no-baseline)"), file=stream)
+    inform(args, f"Evaluating on {len(pairs)} test utterances"
+           + ("" if args.baseline else " (no noisy baseline: --no-baseline)"), stream)
     jobs, baseline = [], []
-    for pair in tqdm(pairs, desc="enhance", disable=None):
+    for pair in tqdm(pairs, desc="enhance", disable=True if quiet(args) else None):
         clean, noisy = load_pair(pair)
         # The noisy file's name, as `bsrnn score` names the files of `bsrnn enhance`'s output, so
         # both CSVs join on the same column; an in-memory demo pair has only its name.
         label = pair.noisy.path.name if isinstance(pair.noisy, FileSource) else pair.name
-        jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, args.device, pcs=args.pcs)))
+        jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, device, pcs=args.pcs)))
         if args.baseline:
             baseline.append((label, clean, noisy))
-    scores, noisy_scores = score_with_baseline(jobs, baseline if args.baseline else None, max(1, args.workers))
+    scores, noisy_scores = score_with_baseline(jobs, baseline if args.baseline else None, max(1, args.workers),
+                                               progress=not quiet(args))
     source: dict[str, object] = {
         "command": "evaluate",
         "scored": f"evaluate of {generator.path}" + (f", {args.precision}" if args.precision != "fp32" else "")
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         "load": args.load,
         "precision": args.precision,
         "pcs": bool(args.pcs),
-        "device": args.device,
+        "device": str(device),
         "test_set": "demo" if args.demo else str(args.data_dir.resolve()),
     }
     print_and_write(scores, noisy_scores, args, source, inputs)

@@ -12,10 +12,11 @@ import argparse
 import difflib
 import importlib
 import logging
+import platform
 import re
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import Any, NoReturn, TextIO
 
 from bsrnn.errors import RunFailedError, UserError
 
@@ -65,12 +66,23 @@ def _did_you_mean(typed: str, candidates: Sequence[str]) -> str | None:
     return matches[0] if matches else None
 
 
+_NEGATIVE_NUMBER = re.compile(r"^-(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?$")
+"""A command-line word that is a negative number (``-3``, ``-0.5``, ``-1e-3``), not an option."""
+
+
 class _ArgumentParser(argparse.ArgumentParser):
     """argparse that raises instead of exiting, so usage errors share one exit path.
 
     Unknown options and mistyped choices come back with the closest valid one, and the error
-    names the command whose options were meant (``bsrnn train``, not ``bsrnn``).
+    names the command whose options were meant (``bsrnn train``, not ``bsrnn``). A negative
+    number in scientific notation is a value like ``-0.001`` (argparse's own pattern knows only
+    ``-3`` and ``-0.5``, so ``--init-lr -1e-3`` was "expected one argument"): the value then
+    reaches the check that knows its range and says so.
     """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._negative_number_matcher = _NEGATIVE_NUMBER
 
     def option_strings(self) -> list[str]:
         """Every option this parser accepts, as its usage line shows them (plus --help)."""
@@ -135,9 +147,37 @@ def add_common_options(parser: argparse.ArgumentParser, default: Any) -> None:
                         help="print only warnings and errors")
 
 
+def quiet(args: argparse.Namespace) -> bool:
+    """Whether ``-q`` asked for warnings and errors only: no progress lines, no progress bars."""
+    return bool(getattr(args, "quiet", False))
+
+
+def inform(args: argparse.Namespace, message: str, stream: TextIO | None = None) -> None:
+    """Print a progress line for the user (stdout, or ``stream``), unless ``-q``; results are
+    printed as they are."""
+    if not quiet(args):
+        print(message, file=stream or sys.stdout)
+
+
+def version_line() -> str:
+    """``bsrnn --version``: this package's version, and torch's and Python's, which decide what a
+    checkpoint can be loaded with (read from package metadata: torch is not imported)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    from bsrnn import __version__
+
+    try:
+        torch_version = version("torch")
+    except PackageNotFoundError:
+        torch_version = "not installed"
+    return f"bsrnn {__version__} (torch {torch_version}, Python {platform.python_version()})"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _ArgumentParser(prog="bsrnn", description=DESCRIPTION, epilog=EPILOG,
                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=version_line(),
+                        help="print the versions of bsrnn, torch and Python, and exit")
     add_common_options(parser, default=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", title="commands", parser_class=_CommandParser)
     for name, (module_name, help_text) in COMMANDS.items():
@@ -156,7 +196,18 @@ def _configure_logging(quiet: bool) -> None:
     )
 
 
+def _printable_file_names() -> None:
+    """Let stdout and stderr print any file name: a name that is not UTF-8 (``b"\\xfd"``, which
+    Python holds as the surrogate ``"\\udcfd"``) is shown as ``\\udcfd`` instead of raising
+    ``UnicodeEncodeError`` in the middle of a command (and losing its other files' work)."""
+    for stream in (sys.stdout, sys.stderr):
+        reconfigure = getattr(stream, "reconfigure", None)  # a replaced stream (tests) may lack it
+        if reconfigure is not None:
+            reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    _printable_file_names()
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv  # before parsing succeeds; the parsed value once it has
     try:

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NamedTuple
 
+from bsrnn.cli.main import quiet
 from bsrnn.errors import DataError, UserError
 from bsrnn.output import InputFiles, add_overwrite_argument
 
@@ -166,12 +167,12 @@ def check_pairs(pairs: list[ScorePair]) -> None:
 
 
 def score_with_baseline(enhanced: list[tuple[str, Any, Any]], noisy: list[tuple[str, Any, Any]] | None,
-                        workers: int) -> tuple[list[FileScore], list[FileScore] | None]:
+                        workers: int, progress: bool = True) -> tuple[list[FileScore], list[FileScore] | None]:
     """Score ``(name, clean, enhanced)`` jobs and, if given, the ``(name, clean, noisy)`` jobs of
     the same names, in one pool (started once), so the baseline costs one more scoring pass."""
     from bsrnn.metrics import score_files
 
-    scores = score_files([*enhanced, *(noisy or [])], workers=workers)
+    scores = score_files([*enhanced, *(noisy or [])], workers=workers, progress=progress)
     return scores[:len(enhanced)], (scores[len(enhanced):] if noisy is not None else None)
 
 
@@ -211,7 +212,7 @@ def run_no_reference(args: argparse.Namespace, workers: int) -> int:
     print(format_dnsmos(scores, args.format))
     if args.csv is not None:
         args.csv.parent.mkdir(parents=True, exist_ok=True)
-        write_bytes(args.csv, dnsmos_csv_text(scores).encode("utf-8"), overwrite=args.overwrite, flag="--csv",
+        write_bytes(args.csv, dnsmos_csv_text(scores).encode("utf-8", errors="backslashreplace"), overwrite=args.overwrite, flag="--csv",
                     inputs=inputs)
         log.info("wrote %s (%d rows)", args.csv, len(scores))
     return 0
@@ -244,7 +245,7 @@ def run(args: argparse.Namespace) -> int:
              workers, "s" if workers > 1 else "")
     enhanced = [(pair.file, pair.clean, pair.enhanced) for pair in pairs]
     noisy = [(pair.file, pair.clean, pair.noisy) for pair in pairs] if args.noisy is not None else None
-    scores, noisy_scores = score_with_baseline(enhanced, noisy, workers)
+    scores, noisy_scores = score_with_baseline(enhanced, noisy, workers, progress=not quiet(args))
     source: dict[str, object] = {
         "command": "score",
         "scored": f"score of {args.enhanced_dir}",

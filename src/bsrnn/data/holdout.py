@@ -30,13 +30,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from bsrnn.data.layout import Corpus
+from bsrnn.data.layout import MANIFEST_NAME, Corpus
 from bsrnn.data.sources import Pair
 from bsrnn.errors import UserError
 
 VOICEBANK_VALID_SPEAKERS = ("p226", "p287")
 DEFAULT_VALID_FRACTION = 0.05
-PREPARED_MANIFEST = "prepare.json"
 
 
 def speaker_of(name: str) -> str:
@@ -94,7 +93,8 @@ def by_speakers(train: Sequence[Pair], speakers: Sequence[str], source: str = ""
 
 def name_position(name: str) -> float:
     """Where a name falls in [0, 1): the first 64 bits of its SHA-256. A function of the name alone."""
-    return int.from_bytes(hashlib.sha256(name.encode()).digest()[:8], "big") / 2**64
+    # surrogateescape: a name that is not UTF-8 hashes as the bytes it was read from (UTF-8 names as before)
+    return int.from_bytes(hashlib.sha256(name.encode("utf-8", "surrogateescape")).digest()[:8], "big") / 2**64
 
 
 def by_fraction(train: Sequence[Pair], fraction: float, source: str = "") -> ValidationSplit:
@@ -114,10 +114,10 @@ def by_fraction(train: Sequence[Pair], fraction: float, source: str = "") -> Val
 
 def prepared_speakers(root: Path | None) -> list[str] | None:
     """The validation speakers ``bsrnn data prepare`` recorded under ``root``, if any."""
-    if root is None or not (root / PREPARED_MANIFEST).is_file():
+    if root is None or not (root / MANIFEST_NAME).is_file():
         return None
     try:
-        manifest = json.loads((root / PREPARED_MANIFEST).read_text())
+        manifest = json.loads((root / MANIFEST_NAME).read_text())
     except (OSError, ValueError):
         return None
     speakers = (manifest.get("validation") or {}).get("speakers") if isinstance(manifest, dict) else None
@@ -139,7 +139,7 @@ def hold_out(corpus: Corpus, valid_speakers: Sequence[str] = (), valid_fraction:
         return ValidationSplit(list(corpus.train), list(corpus.valid), {"kind": "folder"})
     recorded = prepared_speakers(corpus.root)
     if recorded is not None:
-        return by_speakers(corpus.train, recorded, PREPARED_MANIFEST)
+        return by_speakers(corpus.train, recorded, MANIFEST_NAME)
     speakers = {speaker_of(pair.name) for pair in corpus.train}
     if all(speaker in speakers for speaker in VOICEBANK_VALID_SPEAKERS):
         return by_speakers(corpus.train, VOICEBANK_VALID_SPEAKERS, "VoiceBank+DEMAND's default")

@@ -17,6 +17,7 @@ is a clean and a noisy file of the same name in the same split, whatever their f
 
 from __future__ import annotations
 
+import json
 import logging
 import re
 from collections.abc import Iterable
@@ -27,6 +28,7 @@ from bsrnn.audio import audio_files_by_name, describe_name_clashes, write_audio
 from bsrnn.data.report import DataProblem, ProblemReport
 from bsrnn.data.sources import FileSource, Pair
 from bsrnn.errors import DataError, UserError
+from bsrnn.text import printable_name
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +37,11 @@ VALID_SPLIT = "valid"
 """An optional split: a validation set the user chose. Without one, ``holdout`` carves the
 validation set out of ``train``."""
 SIDES = ("clean", "noisy")
+MANIFEST_NAME = "prepare.json"
+"""What ``bsrnn data prepare`` writes last into a folder it prepared: the commit marker of a
+finished preparation (``bsrnn.data.prepare``)."""
+PROGRESS_NAME = ".prepare-progress.jsonl"
+"""``bsrnn data prepare``'s progress log, present only while a preparation is unfinished."""
 
 
 @dataclass(frozen=True)
@@ -105,6 +112,32 @@ def _layouts_looked_for(data_dir: Path, splits: Iterable[str]) -> str:
     return "\n".join(lines)
 
 
+def check_preparation_finished(root: Path) -> None:
+    """Refuse a folder that ``bsrnn data prepare`` started and did not finish.
+
+    Its split folders hold only the files converted so far: training on them would silently
+    use part of the corpus, and scores on a partial test split would not compare with anyone's.
+    A preparation writes ``prepare.json`` last and keeps its progress log until then, so a
+    progress log without a manifest is exactly an unfinished (or still running) preparation.
+    """
+    if not (root / PROGRESS_NAME).exists() or (root / MANIFEST_NAME).exists():
+        return
+    speakers = ""
+    try:
+        first = (root / PROGRESS_NAME).read_text(encoding="utf-8", errors="replace").split("\n", 1)[0]
+        if json.loads(first)["fingerprint"]["speakers"] == 56:
+            speakers = " --speakers 56"
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    raise DataError(
+        f"Data directory {root}: expected a finished `bsrnn data prepare` folder (with {MANIFEST_NAME}), found "
+        f"one whose preparation stopped before the end or is still running ({PROGRESS_NAME} and no "
+        f"{MANIFEST_NAME}): it holds only part of the corpus. Fix: finish it with `bsrnn data prepare vbd SOURCE "
+        f"--out {root}{speakers}` (SOURCE: the folder of the release's zips; it continues where it stopped), "
+        "then run this command again"
+    )
+
+
 def _choose_layout(data_dir: Path, splits: tuple[str, ...]) -> Layout:
     """The layout with the most of its folders present (the first one on a tie)."""
 
@@ -119,7 +152,8 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
     """The corpus under ``data_dir`` and the structural problems found on the way.
 
     Structural problems are missing folders, folders without audio files and names present on
-    one side only; unpaired files are left out of the corpus. Files are not opened here. Files
+    one side only; unpaired files are left out of the corpus. Files are not opened here. A folder
+    that ``bsrnn data prepare`` left unfinished is refused (``check_preparation_finished``). Files
     of one folder whose names differ only in case, or only in format (``x.wav``, ``x.flac``),
     raise a DataError naming each group (with the other problems found): which of them a pair
     should use cannot be guessed.
@@ -132,6 +166,7 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
             f"Data directory {root}: expected a folder holding a corpus, found {found}. "
             f"Fix: pass --data-dir the corpus root, or use --demo.\n{_layouts_looked_for(root, wanted)}"
         )
+    check_preparation_finished(root)
     layout = _choose_layout(root, wanted)
     corpus = Corpus(root=root, layout=layout.name)
     report = ProblemReport()
@@ -158,8 +193,9 @@ def scan_corpus(data_dir: str | Path, splits: Iterable[str] = SPLITS) -> tuple[C
                 detail = f"no audio file named {name} in {folders[other]}"
                 report.add(DataProblem.of("name_mismatch", str(files[side][name]), detail))
         names = sorted(files["clean"].keys() & files["noisy"].keys(), key=natural_key)
-        corpus.split(split).extend(
-            Pair(name, FileSource(files["clean"][name]), FileSource(files["noisy"][name])) for name in names
+        corpus.split(split).extend(  # a name that is not UTF-8 is spelt out: it is logged and hashed in training
+            Pair(printable_name(name), FileSource(files["clean"][name]), FileSource(files["noisy"][name]))
+            for name in names
         )
     if report.kinds().get("missing_folder"):
         report.notes.append(_layouts_looked_for(root, wanted))

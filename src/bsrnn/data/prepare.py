@@ -49,7 +49,12 @@ changed. On a rerun, under an exclusive lock on ``OUT/.lock``: stray temporaries
 torn last log line is dropped, every logged file is re-hashed and kept only if it matches, and
 the rest are converted again; a file that is already there unlogged (the run was killed between
 rename and log) is kept if its bytes equal the new ones. Nothing is rewritten that is already
-right, so a finished folder prepared again is left untouched.
+right. A successful run ends by deleting the progress log and ``OUT/.lock``, so a finished
+folder holds only the corpus, ``SHA256SUMS`` and ``prepare.json``; prepared again, it is
+checked against ``SHA256SUMS`` and left untouched (a damaged file sends every file through
+conversion again, and only those whose bytes differ are rewritten). ``bsrnn train`` and
+``evaluate`` refuse a folder with a progress log and no manifest: an unfinished preparation
+(``bsrnn.data.layout.check_preparation_finished``).
 
 Output bytes are a function of the source bytes and the recorded resampler version: soxr is
 deterministic (no dither, no randomness), WAV headers carry no time, the manifest and
@@ -63,13 +68,11 @@ one file outside that claim: its order follows the run's history.
 from __future__ import annotations
 
 import collections
-import concurrent.futures
 import hashlib
 import io
 import itertools
 import json
 import logging
-import multiprocessing
 import os
 import zipfile
 import zlib
@@ -89,18 +92,17 @@ from bsrnn.checkpoint.atomic import fsync_directory, remove_stale_temporaries, t
 from bsrnn.checkpoint.errors import CheckpointError
 from bsrnn.checkpoint.lock import LOCK_NAME, RunDirectoryBusyError, RunDirectoryLock
 from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
-from bsrnn.data.layout import SIDES, SPLITS, natural_key
+from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
+from bsrnn.metrics.pesq_pool import start_workers
 
 log = logging.getLogger(__name__)
 
 QUALITY = "HQ"
 """soxr quality setting (see the module docstring for the measurement behind it)."""
 SUBTYPE = "PCM_16"
-MANIFEST_NAME = "prepare.json"
 CHECKSUMS_NAME = "SHA256SUMS"
-PROGRESS_NAME = ".prepare-progress.jsonl"
 MANIFEST_FORMAT = "bsrnn-prepare/1"
 COMMIT_EVERY = 32
 """Finished files per fsync of their folders and the progress log."""
@@ -425,7 +427,9 @@ def prepare_voicebank(source: Path, out: Path, speakers: int = 28, workers: int 
     tasks = plan(sets)
     lock = lock_out(out)
     try:
-        return _prepare_locked(sets, tasks, out, speakers, workers, progress)
+        result = _prepare_locked(sets, tasks, out, speakers, workers, progress)
+        lock.remove()  # a finished folder keeps no trace of the run that prepared it
+        return result
     finally:
         lock.release()
 
@@ -450,6 +454,10 @@ def _prepare_locked(sets: list[SourceSet], tasks: list[Task], out: Path, speaker
             f"that differs in {'; '.join(differences(logged_fingerprint, fingerprint))}. Fix: choose another --out, "
             f"or delete {out} to prepare it again")
     check_out(out, tasks)
+    if logged_fingerprint is not None and not progress_log.path.exists():
+        finished = finished_manifest(out, tasks)
+        if finished is not None:
+            return PrepareResult(out, finished, 0, len(tasks))
     if logged_fingerprint is None or not progress_log.path.exists():
         progress_log.start(fingerprint)
         records = {}
@@ -502,22 +510,55 @@ def _prepare_locked(sets: list[SourceSet], tasks: list[Task], out: Path, speaker
     _write_if_changed(out / CHECKSUMS_NAME, checksums)
     manifest = build_manifest(speakers, sources, fingerprint, tasks, ordered, hashlib.sha256(checksums).hexdigest())
     _write_if_changed(manifest_path, (json.dumps(manifest, indent=2) + "\n").encode())
+    progress_log.path.unlink(missing_ok=True)  # the manifest is durable: the folder is finished
+    fsync_directory(out)
     return PrepareResult(out, manifest, written, len(tasks) - written)
+
+
+def finished_manifest(out: Path, tasks: list[Task]) -> dict[str, Any] | None:
+    """The manifest of a finished preparation of ``tasks`` in ``out`` whose files all match
+    ``SHA256SUMS``, else None.
+
+    A finished folder keeps no progress log, so a rerun checks it against its checksums instead:
+    the manifest's digest of ``SHA256SUMS``, then every listed file. Anything else (a damaged or
+    missing file, another list) sends the rerun through conversion again, which rewrites only the
+    files whose bytes differ.
+    """
+    try:
+        manifest = json.loads((out / MANIFEST_NAME).read_text())
+        checksums = (out / CHECKSUMS_NAME).read_bytes()
+        if hashlib.sha256(checksums).hexdigest() != manifest["output"]["checksums_sha256"]:
+            return None
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    listed = [line.split("  ", 1) for line in checksums.decode("utf-8", errors="replace").splitlines()]
+    if [entry[-1] for entry in listed] != [task.output for task in tasks]:
+        return None
+    for digest, relative in listed:
+        try:
+            if sha256_of(out / relative) != digest:
+                return None
+        except OSError:
+            return None
+    return manifest
 
 
 def _converted(pending: list[Task], workers: int) -> Iterator[tuple[int, Converted | str]]:
     """Convert ``pending`` in order, in this process or in ``workers`` processes.
 
-    Workers start from a fork server that has imported this module once (a plain fork would copy
-    the parent's threads, tqdm's monitor among them); only this process writes files. At most
-    ``4 * workers`` files are in flight, so a slow disk cannot pile converted files up in memory.
+    Workers are spawned by ``bsrnn.metrics.pesq_pool.start_workers``: a fresh interpreter each
+    (a plain fork would copy this process's threads, tqdm's monitor among them), that leaves
+    signals to this process and exits within a second of its death, however it dies. (Workers of
+    a fork server did not: each holds the server's liveness pipe, so after a SIGKILL of this
+    process neither the server nor the workers ever saw it go.) Only this process writes files.
+    At most ``4 * workers`` files are in flight, so a slow disk cannot pile converted files up in
+    memory.
     """
     if workers == 1:
         yield from map(convert_task, pending)
         return
-    context = multiprocessing.get_context("forkserver")
-    context.set_forkserver_preload([__name__])
-    with concurrent.futures.ProcessPoolExecutor(max_workers=workers, mp_context=context) as executor:
+    executor, _ = start_workers(workers)
+    with executor:
         remaining = iter(pending)
         in_flight = collections.deque(executor.submit(convert_task, task)
                                       for task in itertools.islice(remaining, 4 * workers))

@@ -54,9 +54,10 @@ PROBLEM_KINDS: dict[str, ProblemKind] = {
     "rate": ProblemKind(
         "wrong sample rate",
         f"{SAMPLE_RATE} Hz",
-        f"resample to {SAMPLE_RATE} Hz into a new folder, e.g. `sox IN -r {SAMPLE_RATE} OUT.wav` or "
-        f"`ffmpeg -i IN -ar {SAMPLE_RATE} OUT.wav` per file, or bsrnn.audio.resample in Python "
-        "(VoiceBank+DEMAND is distributed at 48 kHz; the reference recipe used a 16 kHz copy)",
+        "for VoiceBank+DEMAND as released (48 kHz), run `bsrnn data prepare vbd SOURCE --out DIR` (SOURCE: the "
+        "folder of its zips or unpacked folders) and pass --data-dir DIR; for another corpus, resample it to "
+        f"{SAMPLE_RATE} Hz into a new folder, e.g. `sox IN -r {SAMPLE_RATE} OUT.wav` or "
+        f"`ffmpeg -i IN -ar {SAMPLE_RATE} OUT.wav` per file, or bsrnn.audio.resample in Python",
     ),
     "channels": ProblemKind(
         "multi-channel files", "mono audio", "downmix to mono, e.g. `sox IN -c 1 OUT.wav`, or keep one channel"

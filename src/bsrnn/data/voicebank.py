@@ -22,7 +22,7 @@ import logging
 import os
 import re
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -48,6 +48,7 @@ warning, not an error."""
 SPEAKER_PATTERN = re.compile(r"^(p\d+)_\d+$")
 """``p226_001`` -> speaker ``p226``."""
 SUFFIX = ".wav"
+_GROUPS_SHOWN = 5
 
 
 @dataclass(frozen=True)
@@ -174,6 +175,7 @@ def find_release(source: Path, speakers: int) -> list[SourceSet]:
         else:
             found_sets.append(SourceSet(release, source / release.folder, "folder",
                                         _folder_members(source / release.folder)))
+    check_case_twins(source, found_sets)
     for found in found_sets:
         if not found.members:
             problems.append(f"{found.label} holds no .wav files")
@@ -197,6 +199,32 @@ def find_release(source: Path, speakers: int) -> list[SourceSet]:
             log.warning("%s set: %d pairs, where the official %s release has %d; preparing what is there",
                         split, pairs, NAME, official)
     return found_sets
+
+
+def case_twins(members: Iterable[str]) -> list[list[str]]:
+    """Groups of names that differ only in case (``P232_001``, ``p232_001``), each sorted."""
+    by_folded: dict[str, list[str]] = {}
+    for name in members:
+        by_folded.setdefault(name.casefold(), []).append(name)
+    return sorted((sorted(names) for names in by_folded.values() if len(names) > 1), key=lambda g: natural_key(g[0]))
+
+
+def check_case_twins(source: Path, found_sets: list[SourceSet]) -> None:
+    """Refuse sets holding files whose names differ only in case, naming every group.
+
+    Prepared, they would become two files that ``bsrnn train`` and ``evaluate`` refuse (which
+    one a pair means cannot be guessed), and one file on a case-insensitive file system. The
+    official release has none, so such a set is not the original.
+    """
+    found = [f"{found.label}: {' and '.join(f'{name}{SUFFIX}' for name in group)}"
+             for found in found_sets for group in case_twins(found.members)]
+    if found:
+        more = f" (and {len(found) - _GROUPS_SHOWN} more)" if len(found) > _GROUPS_SHOWN else ""
+        raise DataError(
+            f"SOURCE {source}: expected file names that differ in more than case, as in the {NAME} release, "
+            f"found {len(found)} group(s) that differ only in case: {'; '.join(found[:_GROUPS_SHOWN])}{more}. "
+            "Fix: keep one file of each "
+            "group (rename or remove the others), or download the original release again (--download)")
 
 
 _open_zips: dict[tuple[int, Path], zipfile.ZipFile] = {}

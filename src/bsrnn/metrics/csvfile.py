@@ -127,7 +127,9 @@ def write_csv(scores: Sequence[FileScore], path: str | os.PathLike[str], *,
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    data = csv_text(scores, noisy).encode("utf-8")
+    # A file name that is not UTF-8 (its bytes held as surrogate escapes) is written with the
+    # escapes spelt out (``bad\\udcfd.wav``), as the terminal shows it.
+    data = csv_text(scores, noisy).encode("utf-8", errors="backslashreplace")
     write_bytes(target, data, overwrite=overwrite, flag=flag, inputs=inputs)
     record = {
         "format": SETTINGS_FORMAT,

@@ -168,7 +168,8 @@ class RunFiles:
                 self._remove_config_temporaries()
                 self._metrics_fd = open_in_run_dir(metrics, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 _drop_torn_last_line(self._metrics_fd, metrics)
-                self._log_handler = _TrainLogHandler(run_dir / LOG_NAME, encoding="utf-8")
+                # A file name that is not UTF-8 is logged with its escapes spelt out, never an error.
+                self._log_handler = _TrainLogHandler(run_dir / LOG_NAME, encoding="utf-8", errors="backslashreplace")
             except OSError as error:
                 self.close()
                 raise RunFilesError(Path(error.filename or metrics), error, "Nothing was trained.") from error

@@ -74,8 +74,8 @@ def require_tensorboard() -> None:
     except ImportError as error:
         raise TensorBoardMissingError(
             "--tensorboard (tensorboard = true) asks for TensorBoard logs in RUN_DIR/tensorboard/, but the "
-            f"tensorboard package cannot be imported here ({error}). Install it with "
-            "pip install 'bsrnn[tensorboard]' (or pip install tensorboard), or train without --tensorboard."
+            f"tensorboard package cannot be imported here ({error}). Fix: pip install tensorboard (from a "
+            "checkout of bsrnn, pip install -e '.[tensorboard]' also works), or train without --tensorboard."
         ) from error
 
 
