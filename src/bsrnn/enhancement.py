@@ -255,13 +255,14 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
     config = loaded.get("config")
     config = dict(config) if isinstance(config, Mapping) else {}
     num_channel, num_layer = _as_int(config.get("num_channel"), 64), _as_int(config.get("num_layer"), 5)
+    causal = config.get("causal") is True  # runs from before the field trained the reference network
     try:
-        model = BSRNN(num_channel=num_channel, num_layer=num_layer)
+        model = BSRNN(num_channel=num_channel, num_layer=num_layer, causal=causal)
         model.load_state_dict(weights)
     except (RuntimeError, ValueError) as error:
         raise UserError(
             f"{loaded.path}: generator weights do not fit BSRNN(num_channel={num_channel}, "
-            f"num_layer={num_layer}) from its config: {error}"
+            f"num_layer={num_layer}, causal={causal}) from its config: {error}"
         ) from error
     model.to(device).eval()
     return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
