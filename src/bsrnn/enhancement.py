@@ -213,8 +213,7 @@ def choose_checkpoint(location: Path | str, which: str = "auto") -> tuple[Loaded
             raise best_error from None
         raise CheckpointNotFoundError(
             [location / BEST_NAME, location / LAST_NAME],
-            hint=f"{location} holds no checkpoint. Fix: train first (`bsrnn train --run-dir {location}`), "
-            "or pass a checkpoint file.",
+            hint=f"{location} holds no checkpoint. Fix: train a model into it first, or pass a checkpoint file.",
         ) from None
     except (CheckpointCorruptError, CheckpointForeignError) as error:
         if best_error is None:
@@ -285,27 +284,31 @@ def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
       (``bsrnn.models.precision.bf16_runs_here``).
     """
     if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}, found {precision!r}. "
-                        f"Fix: pass --precision {DEFAULT_PRECISION} (the default), bf16 or int8")
-    device_type = torch.device(device).type
+        raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}. "
+                        f"Fix: use precision {DEFAULT_PRECISION} (the default), bf16 or int8")
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"device {device!r}: expected a torch device such as cpu, cuda or cuda:1 ({error}). "
+                        "Fix: use device cpu or cuda") from error
     if precision == "int8":
         if device_type != "cpu":
             raise UserError(
-                f"--precision int8: expected --device cpu, found --device {device}: PyTorch's dynamic int8 "
-                "quantization of LSTM and Linear layers has CPU kernels only. Fix: add --device cpu to run "
-                f"int8, or keep --device {device} with --precision fp32 or bf16"
+                f"precision int8: expected device cpu, found device {device}: PyTorch's dynamic int8 "
+                "quantization of LSTM and Linear layers has CPU kernels only. Fix: run int8 on device cpu, "
+                f"or keep device {device} with precision fp32 or bf16"
             )
         if torch.backends.quantized.engine in (None, "none"):
             raise UserError(
-                f"--precision int8: expected a PyTorch build with a quantized CPU engine, found torch "
+                f"precision int8: expected a PyTorch build with a quantized CPU engine, found torch "
                 f"{torch.__version__} with none (supported engines: {torch.backends.quantized.supported_engines}). "
-                "Fix: use --precision fp32, or install the official CPU or CUDA wheel of torch"
+                "Fix: use precision fp32, or install the official CPU or CUDA wheel of torch"
             )
     elif precision == "bf16":
         if not bf16_runs_here(device_type):
             raise UserError(
-                "--precision bf16: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for "
-                "the LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: use --precision fp32 "
+                "precision bf16: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for "
+                "the LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: use precision fp32 "
                 "(or int8), or run on a GPU or a CPU that has them"
             )
 
@@ -340,8 +343,8 @@ def prepare_for_inference(model: BSRNN, precision: str = DEFAULT_PRECISION,
         from torch.ao.quantization import quantize_dynamic
     except ImportError as error:
         raise UserError(
-            f"--precision int8: expected torch.ao.quantization.quantize_dynamic, found that torch "
-            f"{torch.__version__} no longer has it ({error}). Fix: use --precision fp32 or bf16, or a torch "
+            f"precision int8: expected torch.ao.quantization.quantize_dynamic, found that torch "
+            f"{torch.__version__} no longer has it ({error}). Fix: use precision fp32 or bf16, or a torch "
             "release that still ships it (2.13 does)"
         ) from error
     with warnings.catch_warnings():
@@ -595,7 +598,7 @@ def enhance_audio(model: SpectrumEnhancer, audio: np.ndarray, rate: int, device:
     if bad:
         peak = float(np.max(np.abs(audio)))
         fix = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3 else
-               "check the checkpoint (`bsrnn ckpt verify RUN_DIR`) or try the other one (--load best|last)")
+               "check the checkpoint (`bsrnn ckpt verify RUN_DIR`) or load the other one of the run (best or last)")
         raise UserError(
             f"{where}: expected a finite enhanced signal, found {bad} NaN/inf sample(s) in the network's output; "
             f"nothing was written for it. Fix: {fix}"
