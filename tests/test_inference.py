@@ -24,20 +24,13 @@ from bsrnn.cli.main import main
 from bsrnn.errors import DataError, UserError
 from bsrnn.inference import Enhancer
 from bsrnn.models.precision import bf16_runs_here
-from tiny_generator import causal_run_dir, one_torch_thread, run_dir, snr_db  # noqa: F401  (fixtures)
+from tiny_generator import causal_run_dir, one_torch_thread, run_dir, snr_db, tone_in_noise  # noqa: F401  (fixtures)
 
 PCM_STEP = 1 / 32768
 """The CLI writes WAV outputs as 16-bit PCM: the API's float output, rounded, is within one step."""
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
-
-def speech_like(seconds: float = 1.3, seed: int = 0, rate: int = 16000) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    t = np.arange(int(rate * seconds)) / rate
-    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
-    return (tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
 
 
 def cli_enhance(model: Path, audio_file: Path, out: Path, *flags: str) -> np.ndarray:
@@ -48,7 +41,7 @@ def cli_enhance(model: Path, audio_file: Path, out: Path, *flags: str) -> np.nda
 def test_the_api_on_a_run_directory_a_checkpoint_and_a_bundle_gives_what_the_command_writes(
         run_dir: Path, tmp_path: Path) -> None:
     noisy = tmp_path / "noisy.wav"
-    soundfile.write(noisy, speech_like(), 16000)
+    soundfile.write(noisy, tone_in_noise(), 16000)
     bundle = tmp_path / "model.safetensors"
     write_bundle(load_checkpoint(run_dir, "best"), bundle)
     audio, rate = read_audio(noisy)
@@ -67,7 +60,7 @@ def test_the_package_exports_the_enhancer_lazily() -> None:
 
 def test_every_channel_is_enhanced_on_its_own_and_the_rate_is_kept(run_dir: Path) -> None:
     enhancer = Enhancer.load(run_dir)
-    stereo = np.stack([speech_like(seed=1, rate=44100), speech_like(seed=2, rate=44100)])
+    stereo = np.stack([tone_in_noise(seed=1, rate=44100), tone_in_noise(seed=2, rate=44100)])
     both = enhancer.enhance(stereo, 44100)
     assert both.shape == stereo.shape
     assert np.array_equal(both[1], enhancer.enhance(stereo[1], 44100))
@@ -77,7 +70,7 @@ def test_every_channel_is_enhanced_on_its_own_and_the_rate_is_kept(run_dir: Path
 def test_a_causal_model_streams_what_it_enhances_offline_at_any_chunk_size(causal_run_dir: Path) -> None:
     enhancer = Enhancer.load(causal_run_dir)
     assert enhancer.causal and enhancer.latency_ms == 40.0
-    audio = speech_like()
+    audio = tone_in_noise()
     offline = enhancer.enhance(audio, 16000)
     assert np.abs(enhancer.enhance(audio, 16000, streaming=True) - offline).max() <= 1e-4 * np.abs(offline).max()
     for chunk in (1, 777):
@@ -96,7 +89,7 @@ def test_a_stream_runs_at_the_precision_it_was_loaded_with(causal_run_dir: Path,
     if precision == "bf16" and not bf16_runs_here("cpu"):
         pytest.skip("this CPU has no bfloat16 LSTM (no AVX512-BF16/AMX)")
     enhancer = Enhancer.load(causal_run_dir, precision=precision)
-    audio = speech_like()
+    audio = tone_in_noise()
     offline, streamed = enhancer.enhance(audio, 16000), enhancer.enhance(audio, 16000, streaming=True)
     assert not np.array_equal(offline, Enhancer.load(causal_run_dir).enhance(audio, 16000))  # really another arithmetic
     assert snr_db(offline, streamed) > (30 if precision == "int8" else 60)
@@ -106,7 +99,7 @@ def test_a_stream_at_another_rate_keeps_the_length_and_stays_close_to_the_offlin
         causal_run_dir: Path) -> None:
     """libsoxr resamples a stream, scipy's polyphase filter the offline path: close, not equal."""
     enhancer = Enhancer.load(causal_run_dir)
-    audio = speech_like(rate=44100)
+    audio = tone_in_noise(rate=44100)
     offline = enhancer.enhance(audio, 44100)
     stream = enhancer.stream(44100)
     pieces = [stream.process(audio[start : start + 441]) for start in range(0, len(audio), 441)]
@@ -118,18 +111,18 @@ def test_a_stream_at_another_rate_keeps_the_length_and_stays_close_to_the_offlin
 def test_enhance_stream_writes_what_the_offline_command_writes(causal_run_dir: Path, tmp_path: Path,
                                                                capsys: pytest.CaptureFixture[str]) -> None:
     noisy = tmp_path / "noisy.wav"
-    soundfile.write(noisy, np.stack([speech_like(seed=3), speech_like(seed=4)], axis=1), 16000)
+    soundfile.write(noisy, np.stack([tone_in_noise(seed=3), tone_in_noise(seed=4)], axis=1), 16000)
     offline = cli_enhance(causal_run_dir, noisy, tmp_path / "offline")
     streamed = cli_enhance(causal_run_dir, noisy, tmp_path / "streamed", "--stream")
     assert "Streaming hop by hop" in capsys.readouterr().out
-    assert streamed.shape == offline.shape == (2, len(speech_like()))
+    assert streamed.shape == offline.shape == (2, len(tone_in_noise()))
     assert np.abs(streamed - offline).max() <= 2 * PCM_STEP
 
 
 def test_enhance_stream_with_a_non_causal_model_exits_2_with_the_reason_and_writes_nothing(
         run_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     noisy = tmp_path / "noisy.wav"
-    soundfile.write(noisy, speech_like(), 16000)
+    soundfile.write(noisy, tone_in_noise(), 16000)
     out = tmp_path / "out"
     assert main(["enhance", str(run_dir), str(noisy), "--out", str(out), "--stream"]) == 2
     error = capsys.readouterr().err
@@ -139,7 +132,7 @@ def test_enhance_stream_with_a_non_causal_model_exits_2_with_the_reason_and_writ
 
 def api_errors(run: Path, tmp_path: Path) -> dict[str, Callable[[], object]]:
     enhancer = Enhancer.load(run)
-    audio = speech_like()
+    audio = tone_in_noise()
     return {
         "stream": lambda: enhancer.stream(16000),
         "streaming": lambda: enhancer.enhance(audio, 16000, streaming=True),
@@ -180,10 +173,10 @@ def test_stream_misuse_is_refused_clearly(causal_run_dir: Path) -> None:
     with pytest.raises(UserError, match="1-D array of float samples") as raised:
         stream.process(np.zeros((2, 100), dtype=np.float32))
     assert "--" not in str(raised.value)
-    stream.process(speech_like())
+    stream.process(tone_in_noise())
     stream.flush()
     with pytest.raises(UserError, match="flushed"):
-        stream.process(speech_like())
+        stream.process(tone_in_noise())
 
 
 def test_a_causal_bundle_is_format_2_so_that_an_older_reader_refuses_it(causal_run_dir: Path, tmp_path: Path) -> None:

@@ -20,6 +20,14 @@ def tiny_generator(seed: int = 0, causal: bool = False) -> BSRNN:
     return BSRNN(**TINY_CONFIG, causal=causal).eval()
 
 
+def tone_in_noise(seconds: float = 1.3, seed: int = 0, rate: int = 16000) -> np.ndarray:
+    """A modulated 220 Hz tone in a little white noise: something for a generator to enhance."""
+    rng = np.random.default_rng(seed)
+    t = np.arange(int(rate * seconds)) / rate
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t) * (1 + np.sin(2 * np.pi * 3 * t))
+    return (tone + 0.02 * rng.standard_normal(t.size)).astype(np.float32)
+
+
 def snr_db(reference: np.ndarray, estimate: np.ndarray) -> float:
     """10 log10 of the reference's power over the difference's, in float64."""
     reference = reference.astype(np.float64)

@@ -95,16 +95,7 @@ def read_bundle(path: Path) -> tuple[BSRNN, dict[str, Any]]:
     except (SafetensorError, OSError) as error:
         raise UserError(f"{path}: expected a bsrnn model bundle, found a file safetensors cannot read "
                         f"({error}). {fix}") from error
-    if metadata.get("format") != BUNDLE_FORMAT:
-        raise UserError(f"{path}: expected a bsrnn model bundle, found a .safetensors file without bsrnn's "
-                        f"metadata (format {metadata.get('format')!r}). {fix}")
-    if int(metadata.get("format_version", "0")) > BUNDLE_VERSION:
-        raise UserError(f"{path}: bundle format version {metadata.get('format_version')} is newer than this "
-                        f"bsrnn reads ({BUNDLE_VERSION}). Fix: upgrade bsrnn.")
-    signal = json.loads(metadata.get("signal", "{}"))
-    if signal != SIGNAL:
-        raise UserError(f"{path}: the model expects the front end {signal}, this bsrnn computes {SIGNAL}. "
-                        "Fix: use the bsrnn version that exported it.")
+    check_model_metadata(path, metadata, BUNDLE_FORMAT, BUNDLE_VERSION, "model bundle", ".safetensors file", fix)
     spec = json.loads(metadata.get("model", "{}"))
     model = BSRNN(num_channel=int(spec.get("num_channel", 64)), num_layer=int(spec.get("num_layer", 5)),
                   causal=spec.get("causal") is True)
@@ -114,6 +105,23 @@ def read_bundle(path: Path) -> tuple[BSRNN, dict[str, Any]]:
         raise UserError(f"{path}: its weights do not fit BSRNN({spec}): {str(error).splitlines()[0]}. {fix}") \
             from error
     return model.eval(), metadata
+
+
+def check_model_metadata(path: Path, metadata: dict[str, str], format: str, version: int, kind: str,
+                         container: str, fix: str) -> None:
+    """Refuse an exported model (bundle or ONNX) without bsrnn's metadata of ``format``, from a newer
+    bsrnn than reads ``version``, or for another signal front end than ``SIGNAL``: each would
+    enhance wrongly without a word."""
+    if metadata.get("format") != format:
+        raise UserError(f"{path}: expected a bsrnn {kind}, found a {container} without bsrnn's metadata "
+                        f"(format {metadata.get('format')!r}). {fix}")
+    if int(metadata.get("format_version", "0")) > version:
+        raise UserError(f"{path}: {kind} format version {metadata.get('format_version')} is newer than this "
+                        f"bsrnn reads ({version}). Fix: upgrade bsrnn.")
+    signal = json.loads(metadata.get("signal", "{}"))
+    if signal != SIGNAL:
+        raise UserError(f"{path}: the model expects the front end {signal}, this bsrnn computes {SIGNAL}. "
+                        "Fix: use the bsrnn version that exported it.")
 
 
 def _umask() -> int:

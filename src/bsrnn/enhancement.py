@@ -102,6 +102,7 @@ from bsrnn.checkpoint import (
 from bsrnn.errors import DataError, UserError
 from bsrnn.models import BSRNN
 from bsrnn.models.precision import Autocast, bf16_runs_here
+from bsrnn.onnx_model import is_onnx_model, read_onnx
 from bsrnn.pcs import perceptual_contrast_stretch
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ def _as_int(value: Any, default: int) -> int:
 
 @dataclass(frozen=True)
 class LoadedGenerator:
-    model: BSRNN
+    model: BSRNN | None
+    """The float32 network; None for an ONNX model, which only ONNX Runtime runs (``prepared``)."""
     path: Path
     epoch: int
     """0-based index of the last completed epoch, -1 if none (see ``trained_for``)."""
@@ -156,7 +158,15 @@ class LoadedGenerator:
     def enhancer(self) -> SpectrumEnhancer:
         """What to pass to ``enhance_audio`` / ``enhance_waveform``: the generator prepared for
         ``precision`` (``model`` itself for fp32). ``model`` stays the float32 network."""
-        return self.model if self.prepared is None else self.prepared
+        if self.prepared is not None:
+            return self.prepared
+        assert self.model is not None, "a generator has a model or a prepared enhancer"
+        return self.model
+
+    @property
+    def causal(self) -> bool:
+        """Whether the generator is the causal BSRNN (``config`` field ``causal``)."""
+        return self.model.causal if self.model is not None else self.config.get("causal") is True
 
     def describe(self) -> str:
         """One line for the user: which file, why, how far its training got, and any precision
@@ -236,6 +246,8 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
     refused before a large checkpoint is read.
     """
     check_precision(precision, device)
+    if is_onnx_model(location):
+        return _onnx_generator(Path(location), precision, device)
     if is_bundle(location):
         model, metadata = read_bundle(Path(location))
         model.to(device)
@@ -245,6 +257,16 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
                                "a model bundle exported from " + metadata.get("source", "a checkpoint"),
                                precision=precision, prepared=_prepared_or_none(model, precision, device))
     loaded, reason = choose_checkpoint(location, which)
+    model, config = generator_of(loaded)
+    model.to(device)
+    return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
+                           max(_as_int(loaded.get("step_in_epoch"), 0), 0), precision=precision,
+                           prepared=_prepared_or_none(model, precision, device))
+
+
+def generator_of(loaded: LoadedCheckpoint) -> tuple[BSRNN, dict[str, Any]]:
+    """The generator of a verified checkpoint (CPU, eval mode) and the checkpoint's config;
+    UserError if it holds none, or weights that do not fit the architecture its config names."""
     weights = loaded.get(keys.GENERATOR)
     if not isinstance(weights, Mapping) or not weights:
         raise UserError(
@@ -263,10 +285,23 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
             f"{loaded.path}: generator weights do not fit BSRNN(num_channel={num_channel}, "
             f"num_layer={num_layer}, causal={causal}) from its config: {error}"
         ) from error
-    model.to(device).eval()
-    return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
-                           max(_as_int(loaded.get("step_in_epoch"), 0), 0), precision=precision,
-                           prepared=_prepared_or_none(model, precision, device))
+    return model.eval(), config
+
+
+def _onnx_generator(path: Path, precision: str, device: str | torch.device) -> LoadedGenerator:
+    """An ONNX model (``bsrnn.onnx_model``): float32, on the CPU, through ONNX Runtime."""
+    if precision != DEFAULT_PRECISION:
+        raise UserError(f"{path}: precision {precision}: expected fp32 for an ONNX model, which ONNX Runtime runs "
+                        "as exported, in float32. Fix: use precision fp32, or the checkpoint it came from")
+    if torch.device(device).type != "cpu":
+        raise UserError(f"{path}: device {device}: expected cpu for an ONNX model (bsrnn runs ONNX Runtime's CPU "
+                        "provider). Fix: use device cpu, or the checkpoint it came from")
+    enhancer, metadata = read_onnx(path)
+    epoch = metadata.get("epoch", "")
+    return LoadedGenerator(None, path, int(epoch) if epoch.lstrip("-").isdigit() else -1,
+                           json.loads(metadata.get("model", "{}")),
+                           "an ONNX model exported from " + metadata.get("source", "a checkpoint"),
+                           precision=precision, prepared=enhancer)
 
 
 def _prepared_or_none(model: BSRNN, precision: str, device: str | torch.device) -> SpectrumEnhancer | None:

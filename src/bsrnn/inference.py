@@ -3,7 +3,7 @@
 ```python
 from bsrnn import Enhancer
 
-enhancer = Enhancer.load("runs/ab5")          # run directory, checkpoint file or .safetensors bundle
+enhancer = Enhancer.load("runs/ab5")          # run directory, checkpoint, .safetensors bundle or .onnx
 clean = enhancer.enhance(noisy, rate)         # same rate, shape and length out
 stream = enhancer.stream(rate)                # causal models only
 out = stream.process(chunk)                   # any chunk size; returns what is final
@@ -88,7 +88,7 @@ class Enhancer:
     @property
     def causal(self) -> bool:
         """Whether the model is causal: it can stream (``stream``), with ``latency_ms`` latency."""
-        return self.generator.model.causal
+        return self.generator.causal
 
     @property
     def latency_ms(self) -> float | None:
@@ -132,7 +132,13 @@ class Enhancer:
         return channels[0] if audio.ndim == 1 else np.stack(channels)
 
     def check_can_stream(self) -> None:
-        """Refuse, with the reason, a model that cannot stream (a non-causal one); cheap."""
+        """Refuse, with the reason, a model that cannot stream (a non-causal one, an ONNX one); cheap."""
+        if self.generator.model is None:
+            raise UserError(
+                f"{self.generator.path}: expected a PyTorch model to stream, found an ONNX model: ONNX Runtime runs "
+                "it on whole spectrograms, without the state a stream carries between hops. Fix: stream with "
+                "the checkpoint or bundle it was exported from, or enhance the whole signal"
+            )
         if not self.causal:
             raise UserError(
                 f"{self.generator.path}: expected a causal model to stream, found the reference (non-causal) "
@@ -152,6 +158,7 @@ class Enhancer:
         """The network a stream calls at this precision, and what each call runs under: the
         same arithmetic as ``prepare_for_inference`` gives the offline path."""
         generator = self.generator
+        assert generator.model is not None  # check_can_stream
         if generator.precision == "bf16":
             return generator.model, partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
         if generator.precision == "int8":

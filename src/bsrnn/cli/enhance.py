@@ -60,7 +60,8 @@ PCS_ON = "Perceptual contrast stretching (--pcs) of the enhanced spectra: on"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
-                        help="checkpoint file, run directory, or model bundle from `bsrnn ckpt export`")
+                        help="checkpoint file, run directory, or model bundle (.safetensors) or ONNX model (.onnx) "
+                             "from `bsrnn ckpt export`")
     parser.add_argument("inputs", type=Path, nargs="+", metavar="INPUT",
                         help="audio files (WAV, FLAC, OGG, ...) or folders of them")
     parser.add_argument("--out", type=Path, required=True, help="output folder (created if missing)")

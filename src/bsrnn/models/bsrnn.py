@@ -60,6 +60,20 @@ TIME_ROWS_PER_THREAD = 31  # one example's 31 bands
 BAND_ROWS_PER_THREAD = 128  # frames
 
 
+def layer_norm_over_last(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """``F.layer_norm`` over the last ``dims`` axes, no affine: a one-group GroupNorm's statistics.
+
+    While ``torch.onnx.export`` traces, the same formula in plain operations: the normalised shape
+    holds the frame count, which an ONNX graph with dynamic frames cannot take as a constant.
+    """
+    if torch.onnx.is_in_onnx_export():
+        axes = tuple(range(-dims, 0))
+        mean = x.mean(axes, keepdim=True)
+        centred = x - mean
+        return centred * torch.rsqrt(centred.square().mean(axes, keepdim=True) + GROUP_NORM_EPS)
+    return F.layer_norm(x, x.shape[-dims:], eps=GROUP_NORM_EPS)
+
+
 class ChannelLastGroupNorm(nn.Module):
     """``nn.GroupNorm(1, C)`` for channel-last tensors ``[B, ..., C]``.
 
@@ -74,7 +88,7 @@ class ChannelLastGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normalized = F.layer_norm(x, x.shape[1:], eps=GROUP_NORM_EPS)
+        normalized = layer_norm_over_last(x, x.dim() - 1)
         return torch.addcmul(self.bias, normalized, self.weight)
 
 
@@ -209,7 +223,7 @@ class BandSplit(nn.Module):
             if self.causal:  # statistics over the band's features of frames 0..t
                 normalized = _last_axis_cumulative_norm(bands, carry, f"group{index}")
             else:  # GroupNorm(1, 2w) statistics span (time, features) of one band of one example.
-                normalized = F.layer_norm(bands, (frames, features), eps=GROUP_NORM_EPS)
+                normalized = layer_norm_over_last(bands, 2)  # (frames, features)
             normalized = torch.addcmul(
                 norm_bias.view(count, 1, 1, features),
                 normalized,
@@ -249,7 +263,7 @@ class MaskDecoder(nn.Module):
         if self.causal:  # statistics over the band's channels of frames 0..t
             per_band = _last_axis_cumulative_norm(per_band, carry, "norm")
         else:  # GroupNorm(1, N) statistics span (time, channels) of one band of one example.
-            per_band = F.layer_norm(per_band, (frames, channels), eps=GROUP_NORM_EPS)
+            per_band = layer_norm_over_last(per_band, 2)  # (frames, channels)
         per_band = torch.addcmul(
             self.norm_bias[:, None, None, :], per_band, self.norm_weight[:, None, None, :]
         ).view(NUM_BANDS, batch * frames, channels)
@@ -394,20 +408,27 @@ class BSRNN(nn.Module):
                 f"BSRNN expects a complex spectrogram [batch, {NUM_BINS}, frames]; "
                 f"got dtype {spec.dtype} and shape {tuple(spec.shape)}"
             )
+        return torch.view_as_complex(self.real_mask(torch.view_as_real(spec), carry))
+
+    def real_mask(self, spec_real: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
+        """``mask`` in real arithmetic: ``[B, 257, T, 2]`` (real, imaginary) -> ``[B, 257, T, 3, 2]``.
+
+        What ``mask`` computes, without complex tensors (which ONNX cannot hold; ``bsrnn.onnx_model``).
+        """
         if carry is None:
-            z = self.band_split(torch.view_as_real(spec))  # [B, K, T, N]
+            z = self.band_split(spec_real)  # [B, K, T, N]
             for layer in self.time_layers:
                 z = layer(z)  # LSTM over T, batch B * K
             z = z.transpose(1, 2).contiguous()  # [B, T, K, N]
             for layer in self.band_layers:
                 z = layer(z)  # LSTM over K, batch B * T
-            return torch.view_as_complex(self.mask_decoder(z))  # [B, F, T, 3]
+            return self.mask_decoder(z)  # [B, F, T, 3, 2]
         if not self.causal:
             raise ValueError("a carry needs a causal BSRNN (causal=True)")
-        z = self.band_split(torch.view_as_real(spec), carry["band_split"])
+        z = self.band_split(spec_real, carry["band_split"])
         for layer, layer_carry in zip(self.time_layers, carry["time_layers"]):
             z = layer(z, layer_carry)
         z = z.transpose(1, 2).contiguous()
         for layer, layer_carry in zip(self.band_layers, carry["band_layers"]):
             z = layer(z, layer_carry)
-        return torch.view_as_complex(self.mask_decoder(z, carry["mask_decoder"]))
+        return self.mask_decoder(z, carry["mask_decoder"])

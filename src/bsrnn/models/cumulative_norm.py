@@ -54,9 +54,7 @@ def cumulative_layer_norm(x: torch.Tensor, time_dim: int, feature_dims: tuple[in
     per_frame = math.prod(x.shape[dim] for dim in feature_dims)
     total = x.sum(feature_dims, keepdim=True, dtype=torch.float64).cumsum(time_dim)
     total_squares = x.square().sum(feature_dims, keepdim=True, dtype=torch.float64).cumsum(time_dim)
-    shape = [1] * x.dim()
-    shape[time_dim] = frames
-    seen = torch.arange(1, frames + 1, device=x.device, dtype=torch.float64).view(shape)
+    seen = torch.ones_like(total).cumsum(time_dim)  # 1, 2, ... frames (exact; and traceable for ONNX)
     if carried is not None:
         total = total + carried.total
         total_squares = total_squares + carried.total_squares
