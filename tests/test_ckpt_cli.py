@@ -167,7 +167,7 @@ def test_an_exported_bundle_describes_itself_and_enhances_like_its_checkpoint(tm
     out = tmp_path / "model.safetensors"
     assert main(["ckpt", "export", str(run), "--out", str(out)]) == 0
     model, metadata = read_bundle(out)
-    assert json.loads(metadata["model"]) == {"class": "BSRNN", "num_channel": 4, "num_layer": 1}
+    assert json.loads(metadata["model"]) == {"class": "BSRNN", "num_channel": 4, "num_layer": 1, "causal": False}
     assert json.loads(metadata["signal"]) == SIGNAL and metadata["global_step"] == "30"
     audio = np.random.default_rng(0).standard_normal(16000).astype(np.float32) * 0.1
     from_bundle = load_generator(out)

@@ -66,7 +66,7 @@ def reference_default(fixtures_dir: Path) -> dict:
 def test_small_generator_reproduces_reference_output(reference_small: dict) -> None:
     fixture = reference_small["generator_16_2"]
     model = generator_from_state_dict(fixture["state_dict"])
-    assert model.config() == {"num_channel": 16, "num_layer": 2}
+    assert model.config() == {"num_channel": 16, "num_layer": 2, "causal": False}
     output = _run_generator(model, reference_small["input_spec"])
     _assert_matches_fixture(output, fixture["output_spec"])
 
@@ -141,7 +141,7 @@ def test_legacy_epoch2_generator_reproduces_expected_output(fixtures_dir: Path) 
     expected = _load(fixtures_dir / "legacy_run_expected_epoch2.pt")
     state_dict = _load(fixtures_dir / "legacy_run" / "gene_epoch_2_0.550")
     model = generator_from_state_dict(state_dict)
-    assert model.config() == {"num_channel": 16, "num_layer": 2}
+    assert model.config() == {"num_channel": 16, "num_layer": 2, "causal": False}
     _assert_matches_fixture(_run_generator(model, expected["input_spec"]), expected["output_spec"])
 
 
@@ -241,7 +241,10 @@ def test_discriminator_scores_a_batch_in_its_sigmoid_range() -> None:
 def test_config_rebuilds_the_same_architecture() -> None:
     generator = BSRNN(num_channel=12, num_layer=3)
     assert BSRNN(**generator.config()).state_dict().keys() == generator.state_dict().keys()
-    assert all(type(v) is int for v in generator.config().values())
+    config = generator.config()
+    assert type(config.pop("causal")) is bool and all(type(v) is int for v in config.values())
+    causal = BSRNN(num_channel=12, num_layer=3, causal=True)
+    assert BSRNN(**causal.config()).causal and causal.state_dict().keys() == generator.state_dict().keys()
     assert Discriminator(**Discriminator(ndf=8).config()).config() == {"ndf": 8}
 
 

@@ -6,6 +6,7 @@ The package is layered; each layer imports only from those above it in this list
 - ``bsrnn.models``, ``bsrnn.audio``, ``bsrnn.losses``, ``bsrnn.data``, ``bsrnn.metrics``:
   the speech core.
 - ``bsrnn.config``, ``bsrnn.training``: the trainer, which registers its state with the engine.
+- ``bsrnn.enhancement``, ``bsrnn.inference`` (``Enhancer``): trained generators enhancing audio.
 - ``bsrnn.cli``: the ``bsrnn`` command, a thin face over the above.
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 __version__ = "0.1.0"
-__all__ = ["Config", "train", "__version__"]
+__all__ = ["Config", "Enhancer", "train", "__version__"]
 
 
 def __getattr__(name: str) -> Any:
@@ -27,4 +28,8 @@ def __getattr__(name: str) -> Any:
         from bsrnn.training import train
 
         return train
+    if name == "Enhancer":
+        from bsrnn.inference import Enhancer
+
+        return Enhancer
     raise AttributeError(f"module 'bsrnn' has no attribute {name!r}")

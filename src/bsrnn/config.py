@@ -30,7 +30,7 @@ from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
 from bsrnn.text import printable_name
 
 # Fields that define the networks' shapes: on resume they must agree with the checkpoint.
-ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf")
+ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf", "causal")
 # Fields that describe one invocation, never taken from (or meaningful in) a checkpoint.
 # The run directory is where this invocation writes: a copied or moved run resumes in place.
 INVOCATION_FIELDS = (
@@ -211,6 +211,11 @@ class Config:
     load_checkpoint_type: str = _field("auto", "which checkpoint to resume from: auto, last or best")
     num_channel: int = _field(64, "BSRNN feature channels N")
     num_layer: int = _field(5, "BSRNN time/band layer pairs L")
+    causal: bool = _field(
+        False, "causal BSRNN: cumulative instead of whole-utterance normalisation, so each frame's output "
+        "depends on the past and one 8 ms frame ahead only; it can run as a stream (`bsrnn enhance --stream`, "
+        "40 ms latency). Not the reference's network"
+    )
     ndf: int = _field(16, "discriminator base channels")
     monitor: str = _field(
         "pesq", "metric that selects checkpoint_best.pt: pesq (validation PESQ, max) or val_loss (min; it "

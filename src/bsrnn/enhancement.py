@@ -102,6 +102,7 @@ from bsrnn.checkpoint import (
 from bsrnn.errors import DataError, UserError
 from bsrnn.models import BSRNN
 from bsrnn.models.precision import Autocast, bf16_runs_here
+from bsrnn.onnx_model import is_onnx_model, read_onnx
 from bsrnn.pcs import perceptual_contrast_stretch
 
 log = logging.getLogger(__name__)
@@ -139,7 +140,8 @@ def _as_int(value: Any, default: int) -> int:
 
 @dataclass(frozen=True)
 class LoadedGenerator:
-    model: BSRNN
+    model: BSRNN | None
+    """The float32 network; None for an ONNX model, which only ONNX Runtime runs (``prepared``)."""
     path: Path
     epoch: int
     """0-based index of the last completed epoch, -1 if none (see ``trained_for``)."""
@@ -156,7 +158,15 @@ class LoadedGenerator:
     def enhancer(self) -> SpectrumEnhancer:
         """What to pass to ``enhance_audio`` / ``enhance_waveform``: the generator prepared for
         ``precision`` (``model`` itself for fp32). ``model`` stays the float32 network."""
-        return self.model if self.prepared is None else self.prepared
+        if self.prepared is not None:
+            return self.prepared
+        assert self.model is not None, "a generator has a model or a prepared enhancer"
+        return self.model
+
+    @property
+    def causal(self) -> bool:
+        """Whether the generator is the causal BSRNN (``config`` field ``causal``)."""
+        return self.model.causal if self.model is not None else self.config.get("causal") is True
 
     def describe(self) -> str:
         """One line for the user: which file, why, how far its training got, and any precision
@@ -213,8 +223,7 @@ def choose_checkpoint(location: Path | str, which: str = "auto") -> tuple[Loaded
             raise best_error from None
         raise CheckpointNotFoundError(
             [location / BEST_NAME, location / LAST_NAME],
-            hint=f"{location} holds no checkpoint. Fix: train first (`bsrnn train --run-dir {location}`), "
-            "or pass a checkpoint file.",
+            hint=f"{location} holds no checkpoint. Fix: train a model into it first, or pass a checkpoint file.",
         ) from None
     except (CheckpointCorruptError, CheckpointForeignError) as error:
         if best_error is None:
@@ -237,6 +246,8 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
     refused before a large checkpoint is read.
     """
     check_precision(precision, device)
+    if is_onnx_model(location):
+        return _onnx_generator(Path(location), precision, device)
     if is_bundle(location):
         model, metadata = read_bundle(Path(location))
         model.to(device)
@@ -246,6 +257,16 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
                                "a model bundle exported from " + metadata.get("source", "a checkpoint"),
                                precision=precision, prepared=_prepared_or_none(model, precision, device))
     loaded, reason = choose_checkpoint(location, which)
+    model, config = generator_of(loaded)
+    model.to(device)
+    return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
+                           max(_as_int(loaded.get("step_in_epoch"), 0), 0), precision=precision,
+                           prepared=_prepared_or_none(model, precision, device))
+
+
+def generator_of(loaded: LoadedCheckpoint) -> tuple[BSRNN, dict[str, Any]]:
+    """The generator of a verified checkpoint (CPU, eval mode) and the checkpoint's config;
+    UserError if it holds none, or weights that do not fit the architecture its config names."""
     weights = loaded.get(keys.GENERATOR)
     if not isinstance(weights, Mapping) or not weights:
         raise UserError(
@@ -255,18 +276,32 @@ def load_generator(location: Path | str, which: str = "auto", device: str | torc
     config = loaded.get("config")
     config = dict(config) if isinstance(config, Mapping) else {}
     num_channel, num_layer = _as_int(config.get("num_channel"), 64), _as_int(config.get("num_layer"), 5)
+    causal = config.get("causal") is True  # runs from before the field trained the reference network
     try:
-        model = BSRNN(num_channel=num_channel, num_layer=num_layer)
+        model = BSRNN(num_channel=num_channel, num_layer=num_layer, causal=causal)
         model.load_state_dict(weights)
     except (RuntimeError, ValueError) as error:
         raise UserError(
             f"{loaded.path}: generator weights do not fit BSRNN(num_channel={num_channel}, "
-            f"num_layer={num_layer}) from its config: {error}"
+            f"num_layer={num_layer}, causal={causal}) from its config: {error}"
         ) from error
-    model.to(device).eval()
-    return LoadedGenerator(model, loaded.path, _as_int(loaded.get("epoch"), -1), config, reason,
-                           max(_as_int(loaded.get("step_in_epoch"), 0), 0), precision=precision,
-                           prepared=_prepared_or_none(model, precision, device))
+    return model.eval(), config
+
+
+def _onnx_generator(path: Path, precision: str, device: str | torch.device) -> LoadedGenerator:
+    """An ONNX model (``bsrnn.onnx_model``): float32, on the CPU, through ONNX Runtime."""
+    if precision != DEFAULT_PRECISION:
+        raise UserError(f"{path}: precision {precision}: expected fp32 for an ONNX model, which ONNX Runtime runs "
+                        "as exported, in float32. Fix: use precision fp32, or the checkpoint it came from")
+    if torch.device(device).type != "cpu":
+        raise UserError(f"{path}: device {device}: expected cpu for an ONNX model (bsrnn runs ONNX Runtime's CPU "
+                        "provider). Fix: use device cpu, or the checkpoint it came from")
+    enhancer, metadata = read_onnx(path)
+    epoch = metadata.get("epoch", "")
+    return LoadedGenerator(None, path, int(epoch) if epoch.lstrip("-").isdigit() else -1,
+                           json.loads(metadata.get("model", "{}")),
+                           "an ONNX model exported from " + metadata.get("source", "a checkpoint"),
+                           precision=precision, prepared=enhancer)
 
 
 def _prepared_or_none(model: BSRNN, precision: str, device: str | torch.device) -> SpectrumEnhancer | None:
@@ -309,27 +344,31 @@ def check_precision(precision: str, device: str | torch.device = "cpu") -> None:
       (``bsrnn.models.precision.bf16_runs_here``).
     """
     if precision not in PRECISIONS:
-        raise UserError(f"--precision {precision}: expected one of {', '.join(PRECISIONS)}, found {precision!r}. "
-                        f"Fix: pass --precision {DEFAULT_PRECISION} (the default), bf16 or int8")
-    device_type = torch.device(device).type
+        raise UserError(f"precision {precision!r}: expected one of {', '.join(PRECISIONS)}. "
+                        f"Fix: use precision {DEFAULT_PRECISION} (the default), bf16 or int8")
+    try:
+        device_type = torch.device(device).type
+    except (RuntimeError, TypeError) as error:
+        raise UserError(f"device {device!r}: expected a torch device such as cpu, cuda or cuda:1 ({error}). "
+                        "Fix: use device cpu or cuda") from error
     if precision == "int8":
         if device_type != "cpu":
             raise UserError(
-                f"--precision int8: expected --device cpu, found --device {device}: PyTorch's dynamic int8 "
-                "quantization of LSTM and Linear layers has CPU kernels only. Fix: add --device cpu to run "
-                f"int8, or keep --device {device} with --precision fp32 or bf16"
+                f"precision int8: expected device cpu, found device {device}: PyTorch's dynamic int8 "
+                "quantization of LSTM and Linear layers has CPU kernels only. Fix: run int8 on device cpu, "
+                f"or keep device {device} with precision fp32 or bf16"
             )
         if torch.backends.quantized.engine in (None, "none"):
             raise UserError(
-                f"--precision int8: expected a PyTorch build with a quantized CPU engine, found torch "
+                f"precision int8: expected a PyTorch build with a quantized CPU engine, found torch "
                 f"{torch.__version__} with none (supported engines: {torch.backends.quantized.supported_engines}). "
-                "Fix: use --precision fp32, or install the official CPU or CUDA wheel of torch"
+                "Fix: use precision fp32, or install the official CPU or CUDA wheel of torch"
             )
     elif precision == "bf16":
         if not bf16_runs_here(device_type):
             raise UserError(
-                "--precision bf16: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for "
-                "the LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: use --precision fp32 "
+                "precision bf16: expected a processor with bfloat16 instructions (AVX512-BF16 or AMX) for "
+                "the LSTMs, found one without (oneDNN has no bfloat16 LSTM for it). Fix: use precision fp32 "
                 "(or int8), or run on a GPU or a CPU that has them"
             )
 
@@ -364,8 +403,8 @@ def prepare_for_inference(model: BSRNN, precision: str = DEFAULT_PRECISION,
         from torch.ao.quantization import quantize_dynamic
     except ImportError as error:
         raise UserError(
-            f"--precision int8: expected torch.ao.quantization.quantize_dynamic, found that torch "
-            f"{torch.__version__} no longer has it ({error}). Fix: use --precision fp32 or bf16, or a torch "
+            f"precision int8: expected torch.ao.quantization.quantize_dynamic, found that torch "
+            f"{torch.__version__} no longer has it ({error}). Fix: use precision fp32 or bf16, or a torch "
             "release that still ships it (2.13 does)"
         ) from error
     with warnings.catch_warnings():
@@ -619,7 +658,7 @@ def enhance_audio(model: SpectrumEnhancer, audio: np.ndarray, rate: int, device:
     if bad:
         peak = float(np.max(np.abs(audio)))
         fix = (f"the input peaks at {peak:.3g}, far beyond full scale (1.0): scale it down" if peak > 1e3 else
-               "check the checkpoint (`bsrnn ckpt verify RUN_DIR`) or try the other one (--load best|last)")
+               "check the checkpoint (`bsrnn ckpt verify RUN_DIR`) or load the other one of the run (best or last)")
         raise UserError(
             f"{where}: expected a finite enhanced signal, found {bad} NaN/inf sample(s) in the network's output; "
             f"nothing was written for it. Fix: {fix}"

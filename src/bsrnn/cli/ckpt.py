@@ -36,14 +36,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     verify.add_argument("path", type=Path, help="a run directory or a checkpoint file")
     verify.set_defaults(_action=_verify)
 
-    export = sub.add_parser("export", help="write the generator as a self-describing .safetensors bundle",
+    export = sub.add_parser("export", help="write the generator as a self-describing .safetensors bundle or ONNX model",
                             description="Write the generator's weights (no optimizer state) as a "
                             ".safetensors bundle whose metadata holds the architecture, the signal front end "
-                            "and the source checkpoint; `bsrnn enhance` and `evaluate` accept it in place of "
-                            "a run directory. From a run directory it takes the checkpoint they would use.")
+                            "and the source checkpoint; or, with --format onnx, the spectrum-to-spectrum network "
+                            "as an ONNX model with the same metadata (needs pip install 'bsrnn[onnx]'). "
+                            "`bsrnn enhance` and `evaluate` accept either in place of a run directory. From a run "
+                            "directory it takes the checkpoint they would use.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
-    export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors")
+    export.add_argument("--out", type=Path, required=True, help="output FILE.safetensors, or FILE.onnx")
     add_load_argument(export)
+    export.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
+                        help="safetensors (default): the weights, for bsrnn; onnx: the network as an ONNX graph "
+                             "(input spectrum [batch, 257, frames, 2], real and imaginary), for ONNX Runtime")
     add_overwrite_argument(export, "the --out bundle")
     export.set_defaults(_action=_export)
 
@@ -107,15 +112,27 @@ def _export(args: argparse.Namespace) -> int:
     from bsrnn.bundle import BUNDLE_SUFFIX, write_bundle
     from bsrnn.enhancement import choose_checkpoint
     from bsrnn.errors import UserError
+    from bsrnn.onnx_model import ONNX_SUFFIX, require
     from bsrnn.output import check_destinations
 
-    if args.out.suffix != BUNDLE_SUFFIX:
-        raise UserError(f"--out must end in {BUNDLE_SUFFIX}, got {args.out}")
+    suffix = ONNX_SUFFIX if args.format == "onnx" else BUNDLE_SUFFIX
+    if args.out.suffix != suffix:
+        raise UserError(f"--out must end in {suffix} for --format {args.format}, got {args.out}")
     if args.out.is_dir():
-        raise UserError(f"--out {args.out}: expected a file name, found a folder. Fix: e.g. --out {args.out}/model.safetensors")
+        raise UserError(f"--out {args.out}: expected a file name, found a folder. Fix: e.g. --out {args.out}/model{suffix}")
     check_destinations([args.out], overwrite=args.overwrite, flag="--out")
+    if args.format == "onnx":
+        require("onnx")  # before a large checkpoint is read
     loaded, reason = choose_checkpoint(args.checkpoint, args.load)  # the file enhance and evaluate would use
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    if args.format == "onnx":
+        from bsrnn.enhancement import generator_of
+        from bsrnn.onnx_model import export_onnx
+
+        export_onnx(generator_of(loaded)[0], loaded, args.out, overwrite=args.overwrite)
+        print(f"Wrote the generator as an ONNX model to {args.out} (from {loaded.path}); use it with "
+              f"`bsrnn enhance {args.out} ...` or ONNX Runtime")
+        return 0
     count = write_bundle(loaded, args.out, overwrite=args.overwrite)
     print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}: {reason}); use it with "
           f"`bsrnn enhance {args.out} ...`")

@@ -31,7 +31,8 @@ from bsrnn.output import add_overwrite_argument
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("checkpoint", type=Path, metavar="CHECKPOINT_OR_RUN_DIR_OR_BUNDLE",
-                        help="checkpoint file, run directory, or model bundle from `bsrnn ckpt export`")
+                        help="checkpoint file, run directory, or model bundle (.safetensors) or ONNX model (.onnx) "
+                             "from `bsrnn ckpt export`")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--data-dir", type=Path, help="dataset root; its test split is used")
     source.add_argument("--demo", action="store_true", help="the built-in demo set's test split")

@@ -17,9 +17,23 @@ Reference behaviour kept on purpose (it is what trained checkpoints expect):
 - the mask for frame ``t`` filters frames ``t-1, t, t+1``; the edge frames use two taps. We
   express that as zero padding, which also gives a defined answer for a single frame (the
   reference fails on ``T = 1``).
+
+The causal variant (``causal=True``, config field ``causal``; not in the reference) changes only
+what would let a frame's output depend on later frames: every one-group GroupNorm becomes a
+cumulative layer norm over the same features (``bsrnn.models.cumulative_norm``, which says why
+that one and not a per-frame norm), with the same parameters, so a causal checkpoint has the
+same tensor names and shapes. The time LSTMs are unidirectional in both variants; the band
+LSTMs stay bidirectional, since they run across the bands of one frame, not across time. The
+three-tap mask keeps its look-ahead of one frame (128 samples), which with the 512-sample
+analysis window makes the algorithmic latency of a stream 640 samples, 40 ms
+(``bsrnn.models.streaming``, ``bsrnn.streaming``). Every causal module takes a ``carry``: a dict in which it keeps
+what the next block of frames needs (LSTM states, running moments), so that a stream computes,
+block by block, what ``forward`` computes on the whole signal.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -35,11 +49,29 @@ from bsrnn.models.bands import (
     split_by_band_group,
     split_by_bin_group,
 )
+from bsrnn.models.cumulative_norm import cumulative_layer_norm
+
+Carry = dict[str, Any]
+"""What a causal module keeps between blocks of frames of one stream (``BSRNN.new_carry``)."""
 
 GROUP_NORM_EPS = 1e-5  # nn.GroupNorm's default, as used by the reference
 # LSTM rows (sequences) per call and intra-op thread on CPU; see ResidualRNNLayer. 0: no split.
 TIME_ROWS_PER_THREAD = 31  # one example's 31 bands
 BAND_ROWS_PER_THREAD = 128  # frames
+
+
+def layer_norm_over_last(x: torch.Tensor, dims: int) -> torch.Tensor:
+    """``F.layer_norm`` over the last ``dims`` axes, no affine: a one-group GroupNorm's statistics.
+
+    While ``torch.onnx.export`` traces, the same formula in plain operations: the normalised shape
+    holds the frame count, which an ONNX graph with dynamic frames cannot take as a constant.
+    """
+    if torch.onnx.is_in_onnx_export():
+        axes = tuple(range(-dims, 0))
+        mean = x.mean(axes, keepdim=True)
+        centred = x - mean
+        return centred * torch.rsqrt(centred.square().mean(axes, keepdim=True) + GROUP_NORM_EPS)
+    return F.layer_norm(x, x.shape[-dims:], eps=GROUP_NORM_EPS)
 
 
 class ChannelLastGroupNorm(nn.Module):
@@ -56,7 +88,27 @@ class ChannelLastGroupNorm(nn.Module):
         self.bias = nn.Parameter(torch.zeros(num_channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        normalized = F.layer_norm(x, x.shape[1:], eps=GROUP_NORM_EPS)
+        normalized = layer_norm_over_last(x, x.dim() - 1)
+        return torch.addcmul(self.bias, normalized, self.weight)
+
+
+class ChannelLastCumulativeNorm(nn.Module):
+    """The causal counterpart of ``ChannelLastGroupNorm``: frame ``t`` is normalised by the
+    moments of every non-batch, non-time element of frames ``0..t``; the same per-channel affine
+    parameters (so the same state-dict entries)."""
+
+    def __init__(self, num_channels: int, time_dim: int) -> None:
+        super().__init__()
+        self.weight = nn.Parameter(torch.ones(num_channels))
+        self.bias = nn.Parameter(torch.zeros(num_channels))
+        self.time_dim = time_dim
+
+    def forward(self, x: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
+        features = tuple(dim for dim in range(1, x.dim()) if dim != self.time_dim)
+        normalized, moments = cumulative_layer_norm(x, self.time_dim, features, GROUP_NORM_EPS,
+                                                    None if carry is None else carry.get("moments"))
+        if carry is not None:
+            carry["moments"] = moments
         return torch.addcmul(self.bias, normalized, self.weight)
 
 
@@ -76,10 +128,13 @@ class ResidualRNNLayer(nn.Module):
     change at batch 2 (502 and 62 rows). GPUs get the whole batch in one call.
     """
 
-    def __init__(self, num_channel: int, bidirectional: bool, cpu_rows_per_thread: int) -> None:
+    def __init__(self, num_channel: int, bidirectional: bool, cpu_rows_per_thread: int,
+                 causal_time_dim: int | None = None) -> None:
         super().__init__()
         hidden = 2 * num_channel
-        self.norm = ChannelLastGroupNorm(num_channel)
+        # causal_time_dim: the input's time axis, for the causal model's cumulative norm.
+        self.norm: nn.Module = (ChannelLastGroupNorm(num_channel) if causal_time_dim is None
+                                else ChannelLastCumulativeNorm(num_channel, causal_time_dim))
         self.lstm = nn.LSTM(num_channel, hidden, batch_first=True, bidirectional=bidirectional)
         self.fc = nn.Linear(hidden * (2 if bidirectional else 1), num_channel)
         self.cpu_rows_per_thread = cpu_rows_per_thread
@@ -89,16 +144,46 @@ class ResidualRNNLayer(nn.Module):
             return rows
         return self.cpu_rows_per_thread * torch.get_num_threads()
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
+        """``carry`` (causal model, streaming): the norm's moments, and for a time layer the LSTM
+        state, from the previous block of frames in; this block's out."""
         batch, others, length, channels = z.shape
         rows = batch * others
-        out = self.norm(z).reshape(rows, length, channels)
+        out = (self.norm(z) if carry is None else self.norm(z, carry)).reshape(rows, length, channels)
         group = self._rows_per_call(z, rows)
+        if carry is not None and not self.lstm.bidirectional:
+            return z + self._carried_lstm(out, group, carry).view(batch, others, length, channels)
         if group >= rows:
             out = self.fc(self.lstm(out)[0])
         else:
             out = torch.cat([self.fc(self.lstm(part)[0]) for part in out.split(group)])
         return z + out.view(batch, others, length, channels)
+
+    def _carried_lstm(self, out: torch.Tensor, group: int, carry: Carry) -> torch.Tensor:
+        """LSTM + Linear from the carried ``(h, c)`` (zeros at the start), keeping the new one."""
+        state = carry.get("lstm")
+        starts = range(0, out.shape[0], group)
+        results, hidden, cell = [], [], []
+        for start in starts:
+            part = out[start : start + group]
+            part_state = None if state is None else (state[0][:, start : start + group],
+                                                     state[1][:, start : start + group])
+            result, (h, c) = self.lstm(part, part_state)
+            results.append(self.fc(result))
+            hidden.append(h)
+            cell.append(c)
+        carry["lstm"] = (torch.cat(hidden, dim=1), torch.cat(cell, dim=1))
+        return torch.cat(results)
+
+
+def _last_axis_cumulative_norm(x: torch.Tensor, carry: Carry | None, key: str) -> torch.Tensor:
+    """Cumulative layer norm of ``[..., T, features]`` over the last axis (no affine), the
+    moments kept in ``carry[key]`` when streaming."""
+    normalized, moments = cumulative_layer_norm(x, x.dim() - 2, (x.dim() - 1,), GROUP_NORM_EPS,
+                                                None if carry is None else carry.get(key))
+    if carry is not None:
+        carry[key] = moments
+    return normalized
 
 
 class BandSplit(nn.Module):
@@ -109,19 +194,21 @@ class BandSplit(nn.Module):
     side by side) and ``fc_bias`` ``[K, N]``. Bands of equal width run as one batched matmul.
     """
 
-    def __init__(self, num_channel: int) -> None:
+    def __init__(self, num_channel: int, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         self.norm_weight = nn.Parameter(torch.ones(2 * NUM_BINS))
         self.norm_bias = nn.Parameter(torch.zeros(2 * NUM_BINS))
         self.fc_weight = nn.Parameter(torch.empty(num_channel, 2 * NUM_BINS))
         self.fc_bias = nn.Parameter(torch.zeros(NUM_BANDS, num_channel))
 
-    def forward(self, spec_real: torch.Tensor) -> torch.Tensor:
+    def forward(self, spec_real: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
         """``[B, F, T, 2]`` -> ``[B, K, T, N]``."""
         batch, _, frames, _ = spec_real.shape
         channels = self.fc_weight.shape[0]
         outputs = []
-        for group, bands, norm_weight, norm_bias, weight, bias in zip(
+        for index, group, bands, norm_weight, norm_bias, weight, bias in zip(
+            range(len(WIDTH_GROUPS)),
             WIDTH_GROUPS,
             split_by_bin_group(spec_real, dim=1, per_bin=1),
             split_by_bin_group(self.norm_weight, dim=0, per_bin=2),
@@ -133,8 +220,10 @@ class BandSplit(nn.Module):
             # [B, c*w, T, 2] -> [c, B, T, w*2]: one band per leading index, features bin-major.
             bands = bands.reshape(batch, count, group.width, frames, 2).permute(1, 0, 3, 2, 4)
             bands = bands.reshape(count, batch, frames, features)
-            # GroupNorm(1, 2w) statistics span (time, features) of one band of one example.
-            normalized = F.layer_norm(bands, (frames, features), eps=GROUP_NORM_EPS)
+            if self.causal:  # statistics over the band's features of frames 0..t
+                normalized = _last_axis_cumulative_norm(bands, carry, f"group{index}")
+            else:  # GroupNorm(1, 2w) statistics span (time, features) of one band of one example.
+                normalized = layer_norm_over_last(bands, 2)  # (frames, features)
             normalized = torch.addcmul(
                 norm_bias.view(count, 1, 1, features),
                 normalized,
@@ -155,8 +244,9 @@ class MaskDecoder(nn.Module):
     GLU value half then the gate half, each ordered ``[bin, tap, real/imag]``).
     """
 
-    def __init__(self, num_channel: int) -> None:
+    def __init__(self, num_channel: int, causal: bool = False) -> None:
         super().__init__()
+        self.causal = causal
         hidden = 4 * num_channel
         packed_outputs = 2 * MASK_VALUES_PER_BIN * NUM_BINS
         self.norm_weight = nn.Parameter(torch.ones(NUM_BANDS, num_channel))
@@ -166,12 +256,14 @@ class MaskDecoder(nn.Module):
         self.fc2_weight = nn.Parameter(torch.empty(packed_outputs, hidden))
         self.fc2_bias = nn.Parameter(torch.zeros(packed_outputs))
 
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
+    def forward(self, z: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
         """``[B, T, K, N]`` -> real mask ``[B, F, T, 3, 2]`` (tap, real/imag)."""
         batch, frames, _, channels = z.shape
         per_band = z.permute(2, 0, 1, 3).contiguous()  # [K, B, T, N]
-        # GroupNorm(1, N) statistics span (time, channels) of one band of one example.
-        per_band = F.layer_norm(per_band, (frames, channels), eps=GROUP_NORM_EPS)
+        if self.causal:  # statistics over the band's channels of frames 0..t
+            per_band = _last_axis_cumulative_norm(per_band, carry, "norm")
+        else:  # GroupNorm(1, N) statistics span (time, channels) of one band of one example.
+            per_band = layer_norm_over_last(per_band, 2)  # (frames, channels)
         per_band = torch.addcmul(
             self.norm_bias[:, None, None, :], per_band, self.norm_weight[:, None, None, :]
         ).view(NUM_BANDS, batch * frames, channels)
@@ -218,10 +310,11 @@ class BSRNN(nn.Module):
     """Band-split RNN speech enhancer: complex STFT ``[B, 257, T]`` -> enhanced STFT, same shape.
 
     ``num_channel`` is the feature width N per band; ``num_layer`` the number of time layers
-    and, separately, of band layers.
+    and, separately, of band layers; ``causal``: frame ``t``'s mask depends on frames ``0..t``
+    only (see the module docstring), so the model can run as a stream.
     """
 
-    def __init__(self, num_channel: int = 64, num_layer: int = 5) -> None:
+    def __init__(self, num_channel: int = 64, num_layer: int = 5, causal: bool = False) -> None:
         super().__init__()
         if num_channel < 1 or num_layer < 1:
             raise ValueError(
@@ -230,21 +323,27 @@ class BSRNN(nn.Module):
             )
         self.num_channel = int(num_channel)
         self.num_layer = int(num_layer)
-        self.band_split = BandSplit(self.num_channel)
+        self.causal = bool(causal)
+        # The time axis of each RNN layer's input, for the causal model's norms: [B, K, T, N]
+        # for the time layers, [B, T, K, N] for the band layers.
+        time_axis, band_axis = (2, 1) if self.causal else (None, None)
+        self.band_split = BandSplit(self.num_channel, self.causal)
         self.time_layers = nn.ModuleList(
-            ResidualRNNLayer(self.num_channel, bidirectional=False, cpu_rows_per_thread=TIME_ROWS_PER_THREAD)
+            ResidualRNNLayer(self.num_channel, bidirectional=False, cpu_rows_per_thread=TIME_ROWS_PER_THREAD,
+                             causal_time_dim=time_axis)
             for _ in range(self.num_layer)
         )
         self.band_layers = nn.ModuleList(
-            ResidualRNNLayer(self.num_channel, bidirectional=True, cpu_rows_per_thread=BAND_ROWS_PER_THREAD)
+            ResidualRNNLayer(self.num_channel, bidirectional=True, cpu_rows_per_thread=BAND_ROWS_PER_THREAD,
+                             causal_time_dim=band_axis)
             for _ in range(self.num_layer)
         )
-        self.mask_decoder = MaskDecoder(self.num_channel)
+        self.mask_decoder = MaskDecoder(self.num_channel, self.causal)
         self.reset_parameters()
 
-    def config(self) -> dict[str, int]:
+    def config(self) -> dict[str, Any]:
         """Constructor arguments, so the architecture can be stored beside the weights."""
-        return {"num_channel": self.num_channel, "num_layer": self.num_layer}
+        return {"num_channel": self.num_channel, "num_layer": self.num_layer, "causal": self.causal}
 
     @torch.no_grad()
     def reset_parameters(self) -> None:
@@ -287,16 +386,49 @@ class BSRNN(nn.Module):
 
     def forward(self, spec: torch.Tensor) -> torch.Tensor:
         """Enhance a complex spectrogram ``[B, 257, T]`` (512-point STFT) of any ``T >= 1``."""
+        return apply_three_tap_mask(spec, self.mask(spec))
+
+    def new_carry(self) -> Carry:
+        """An empty carry for ``mask``: what a stream keeps between blocks of frames (causal only)."""
+        if not self.causal:
+            raise ValueError("only a causal BSRNN (causal=True) can run block by block: this one normalises "
+                             "with statistics of the whole input")
+        return {"band_split": {}, "time_layers": [{} for _ in self.time_layers],
+                "band_layers": [{} for _ in self.band_layers], "mask_decoder": {}}
+
+    def mask(self, spec: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
+        """The complex three-tap mask ``[B, 257, T, 3]`` for a spectrogram ``[B, 257, T]``.
+
+        ``carry`` (causal model; from ``new_carry``): the state left by the previous block of the
+        same signal, updated in place, so that masks computed block by block equal the masks of
+        the whole signal. None: the signal starts here.
+        """
         if not spec.is_complex() or spec.dim() != 3 or spec.shape[1] != NUM_BINS:
             raise ValueError(
                 f"BSRNN expects a complex spectrogram [batch, {NUM_BINS}, frames]; "
                 f"got dtype {spec.dtype} and shape {tuple(spec.shape)}"
             )
-        z = self.band_split(torch.view_as_real(spec))  # [B, K, T, N]
-        for layer in self.time_layers:
-            z = layer(z)  # LSTM over T, batch B * K
-        z = z.transpose(1, 2).contiguous()  # [B, T, K, N]
-        for layer in self.band_layers:
-            z = layer(z)  # LSTM over K, batch B * T
-        mask = torch.view_as_complex(self.mask_decoder(z))  # [B, F, T, 3]
-        return apply_three_tap_mask(spec, mask)
+        return torch.view_as_complex(self.real_mask(torch.view_as_real(spec), carry))
+
+    def real_mask(self, spec_real: torch.Tensor, carry: Carry | None = None) -> torch.Tensor:
+        """``mask`` in real arithmetic: ``[B, 257, T, 2]`` (real, imaginary) -> ``[B, 257, T, 3, 2]``.
+
+        What ``mask`` computes, without complex tensors (which ONNX cannot hold; ``bsrnn.onnx_model``).
+        """
+        if carry is None:
+            z = self.band_split(spec_real)  # [B, K, T, N]
+            for layer in self.time_layers:
+                z = layer(z)  # LSTM over T, batch B * K
+            z = z.transpose(1, 2).contiguous()  # [B, T, K, N]
+            for layer in self.band_layers:
+                z = layer(z)  # LSTM over K, batch B * T
+            return self.mask_decoder(z)  # [B, F, T, 3, 2]
+        if not self.causal:
+            raise ValueError("a carry needs a causal BSRNN (causal=True)")
+        z = self.band_split(spec_real, carry["band_split"])
+        for layer, layer_carry in zip(self.time_layers, carry["time_layers"]):
+            z = layer(z, layer_carry)
+        z = z.transpose(1, 2).contiguous()
+        for layer, layer_carry in zip(self.band_layers, carry["band_layers"]):
+            z = layer(z, layer_carry)
+        return self.mask_decoder(z, carry["mask_decoder"])

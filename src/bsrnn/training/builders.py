@@ -71,7 +71,7 @@ def build_networks(config: Config, device: torch.device) -> Networks:
     ("modified by an inplace operation") in the backward.
     """
     torch.manual_seed(config.seed)
-    generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer).to(device)
+    generator = BSRNN(num_channel=config.num_channel, num_layer=config.num_layer, causal=config.causal).to(device)
     discriminator = Discriminator(ndf=config.ndf).to(device)
     return Networks(
         generator,

@@ -173,10 +173,11 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
         return config
     explicit = set(explicit)
     current = config.to_dict()
+    recorded = {**Config().to_dict(), **checkpoint_config}  # a run from before a field trained with its default
     conflicts = [
-        f"{name}: checkpoint {checkpoint_config[name]}, config {current[name]}"
+        f"{name}: checkpoint {recorded[name]}, config {current[name]}"
         for name in ARCHITECTURE_FIELDS
-        if name in explicit and name in checkpoint_config and checkpoint_config[name] != current[name]
+        if name in explicit and recorded[name] != current[name]
     ]
     if conflicts:
         raise ConfigError(
