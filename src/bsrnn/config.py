@@ -29,29 +29,7 @@ from bsrnn.errors import ConfigError
 from bsrnn.recipes import DEFAULT_RECIPE, read_recipe, recipe_names
 from bsrnn.text import printable_name
 
-# Fields that define the networks' shapes: on resume they must agree with the checkpoint.
-ARCHITECTURE_FIELDS = ("num_channel", "num_layer", "ndf", "causal")
-# Fields that describe one invocation, never taken from (or meaningful in) a checkpoint.
-# The run directory is where this invocation writes: a copied or moved run resumes in place.
-INVOCATION_FIELDS = (
-    "max_steps", "resume_from_checkpoint", "load_checkpoint_type", "device", "workers", "save_model_dir",
-    "amp", "compile", "cache_audio", "allow_recipe_change", "allow_validation_change", "tensorboard",
-)
-# tensorboard says how this invocation reports, like workers: a resume without --tensorboard
-# writes no TensorBoard files, whatever the run's earlier invocations did.
-# amp, compile and cache_audio say how this machine computes, like device and workers: a run
-# trained on a GPU with --amp bf16 may be resumed on a CPU without it. Resume with the same
-# command line to keep them (the documented way to resume); a resume that differs says so.
-EXECUTION_FIELDS = ("amp", "compile", "cache_audio")
 AMP_CHOICES = ("off", "bf16")
-# The training objective and optimisation: what a recipe may set. Everything else (data, budget,
-# architecture, machine) is the user's.
-RECIPE_FIELDS = (
-    "loss_weights", "complex_loss", "magnitude_loss", "phase_loss_weight", "time_loss_weight",
-    "consistency_loss_weight", "compress_factor", "gan_start_epoch", "metric_target", "disc_noisy_term",
-    "optimizer", "adam_betas", "weight_decay", "init_lr", "lr_schedule", "decay_epoch", "lr_decay",
-    "grad_clip",
-)
 MONITOR_CHOICES = ("pesq", "val_loss")
 
 
@@ -91,18 +69,42 @@ def _type_problem(annotation: str, value: Any) -> str | None:
     return None if fits(value) else expected + (" or unset" if base != annotation else "")
 
 
-# Flag names whose config key differs; a TOML file using the flag name gets the key suggested.
-_FLAG_KEYS = {"run_dir": "save_model_dir", "resume": "resume_from_checkpoint", "load": "load_checkpoint_type"}
+ROLES: dict[str, str] = {
+    "architecture": "defines the networks' shapes: on resume it must agree with the checkpoint",
+    "invocation": "describes one invocation, never taken from (or meaningful in) a checkpoint; the run "
+                  "directory is where this invocation writes, so a copied or moved run resumes in place, and "
+                  "tensorboard says how this invocation reports, like workers",
+    "execution": "an invocation field that says how this machine computes, like device and workers: a run "
+                 "trained on a GPU with --amp bf16 may be resumed on a CPU without it (a resume that differs "
+                 "says so)",
+    "recipe": "the training objective and optimisation: what a recipe may set (everything else, data, budget, "
+              "architecture, machine, is the user's)",
+}
+"""What a field's ``role`` means. A field without one is a run field: the checkpoint's value
+unless given again."""
+
+Check = tuple[Callable[[Any], bool], str]
+"""A range or form check of a value of the right type, and the expectation its message states."""
+POSITIVE: Check = (lambda value: value > 0, "a positive integer")
+POSITIVE_OR_UNSET: Check = (lambda value: value > 0, "a positive integer or unset")
+NON_NEGATIVE: Check = (lambda value: value >= 0, "an integer >= 0")
+WEIGHT: Check = (lambda value: value >= 0, "a finite number >= 0 (0: off)")
 
 
-def _field(default: Any, help: str, choices: tuple[str, ...] | None = None, **kwargs: Any) -> Any:
-    """A config field: its default, its help text, and for a string field its allowed values."""
-    metadata: dict[str, Any] = {"help": help}
+def _field(default: Any, help: str, *, choices: tuple[str, ...] | None = None, role: str | None = None,
+           check: Check | None = None, metavar: str | None = None, flag: str | None = None) -> Any:
+    """A config field and every fact about it, in one place: its default, help text, allowed
+    values (``choices``) or range (``check``), its ``role`` (``ROLES``), and how its flag is
+    spelt (``flag``: a name other than the field's; ``metavar``). Everything else (the role
+    tuples, the range checks, the command line, the README table) is derived from these."""
+    if role is not None and role not in ROLES:
+        raise ValueError(f"role {role!r}: expected one of {', '.join(ROLES)}")
+    metadata: dict[str, Any] = {"help": help, "role": role, "check": check, "metavar": metavar, "flag": flag}
     if choices is not None:
         metadata["choices"] = choices
     if isinstance(default, list):
-        return field(default_factory=lambda: list(default), metadata=metadata, **kwargs)
-    return field(default=default, metadata=metadata, **kwargs)
+        return field(default_factory=lambda: list(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
 
 
 def halfway_gan_start(epochs: int) -> int:
@@ -128,127 +130,210 @@ class Config:
 
     recipe: str = _field(
         DEFAULT_RECIPE, "training recipe (RECIPES.md): a preset of the loss, GAN and optimizer fields, "
-        "below the config file and flags", choices=recipe_names()
+        "below the config file and flags", choices=recipe_names(),
+        metavar="NAME",
     )
     allow_recipe_change: bool = _field(
-        False, "on resume, accept a --recipe other than the checkpoint's: its values replace the run's"
+        False, "on resume, accept a --recipe other than the checkpoint's: its values replace the run's",
+        role="invocation",
     )
-    epochs: int = _field(120, "total number of epochs to reach (a target, not a count to add)")
-    batch_size: int = _field(6, "training batch size (per process under DDP)")
-    log_interval: int = _field(500, "print and log training losses every N steps")
+    epochs: int = _field(
+        120, "total number of epochs to reach (a target, not a count to add)",
+        check=POSITIVE, metavar="N",
+    )
+    batch_size: int = _field(6, "training batch size (per process under DDP)", check=POSITIVE, metavar="N")
+    log_interval: int = _field(500, "print and log training losses every N steps", check=POSITIVE)
     log_seconds: float = _field(
-        60.0, "also print and log training losses, steps/s and ETA at least every N seconds (0: by steps only)"
+        60.0, "also print and log training losses, steps/s and ETA at least every N seconds (0: by steps only)",
+        check=(lambda value: value >= 0, "a finite number >= 0 (0: log by steps only)"),
     )
     tensorboard: bool = _field(
         False, "also write TensorBoard logs to RUN_DIR/tensorboard/: the logged training values, learning "
         "rates, steps/s, PESQ wait, each epoch's validation values, and audio and spectrograms of 3 fixed "
-        "validation utterances (needs the tensorboard package: pip install tensorboard; not kept on resume: pass it again)"
+        "validation utterances (needs the tensorboard package: pip install tensorboard; not kept on resume: pass it again)",
+        role="invocation",
     )
     lr_schedule: str = _field(
         "step", "learning-rate schedule of both optimizers, stepped every epoch: 'step' (x lr_decay every "
-        "decay_epoch epochs) or 'cosine' (half cosine from init_lr to 0 at epochs)", choices=("step", "cosine")
+        "decay_epoch epochs) or 'cosine' (half cosine from init_lr to 0 at epochs)", choices=("step", "cosine"),
+        role="recipe",
     )
-    decay_epoch: int = _field(10, "StepLR step size in epochs, for both optimizers (lr_schedule 'step')")
-    lr_decay: float = _field(0.98, "StepLR gamma, for both optimizers (lr_schedule 'step')")
-    init_lr: float = _field(1e-3, "initial learning rate of the generator and the discriminator")
-    cut_len: int = _field(2 * SAMPLE_RATE, f"training crop length in samples at 16 kHz (at least {MIN_CUT_LEN})")
-    loss_weights: list[float] = _field([0.5, 0.5, 1.0], "weights of [complex L1, magnitude L1, GAN] losses")
+    decay_epoch: int = _field(
+        10, "StepLR step size in epochs, for both optimizers (lr_schedule 'step')",
+        role="recipe", check=POSITIVE,
+    )
+    lr_decay: float = _field(
+        0.98, "StepLR gamma, for both optimizers (lr_schedule 'step')",
+        role="recipe", check=(lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.98; 1: no decay)"),
+    )
+    init_lr: float = _field(
+        1e-3, "initial learning rate of the generator and the discriminator",
+        role="recipe", check=(lambda value: value > 0, "a finite number > 0 (e.g. 1e-3)"), metavar="LR",
+    )
+    cut_len: int = _field(2 * SAMPLE_RATE, f"training crop length in samples at 16 kHz (at least {MIN_CUT_LEN})",
+        check=(lambda value: value >= MIN_CUT_LEN, f"an integer >= {MIN_CUT_LEN} (0.12 s: 16 STFT frames, the fewest the discriminator's "
+                   f"four stride-2 convolutions take; 32000 is 2 s)"), metavar="SAMPLES",
+    )
+    loss_weights: list[float] = _field([0.5, 0.5, 1.0], "weights of [complex L1, magnitude L1, GAN] losses",
+        role="recipe", check=(lambda value: len(value) == 3 and all(weight >= 0 for weight in value) and any(value),
+           "three finite numbers >= 0, not all 0 (a generator with no loss learns nothing), for complex L1, "
+           "magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"), metavar="W",
+    )
     gan_start_epoch: int | None = _field(
         None, "epoch (0-based) from which the generator loss includes the GAN term (default: half of "
-        "epochs, fixed when the run starts: raising epochs later never moves it)"
+        "epochs, fixed when the run starts: raising epochs later never moves it)",
+        role="recipe", check=(lambda value: value >= 0, "an integer >= 0 or unset"), metavar="EPOCH",
     )
-    grad_clip: float = _field(5.0, "gradient norm clipping of both networks")
+    grad_clip: float = _field(
+        5.0, "gradient norm clipping of both networks",
+        role="recipe", check=(lambda value: value > 0, "a finite number > 0 (e.g. 5.0)"),
+    )
     complex_loss: str = _field(
         "linear_l1", "complex spectrum loss (weight loss_weights[0]): 'linear_l1' or 'compressed_mse' "
-        "(on spectra with compressed magnitudes)", choices=("linear_l1", "compressed_mse")
+        "(on spectra with compressed magnitudes)", choices=("linear_l1", "compressed_mse"),
+        role="recipe",
     )
     magnitude_loss: str = _field(
-        "l1", "compressed magnitude loss (weight loss_weights[1]): 'l1' or 'mse'", choices=("l1", "mse")
+        "l1", "compressed magnitude loss (weight loss_weights[1]): 'l1' or 'mse'", choices=("l1", "mse"),
+        role="recipe",
     )
     phase_loss_weight: float = _field(
-        0.0, "weight of the anti-wrapping phase loss: instantaneous phase, group delay, instantaneous frequency"
+        0.0, "weight of the anti-wrapping phase loss: instantaneous phase, group delay, instantaneous frequency",
+        role="recipe", check=WEIGHT,
     )
-    time_loss_weight: float = _field(0.0, "weight of the waveform L1 loss")
+    time_loss_weight: float = _field(0.0, "weight of the waveform L1 loss", role="recipe", check=WEIGHT)
     consistency_loss_weight: float = _field(
-        0.0, "weight of the consistency loss: STFT of the enhanced waveform vs the enhanced spectrum"
+        0.0, "weight of the consistency loss: STFT of the enhanced waveform vs the enhanced spectrum",
+        role="recipe", check=WEIGHT,
     )
     compress_factor: float = _field(
-        0.3, "power-law exponent of the compressed magnitudes (losses, discriminator input)"
+        0.3, "power-law exponent of the compressed magnitudes (losses, discriminator input)",
+        role="recipe", check=(lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.3; 1: no compression)"),
     )
     metric_target: str = _field(
         "reference", "discriminator's PESQ target: 'reference' (PESQ+0.5)/5 or 'normalized' (PESQ-1)/3.5",
-        choices=("reference", "normalized")
+        choices=("reference", "normalized"),
+        role="recipe",
     )
     disc_noisy_term: str = _field(
         "enhanced", "discriminator's third term: 'enhanced' D(est, noisy), 'clean' D(clean, noisy), or 'off'",
-        choices=("enhanced", "clean", "off")
+        choices=("enhanced", "clean", "off"),
+        role="recipe",
     )
-    optimizer: str = _field("adam", "optimizer of both networks: 'adam' or 'adamw'", choices=("adam", "adamw"))
-    adam_betas: list[float] = _field([0.9, 0.999], "Adam/AdamW betas of both optimizers")
-    weight_decay: float = _field(0.0, "weight decay of both optimizers (decoupled with adamw)")
-    data_dir: str | None = _field(None, "dataset root (DATA/train|test/clean|noisy or VoiceBank+DEMAND names)")
+    optimizer: str = _field(
+        "adam", "optimizer of both networks: 'adam' or 'adamw'", choices=("adam", "adamw"),
+        role="recipe",
+    )
+    adam_betas: list[float] = _field([0.9, 0.999], "Adam/AdamW betas of both optimizers",
+        role="recipe", check=(lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value),
+           "two numbers in [0, 1) (e.g. [0.9, 0.999])"), metavar="BETA",
+    )
+    weight_decay: float = _field(
+        0.0, "weight decay of both optimizers (decoupled with adamw)",
+        role="recipe", check=WEIGHT,
+    )
+    data_dir: str | None = _field(
+        None, "dataset root (DATA/train|test/clean|noisy or VoiceBank+DEMAND names)",
+        check=(lambda value: value.strip() != "", "a dataset folder path (a non-empty string) or unset"),
+    )
     demo: bool = _field(False, "train on the built-in generated demo set instead of data_dir")
     valid_speakers: list[str] = _field(
         [], "speakers held out of the training split to validate on (a name's part before the first '_': "
-        "p226 for p226_001), e.g. p226,p287; default: see valid_fraction"
+        "p226 for p226_001), e.g. p226,p287; default: see valid_fraction",
+        check=(lambda value: all(item.strip() and "," not in item for item in value),
+           "a list of speaker names (e.g. ['p226', 'p287'])"), metavar="S1,S2",
     )
     valid_fraction: float = _field(
         0.0, "fraction of the training split held out to validate on, chosen by a hash of each name (0: the "
-        "default: the data's valid/ folder, else prepare.json's speakers, else p226,p287 when present, else 0.05)"
+        "default: the data's valid/ folder, else prepare.json's speakers, else p226,p287 when present, else 0.05)",
+        check=(lambda value: 0 <= value < 1, "a number in [0, 1) (e.g. 0.05; 0: the default rule)"),
     )
     validation_length: str = _field(
         "full", "what a new run validates on: 'full' (whole utterances, one at a time, as the test is scored) or "
         "'crops' (fixed cut_len crops, batched: the reference's, faster); a resumed run keeps its own",
-        choices=("full", "crops")
+        choices=("full", "crops"),
     )
     allow_validation_change: bool = _field(
-        False, "on resume, accept a validation set other than the run's (best-so-far values then mix two sets)"
+        False, "on resume, accept a validation set other than the run's (best-so-far values then mix two sets)",
+        role="invocation",
     )
-    save_model_dir: str = _field("runs/bsrnn", "run directory: checkpoints, config.toml, metrics.jsonl, train.log")
+    save_model_dir: str = _field(
+        "runs/bsrnn", "run directory: checkpoints, config.toml, metrics.jsonl, train.log",
+        role="invocation", check=(lambda value: value.strip() != "", "a run directory path (a non-empty string)"), metavar="DIR", flag="run_dir",
+    )
     resume_from_checkpoint: str | None = _field(
-        None, "run directory to resume from; 'auto' = save_model_dir if it holds a checkpoint"
+        None, "run directory to resume from; 'auto' = save_model_dir if it holds a checkpoint",
+        role="invocation", check=(lambda value: value.strip() != "",
+           "'auto' or a run directory or checkpoint path (a non-empty string), or unset"), flag="resume",
     )
-    load_checkpoint_type: str = _field("auto", "which checkpoint to resume from: auto, last or best")
-    num_channel: int = _field(64, "BSRNN feature channels N")
-    num_layer: int = _field(5, "BSRNN time/band layer pairs L")
+    load_checkpoint_type: str = _field(
+        "auto", "which checkpoint to resume from: auto, last or best",
+        role="invocation", choices=("auto", "last", "best"), flag="load",
+    )
+    num_channel: int = _field(64, "BSRNN feature channels N", role="architecture", check=POSITIVE)
+    num_layer: int = _field(5, "BSRNN time/band layer pairs L", role="architecture", check=POSITIVE, metavar="L")
     causal: bool = _field(
         False, "causal BSRNN: cumulative instead of whole-utterance normalisation, so each frame's output "
         "depends on the past and one 8 ms frame ahead only; it can run as a stream (`bsrnn enhance --stream`, "
-        "40 ms latency). Not the reference's network"
+        "40 ms latency). Not the reference's network",
+        role="architecture",
     )
-    ndf: int = _field(16, "discriminator base channels")
+    ndf: int = _field(16, "discriminator base channels", role="architecture", check=POSITIVE)
     monitor: str = _field(
         "pesq", "metric that selects checkpoint_best.pt: pesq (validation PESQ, max) or val_loss (min; it "
-        "includes the GAN term, so it jumps when that starts)"
+        "includes the GAN term, so it jumps when that starts)",
+        choices=MONITOR_CHOICES,
     )
-    seed: int = _field(0, "seed of every random stream (shuffle, crops, initialisation, dropout)")
-    device: str = _field("auto", "cpu, cuda or auto")
-    save_every_steps: int = _field(0, "also save checkpoint_last.pt every N steps (0: only at epoch ends)")
-    max_steps: int | None = _field(None, "stop this invocation after N training steps (saving last)")
+    seed: int = _field(
+        0, "seed of every random stream (shuffle, crops, initialisation, dropout)",
+        check=(lambda value: 0 <= value <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2**63 - 1)"), metavar="S",
+    )
+    device: str = _field("auto", "cpu, cuda or auto",
+        role="invocation", check=(lambda value: value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) is not None,
+           "'cpu', 'cuda', 'cuda:N' or 'auto'"),
+    )
+    save_every_steps: int = _field(
+        0, "also save checkpoint_last.pt every N steps (0: only at epoch ends)",
+        check=NON_NEGATIVE,
+    )
+    max_steps: int | None = _field(
+        None, "stop this invocation after N training steps (saving last)",
+        role="invocation", check=POSITIVE_OR_UNSET,
+    )
     until_step: int | None = _field(
         None, "stop when the run's global step reaches N (saving last); kept with the run like --epochs, so "
-        "a requeue loop that repeats one command stops at step N, where --max-steps would go N further per restart"
+        "a requeue loop that repeats one command stops at step N, where --max-steps would go N further per restart",
+        check=POSITIVE_OR_UNSET,
     )
-    workers: int = _field(0, "data loading worker processes")
-    pesq_workers: int = _field(2, "PESQ worker processes for the discriminator (0: in the training process)")
+    workers: int = _field(0, "data loading worker processes", role="invocation", check=NON_NEGATIVE)
+    pesq_workers: int = _field(
+        2, "PESQ worker processes for the discriminator (0: in the training process)",
+        check=NON_NEGATIVE,
+    )
     delayed_discriminator: bool = _field(
         False, "train the discriminator one step late, on the previous batch and its PESQ, so that a step "
         "never waits for PESQ (for a generator faster than PESQ, e.g. on a GPU; a change of the reference's "
         "semantics, and the run's first step does not update the discriminator)"
     )
-    max_nonfinite_steps: int = _field(10, "stop after this many consecutive steps with a NaN/inf loss")
+    max_nonfinite_steps: int = _field(
+        10, "stop after this many consecutive steps with a NaN/inf loss",
+        check=POSITIVE,
+    )
     async_save: bool = _field(True, "write checkpoints in a background thread")
     amp: str = _field(
         "off", "mixed precision: 'bf16' runs both networks' forward passes under bfloat16 autocast "
-        "(CUDA, or a CPU with bfloat16 instructions: see BENCHMARKS.md); 'off' keeps float32"
+        "(CUDA, or a CPU with bfloat16 instructions: see BENCHMARKS.md); 'off' keeps float32",
+        role="execution", choices=AMP_CHOICES,
     )
     compile: bool = _field(
         False, "run the generator through torch.compile (the first steps compile; its LSTMs, most of the "
-        "time, stay eager: see BENCHMARKS.md)"
+        "time, stay eager: see BENCHMARKS.md)",
+        role="execution",
     )
     cache_audio: bool = _field(
         False, "decode the training set once and keep it in memory (16-bit files as int16: about 2.2 GB, "
-        "clean and noisy, for VoiceBank+DEMAND's 11,572 pairs, per process); data-loading workers share it"
+        "clean and noisy, for VoiceBank+DEMAND's 11,572 pairs, per process); data-loading workers share it",
+        role="execution",
     )
 
     def __post_init__(self) -> None:
@@ -264,50 +349,14 @@ class Config:
         instead of failing later with a traceback; ranges and choices are then checked on values
         of the right type. A message states the whole expectation, range included.
         """
-        rules: dict[str, tuple[Callable[[Any], bool], str]] = {
-            "cut_len": (lambda value: value >= MIN_CUT_LEN,
-                        f"an integer >= {MIN_CUT_LEN} (0.12 s: 16 STFT frames, the fewest the discriminator's "
-                        f"four stride-2 convolutions take; 32000 is 2 s)"),
-            "init_lr": (lambda value: value > 0, "a finite number > 0 (e.g. 1e-3)"),
-            "grad_clip": (lambda value: value > 0, "a finite number > 0 (e.g. 5.0)"),
-            "lr_decay": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.98; 1: no decay)"),
-            "log_seconds": (lambda value: value >= 0, "a finite number >= 0 (0: log by steps only)"),
-            "loss_weights": (lambda value: len(value) == 3 and all(weight >= 0 for weight in value) and any(value),
-                             "three finite numbers >= 0, not all 0 (a generator with no loss learns nothing), for "
-                             "complex L1, magnitude L1 and GAN (e.g. [0.5, 0.5, 1.0])"),
-            "amp": (lambda value: value in AMP_CHOICES, " or ".join(repr(choice) for choice in AMP_CHOICES)),
-            "monitor": (lambda value: value in MONITOR_CHOICES, "'pesq' or 'val_loss'"),
-            "compress_factor": (lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.3; 1: no compression)"),
-            "adam_betas": (lambda value: len(value) == 2 and all(0 <= beta < 1 for beta in value),
-                           "two numbers in [0, 1) (e.g. [0.9, 0.999])"),
-            "load_checkpoint_type": (lambda value: value in ("auto", "last", "best"), "'auto', 'last' or 'best'"),
-            "device": (lambda value: value in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", value) is not None,
-                       "'cpu', 'cuda', 'cuda:N' or 'auto'"),
-            "save_model_dir": (lambda value: value.strip() != "", "a run directory path (a non-empty string)"),
-            "data_dir": (lambda value: value.strip() != "", "a dataset folder path (a non-empty string) or unset"),
-            "resume_from_checkpoint": (lambda value: value.strip() != "",
-                                       "'auto' or a run directory or checkpoint path (a non-empty string), or unset"),
-        }
-        for name in ("epochs", "batch_size", "log_interval", "decay_epoch", "num_channel", "num_layer", "ndf",
-                     "max_nonfinite_steps"):
-            rules[name] = (lambda value: value > 0, "a positive integer")
-        rules["max_steps"] = (lambda value: value > 0, "a positive integer or unset")
-        rules["until_step"] = (lambda value: value > 0, "a positive integer or unset")
-        for name in ("save_every_steps", "workers", "pesq_workers"):
-            rules[name] = (lambda value: value >= 0, "an integer >= 0")
-        # torch.manual_seed takes at most 2**64 - 1, and config.toml holds TOML integers (64-bit signed).
-        rules["seed"] = (lambda value: 0 <= value <= MAX_SEED, f"an integer from 0 to {MAX_SEED} (2**63 - 1)")
-        rules["gan_start_epoch"] = (lambda value: value >= 0, "an integer >= 0 or unset")
-        rules["valid_fraction"] = (lambda value: 0 <= value < 1, "a number in [0, 1) (e.g. 0.05; 0: the default rule)")
-        rules["valid_speakers"] = (lambda value: all(item.strip() and "," not in item for item in value),
-                                   "a list of speaker names (e.g. ['p226', 'p287'])")
-        for name in ("phase_loss_weight", "time_loss_weight", "consistency_loss_weight", "weight_decay"):
-            rules[name] = (lambda value: value >= 0, "a finite number >= 0 (0: off)")
+        rules: dict[str, Check] = {}
         for spec in dataclasses.fields(self):
             choices = spec.metadata.get("choices")
             if choices is not None:
                 rules[spec.name] = (lambda value, allowed=choices: value in allowed,
                                     " or ".join(repr(choice) for choice in choices))
+            elif spec.metadata.get("check") is not None:
+                rules[spec.name] = spec.metadata["check"]
 
         problems = []
         for spec in dataclasses.fields(self):
@@ -380,6 +429,19 @@ def recipe_values(name: str) -> dict[str, Any]:
     return resolved
 
 
+def fields_with_role(*roles: str) -> tuple[str, ...]:
+    """The names of the fields whose ``role`` is one of ``roles``, in declaration order."""
+    return tuple(spec.name for spec in dataclasses.fields(Config) if spec.metadata.get("role") in roles)
+
+
+ARCHITECTURE_FIELDS = fields_with_role("architecture")
+INVOCATION_FIELDS = fields_with_role("invocation", "execution")
+EXECUTION_FIELDS = fields_with_role("execution")
+RECIPE_FIELDS = fields_with_role("recipe")
+FLAG_NAMES = {spec.name: spec.metadata["flag"] for spec in dataclasses.fields(Config) if spec.metadata.get("flag")}
+"""Fields whose flag has another name (``save_model_dir``: ``--run-dir``), as flag names with underscores."""
+
+
 def field_names() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
@@ -407,7 +469,7 @@ def check_keys(values: Mapping[str, Any], source: str) -> None:
     hints = []
     for key in unknown:
         spelled = str(key).replace("-", "_").lower()
-        guess = spelled if spelled in known else _FLAG_KEYS.get(spelled)
+        guess = spelled if spelled in known else {flag: name for name, flag in FLAG_NAMES.items()}.get(spelled)
         if guess is None:
             close = difflib.get_close_matches(spelled, known, n=1, cutoff=0.6)
             guess = close[0] if close else None

@@ -17,15 +17,9 @@ import types
 import typing
 from typing import Any
 
-# flag -> config field, for flags whose names differ from the field.
-_RENAMED = {"run_dir": "save_model_dir", "resume": "resume_from_checkpoint", "load": "load_checkpoint_type"}
-_FIELD_FLAG = {field: flag for flag, field in _RENAMED.items()}
 # Fields with a hand-written flag below (choices, a const, a negative form).
 _SPECIAL = {"data_dir", "demo", "resume_from_checkpoint", "load_checkpoint_type", "monitor", "amp", "async_save",
             "device"}
-_METAVARS = {"epochs": "N", "batch_size": "N", "init_lr": "LR", "cut_len": "SAMPLES", "num_layer": "L",
-             "seed": "S", "gan_start_epoch": "EPOCH", "save_model_dir": "DIR", "loss_weights": "W",
-             "recipe": "NAME", "adam_betas": "BETA", "valid_speakers": "S1,S2"}
 # List fields whose flag also takes comma-separated values.
 _COMMA_LISTS = {"valid_speakers"}
 
@@ -85,19 +79,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(Config):
         if field.name in _SPECIAL or not field.metadata.get("help"):
             continue
-        flag = "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-")
+        flag = "--" + (field.metadata.get("flag") or field.name).replace("_", "-")
         kind = _base_type(hints[field.name])
         help_text = _with_default(helps[field.name], defaults[field.name])
         if kind is bool:
             add(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif typing.get_origin(kind) is list:
             (item,) = typing.get_args(kind)
-            add(flag, type=item, nargs=len(defaults[field.name]) or "+", metavar=_METAVARS.get(field.name, "X"),
+            add(flag, type=item, nargs=len(defaults[field.name]) or "+", metavar=field.metadata.get("metavar") or "X",
                 help=help_text)
         elif field.metadata.get("choices"):
             add(flag, choices=field.metadata["choices"], help=help_text)
         else:
-            add(flag, type=kind, metavar=_METAVARS.get(field.name, "N" if kind is int else "X"), help=help_text)
+            add(flag, type=kind, metavar=field.metadata.get("metavar") or ("N" if kind is int else "X"), help=help_text)
 
 
 def config_table() -> str:
@@ -113,7 +107,7 @@ def config_table() -> str:
         if not field.metadata.get("help"):
             continue
         flag = "--sync-save (sets false)" if field.name == "async_save" else (
-            "--" + _FIELD_FLAG.get(field.name, field.name).replace("_", "-"))
+            "--" + (field.metadata.get("flag") or field.name).replace("_", "-"))
         default = defaults[field.name]
         shown = "unset" if default is None else f"`{default}`"
         meaning = field.metadata["help"].replace("|", "/")
@@ -123,12 +117,13 @@ def config_table() -> str:
 
 def explicit_values(args: argparse.Namespace) -> dict[str, Any]:
     """Config fields given on the command line (flags left at None were not given)."""
-    from bsrnn.config import field_names
+    from bsrnn.config import FLAG_NAMES, field_names
 
     known = set(field_names())
+    renamed = {flag: name for name, flag in FLAG_NAMES.items()}
     values = {}
     for key, value in vars(args).items():
-        field = _RENAMED.get(key, key)
+        field = renamed.get(key, key)
         if field in known and value is not None:
             if field in _COMMA_LISTS:  # --valid-speakers p226,p287 or p226 p287
                 value = [item for given in value for item in given.split(",") if item]
