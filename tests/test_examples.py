@@ -15,9 +15,9 @@ SCRIPT = Path(__file__).resolve().parents[1] / "examples" / "slurm_requeue.sbatc
 
 FAKE_TRAINER = """#!/bin/bash
 # Stands in for `bsrnn train`: records its arguments and the signal that stops it, exits 128+signal.
-echo "started $*" >> trainer.log
 trap 'echo "saved on USR1" >> trainer.log; exit 138' USR1
 trap 'echo "saved on TERM" >> trainer.log; exit 143' TERM
+echo "started $*" >> trainer.log
 while true; do sleep 0.05; done
 """
 
@@ -77,3 +77,19 @@ def test_scancel_saves_and_does_not_requeue(job: tuple[Path, dict[str, str]]) ->
     _run_until_signal(folder, environment, signal.SIGTERM)
     assert "saved on TERM" in (folder / "trainer.log").read_text()
     assert not (folder / "scontrol.log").exists()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR1])
+def test_a_signal_before_the_trainer_started_is_forwarded_once_it_has(job: tuple[Path, dict[str, str]],
+                                                                       sig: signal.Signals) -> None:
+    """The trap once forwarded to an empty PID and the script then waited for the trainer forever."""
+    folder, environment = job
+    script = subprocess.Popen(["bash", str(SCRIPT)], cwd=folder, env=environment,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    while not (folder / "activate.log").exists():  # the traps are set right after the activation
+        time.sleep(0.01)
+    time.sleep(0.05)
+    script.send_signal(sig)
+    output = script.communicate(timeout=30)[0]
+    requeued = (folder / "scontrol.log").exists()
+    assert requeued == (sig == signal.SIGUSR1), output
