@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -193,3 +194,16 @@ def test_the_plot_never_replaces_the_metrics_it_reads(tmp_path: Path) -> None:
     with pytest.raises(UserError, match="that are inputs"):
         plot_run(run_dir, run_dir / "metrics.jsonl", overwrite=True)
     assert (run_dir / "metrics.jsonl").read_bytes() == before
+
+
+@pytest.mark.timeout(30)  # the bug was a hang: reading a FIFO waits for a writer that never comes
+@pytest.mark.parametrize("kind", ["fifo", "binary"])
+def test_a_config_toml_that_is_a_fifo_or_not_text_is_no_config_and_the_plot_is_drawn(tmp_path: Path, kind: str) -> None:
+    """tools/torture.py adversary: `bsrnn plot` hung reading a FIFO named config.toml, and died
+    with a UnicodeDecodeError traceback on one holding another program's binary file."""
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    if kind == "fifo":
+        os.mkfifo(run_dir / "config.toml")
+    else:
+        (run_dir / "config.toml").write_bytes(b"PK\x03\x04\x80\xff not text")
+    assert plot_run(run_dir, tmp_path / "curves.png").stat().st_size > 10_000

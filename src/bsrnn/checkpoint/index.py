@@ -21,9 +21,11 @@ and the next commit writes a version 2 index (with the entries the manager knows
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
+import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -71,6 +73,21 @@ def trailer_digest(path: Path) -> str | None:
     return trailer.recorded_label if trailer is not None else None
 
 
+def _read_regular_file(path: Path) -> str:
+    """The text of ``path`` if it is a regular file; ``OSError`` for anything else.
+
+    A FIFO named ``checkpoint_index.json`` would block the reader forever (the trainer's
+    ``status.json`` reads the index after every event; found by ``tools/torture.py adversary``):
+    ``O_NONBLOCK`` makes its open return at once, and its type is refused on the descriptor.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with open(fd, "rb") as handle:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(errno.EINVAL, f"{path} is not a regular file")
+        os.set_blocking(fd, True)
+        return handle.read().decode("utf-8")
+
+
 def write_index(run_dir: Path, entries: Mapping[str, IndexEntry]) -> None:
     """Replace the index atomically with ``entries`` ("last", "best")."""
     body = {"format": INDEX_FORMAT, "version": INDEX_VERSION,
@@ -93,7 +110,7 @@ def write_index(run_dir: Path, entries: Mapping[str, IndexEntry]) -> None:
 def read_index(run_dir: Path) -> dict[str, IndexEntry]:
     """The entries of the index whose files still match them (empty if there is no usable index)."""
     try:
-        body = json.loads((Path(run_dir) / INDEX_NAME).read_text(encoding="utf-8"))
+        body = json.loads(_read_regular_file(Path(run_dir) / INDEX_NAME))
     except (OSError, ValueError):
         return {}
     if not isinstance(body, dict) or body.get("format") != INDEX_FORMAT or body.get("version") != INDEX_VERSION:

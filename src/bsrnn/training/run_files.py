@@ -29,6 +29,7 @@ import logging
 import os
 import re
 import socket
+import stat
 import sys
 import time
 from collections.abc import Mapping
@@ -36,7 +37,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from bsrnn.checkpoint import read_index
+from bsrnn.checkpoint import atomic, read_index
 from bsrnn.config import Config, to_toml
 from bsrnn.errors import RunFailedError, UserError
 from bsrnn.training.observers import Observer, describe_error
@@ -71,20 +72,66 @@ class RunFilesError(RunFailedError):
 
 
 def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` for the run directory's own files: never through a symbolic link.
+    """``os.open`` for the run directory's own files: never through a symbolic link, and only
+    ever a regular file.
 
     A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
-    the trainer append to whatever it points at. Refused with a message saying what to do.
+    the trainer append to whatever it points at. A FIFO would block the open (``train.log``) or
+    every write once its buffer is full (``metrics.jsonl``), and a reader of ``config.toml``
+    forever (found by ``tools/torture.py adversary``); a directory or a device cannot hold the
+    file. Each is refused with a message saying what to do; ``O_NONBLOCK`` makes the open of a
+    FIFO return at once so that its type can be checked on the descriptor.
     """
     try:
-        return os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC, mode)
+        fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
     except OSError as error:
         if error.errno == errno.ELOOP:
             raise UserError(
                 f"{path} is a symbolic link; the run directory's files are never written through links. "
                 "Remove the link (or choose another --run-dir) and run again."
             ) from error
+        if error.errno in (errno.EISDIR, errno.ENXIO):  # a directory; a FIFO or socket opened for writing
+            raise _not_a_regular_file(path, os.lstat(path).st_mode) from error
         raise
+    file_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(file_mode):
+        os.close(fd)
+        raise _not_a_regular_file(path, file_mode)
+    os.set_blocking(fd, True)
+    return fd
+
+
+def _not_a_regular_file(path: Path, file_mode: int) -> UserError:
+    kind = ("a directory" if stat.S_ISDIR(file_mode) else "a FIFO" if stat.S_ISFIFO(file_mode)
+            else "a device" if stat.S_ISCHR(file_mode) or stat.S_ISBLK(file_mode)
+            else "a socket" if stat.S_ISSOCK(file_mode) else "not a regular file")
+    return UserError(f"{path} is {kind}; the run directory's {path.name} must be a regular file. Move it away "
+                     "(or choose another --run-dir) and run again.")
+
+
+def _unshare_hard_link(path: Path) -> None:
+    """Give ``path`` a file of its own if it is a hard link shared with another name.
+
+    ``metrics.jsonl`` and ``train.log`` are appended to in place, so through a hard link every
+    new line would also land in the other name's file: a snapshot made with ``cp -al`` or
+    ``rsync --link-dest``, or another run's log (found by ``tools/torture.py adversary``). A
+    durable copy renamed over the name leaves the other file exactly as it was.
+    """
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink < 2:
+        return
+    temporary = atomic.temporary_path(path)  # a killed run's is removed by the next one's checkpoint manager
+    try:
+        atomic.copy_durably(path, temporary)
+        atomic.commit(temporary, path)
+    except BaseException:
+        atomic.discard(temporary)
+        raise
+    log.warning("%s was a hard link shared with %d other name(s); it is now a file of its own, and the "
+                "other name(s) keep their content", path, status.st_nlink - 1)
 
 
 class _TrainLogHandler(logging.FileHandler):
@@ -134,6 +181,8 @@ class RunFiles:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 self._remove_config_temporaries()
+                for name in (METRICS_NAME, LOG_NAME):
+                    _unshare_hard_link(run_dir / name)
                 self._metrics_fd = open_in_run_dir(metrics, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 _drop_torn_last_line(self._metrics_fd, metrics)
                 self._log_handler = _TrainLogHandler(run_dir / LOG_NAME, encoding="utf-8")
@@ -174,6 +223,8 @@ class RunFiles:
             os.replace(temporary, path)  # replaces a link named config.toml itself, never its target
         except OSError as error:
             temporary.unlink(missing_ok=True)
+            if error.errno == errno.EISDIR:  # a folder named config.toml: no free space would help
+                raise _not_a_regular_file(path, os.lstat(path).st_mode) from error
             raise RunFilesError(path, error, "Nothing was trained.") from error
 
     def event(self, kind: str, /, **fields: Any) -> None:
@@ -312,8 +363,8 @@ def _drop_torn_last_line(fd: int, path: Path) -> None:
 
 
 def read_metrics_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every event of a run in order, and the numbers of the lines that did not parse (torn
-    writes): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the tests and the torture
+    """Every event of a run in order, and the numbers of the lines that are not JSON objects (torn
+    writes, damage): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the tests and the torture
     campaigns use it)."""
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
@@ -324,8 +375,12 @@ def read_metrics_log(run_dir: Path) -> tuple[list[dict[str, Any]], list[int]]:
             if not line.strip():
                 continue
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            else:  # not JSON, or JSON but not an event (``5``, ``"x"``: a damaged file)
                 torn.append(number)
     return events, torn
 
