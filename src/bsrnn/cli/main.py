@@ -152,8 +152,26 @@ def _configure_logging(quiet: bool) -> None:
     )
 
 
+def _escape_unencodable_output() -> None:
+    """Print what stdout's encoding cannot hold as escapes, not as a ``UnicodeEncodeError``.
+
+    A file name with a byte that is not UTF-8 (``b"ckpt\\xfd.pt"``) reaches Python as a lone
+    surrogate, and under a UTF-8 locale such as ``en_US.UTF-8`` stdout is ``strict``: ``ckpt
+    verify`` listing such a file beside the run's checkpoints died with a traceback (found by
+    ``tools/torture.py adversary``). Only a strict stdout is changed; under ``C.UTF-8`` Python
+    already writes such names back as their own bytes. (stderr escapes by default.)
+    """
+    stream = sys.stdout
+    if getattr(stream, "errors", None) == "strict" and hasattr(stream, "reconfigure"):
+        try:
+            stream.reconfigure(errors="backslashreplace")
+        except (OSError, ValueError):  # a stream that cannot be reconfigured keeps its handler
+            pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    _escape_unencodable_output()
     debug = "--debug" in argv  # before parsing succeeds; the parsed value once it has
     try:
         parser = build_parser()
