@@ -48,6 +48,10 @@ CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
 STATUS_NAME = "status.json"
+RUN_FILE_NAMES: tuple[str, ...] = (CONFIG_NAME, METRICS_NAME, LOG_NAME, STATUS_NAME)
+"""Every file this module keeps in a run directory (the checkpoint engine's are
+``bsrnn.checkpoint``'s ``LAST_NAME``, ``BEST_NAME``, ``INDEX_NAME`` and the lock's ``LOCK_NAME``):
+the one list that tools which must cover every file of a run (``tools/torture.py adversary``) read."""
 _TEMPORARY = re.compile(r"^\.(config\.toml|status\.json)\.\d+\.tmp$")
 _STATE_AFTER = {"preempted": "stopped", "stopped": "stopped", "completed": "completed"}
 """``status.json``'s state after an event; every other event says ``training``."""
