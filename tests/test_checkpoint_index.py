@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
+import pytest
 import torch
 
 from bsrnn.checkpoint import CheckpointManager
@@ -83,3 +85,17 @@ def test_an_index_and_checkpoints_of_format_1_are_read_through_the_files_then_in
     with _manager(tmp_path) as manager:  # best (still format 1) from its file when the index lacks it
         best = manager.best()
         assert best is not None and best.global_step == 7 and best.digest.startswith("sha256:")
+
+
+@pytest.mark.timeout(30)  # the bug was a hang
+def test_a_fifo_named_like_the_index_is_no_index_and_does_not_block_its_reader(tmp_path: Path) -> None:
+    """tools/torture.py adversary: `train --resume` hung when status.json read a FIFO named
+    checkpoint_index.json; the index is only a hint, so anything but a regular file is none."""
+    with _manager(tmp_path) as manager:
+        manager.save(metric=0.5, values={"epoch": 0, "global_step": 1})
+    (tmp_path / INDEX_NAME).unlink()
+    os.mkfifo(tmp_path / INDEX_NAME)
+    assert read_index(tmp_path) == {}
+    with _manager(tmp_path) as manager:  # the next commit replaces the FIFO with an index
+        manager.save(metric=0.4, values={"epoch": 1, "global_step": 2})
+    assert read_index(tmp_path)["last"].global_step == 2

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -239,3 +242,17 @@ def test_inspect_and_verify_name_the_digest_algorithm_of_new_and_format_1_files(
         summary = json.loads(capsys.readouterr().out)
         assert summary["digest"].startswith(f"{algorithm}:") and summary["digest"] in summary["integrity"]
     assert summary["format_version"] == 1
+
+
+def test_verify_lists_a_checkpoint_whose_name_is_not_utf8_even_when_stdout_is_strict(
+    run_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """tools/torture.py adversary: under a UTF-8 locale such as en_US.UTF-8 (stdout ``strict``),
+    a copy named ``checkpoint_last\\xfd.pt`` beside the run's checkpoints made `ckpt verify` die
+    with a UnicodeEncodeError traceback; the name is now printed escaped."""
+    shutil.copy(run_dir / "checkpoint_last.pt", os.path.join(os.fsencode(run_dir), b"checkpoint_last\xfd.pt"))
+    out = io.BytesIO()
+    strict = io.TextIOWrapper(out, encoding="utf-8", errors="strict", write_through=True)
+    monkeypatch.setattr(sys, "stdout", strict)
+    assert main(["ckpt", "verify", str(run_dir)]) == 0
+    assert b"OK   " + os.fsencode(run_dir) + b"/checkpoint_last\\udcfd.pt: " in out.getvalue()

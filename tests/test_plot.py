@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import warnings
 from pathlib import Path
 from typing import Any
@@ -202,3 +203,16 @@ def test_a_fifo_for_metrics_jsonl_is_named_as_not_a_regular_file(tmp_path: Path,
     assert main(["plot", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert f"{tmp_path / 'metrics.jsonl'} is a FIFO, not a regular file" in err and "has no" not in err
+
+
+@pytest.mark.timeout(30)  # the bug was a hang: reading a FIFO waits for a writer that never comes
+@pytest.mark.parametrize("kind", ["fifo", "binary"])
+def test_a_config_toml_that_is_a_fifo_or_not_text_is_no_config_and_the_plot_is_drawn(tmp_path: Path, kind: str) -> None:
+    """tools/torture.py adversary: `bsrnn plot` hung reading a FIFO named config.toml, and died
+    with a UnicodeDecodeError traceback on one holding another program's binary file."""
+    run_dir = write_run(tmp_path / "run", resumed_from_best())
+    if kind == "fifo":
+        os.mkfifo(run_dir / "config.toml")
+    else:
+        (run_dir / "config.toml").write_bytes(b"PK\x03\x04\x80\xff not text")
+    assert plot_run(run_dir, tmp_path / "curves.png").stat().st_size > 10_000

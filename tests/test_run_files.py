@@ -293,3 +293,67 @@ def test_a_checkpoint_index_that_is_a_fifo_or_a_link_to_dev_zero_is_ignored_with
     index = tmp_path / "checkpoint_index.json"
     os.mkfifo(index) if kind == "fifo" else os.symlink("/dev/zero", index)
     assert read_index(tmp_path) == {}
+
+
+@pytest.mark.timeout(30)  # the bug was a hang: an open of a FIFO blocks until a reader comes
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.log"])
+@pytest.mark.parametrize("kind", ["fifo", "directory"])
+def test_a_fifo_or_directory_named_like_a_run_file_is_refused_by_type_without_blocking(
+    tmp_path: Path, name: str, kind: str
+) -> None:
+    """tools/torture.py adversary: `train --resume` with train.log a FIFO hung in the open; a
+    directory gave exit 1 with the advice to free disk space."""
+    from bsrnn.errors import UserError
+
+    os.mkfifo(tmp_path / name) if kind == "fifo" else (tmp_path / name).mkdir()
+    with pytest.raises(UserError, match=f"{name} is a {'FIFO' if kind == 'fifo' else 'directory'}; .*regular file"):
+        RunFiles(tmp_path)
+    assert not (tmp_path / ".lock").exists() and sorted(p.name for p in tmp_path.iterdir()) <= [LOG_NAME, METRICS_NAME]
+
+
+def test_a_directory_named_config_toml_is_refused_as_such_not_as_a_full_disk(tmp_path: Path) -> None:
+    """tools/torture.py adversary: exit 1 with "Free disk space" advice; now exit 2 naming the folder."""
+    from bsrnn.errors import UserError
+
+    (tmp_path / "config.toml").mkdir()
+    files = RunFiles(tmp_path)
+    try:
+        with pytest.raises(UserError, match="config.toml is a directory; .*regular file"):
+            files.write_config(Config())
+    finally:
+        files.close()
+    assert not [p.name for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+@pytest.mark.parametrize("name", ["metrics.jsonl", "train.log"])
+def test_a_run_file_hard_linked_to_another_runs_file_gets_its_own_copy_before_anything_is_appended(
+    tmp_path: Path, name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """tools/torture.py adversary: appending in place carried the new lines into the other run's
+    (or a `cp -al` snapshot's) file through the shared inode."""
+    other = tmp_path / "other-run" / name
+    other.parent.mkdir()
+    other.write_text('{"event": "start", "global_step": 0}\n')
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    os.link(other, run_dir / name)
+    with caplog.at_level(logging.WARNING):
+        files = RunFiles(run_dir)
+    try:
+        files.event("step", global_step=1)
+        logging.getLogger("bsrnn.test_run_files").warning("a line for train.log")
+    finally:
+        files.close()
+    assert other.read_text() == '{"event": "start", "global_step": 0}\n' and os.stat(other).st_nlink == 1
+    mine = (run_dir / name).read_text()
+    assert mine.startswith('{"event": "start", "global_step": 0}\n') and len(mine) > len(other.read_text())
+    assert f"{name} was a hard link shared with 1 other name" in caplog.text
+    assert not [p.name for p in run_dir.iterdir() if p.name.endswith(".partial")]
+
+
+def test_a_metrics_line_that_is_json_but_not_an_event_is_skipped_like_a_torn_one(tmp_path: Path) -> None:
+    """tools/torture.py adversary: a metrics.jsonl overwritten with binary data held a line that
+    parses as the number 5; `bsrnn plot` died with AttributeError on it."""
+    (tmp_path / METRICS_NAME).write_text('5\n"text"\n{"event": "step", "global_step": 1}\n[1]\n')
+    events, torn = run_files.read_metrics_log(tmp_path)
+    assert events == [{"event": "step", "global_step": 1}] and torn == [1, 2, 4]

@@ -24,6 +24,7 @@ reads, over an existing file only with ``overwrite``).
 from __future__ import annotations
 
 import math
+import os
 import tomllib
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -271,12 +272,12 @@ def _mark_gan_start(curves: Curves, events: Sequence[Event], config: Mapping[str
 
 def _read_config(run_dir: Path) -> dict[str, Any]:
     """The run's config.toml, or nothing if it is missing or unreadable (it only fills gaps)."""
-    from bsrnn.training.run_files import CONFIG_NAME
+    from bsrnn.training.run_files import CONFIG_NAME, open_in_run_dir
 
-    try:
-        with open(run_dir / CONFIG_NAME, "rb") as handle:
+    try:  # a regular file only: a FIFO named config.toml would block this reader forever
+        with open(open_in_run_dir(run_dir / CONFIG_NAME, os.O_RDONLY), "rb") as handle:
             return tomllib.load(handle)
-    except (OSError, tomllib.TOMLDecodeError):
+    except (OSError, UserError, ValueError):  # TOMLDecodeError, or UnicodeDecodeError for bytes that are not text
         return {}
 
 

@@ -203,7 +203,10 @@ def _printable_file_names() -> None:
     for stream in (sys.stdout, sys.stderr):
         reconfigure = getattr(stream, "reconfigure", None)  # a replaced stream (tests) may lack it
         if reconfigure is not None:
-            reconfigure(errors="backslashreplace")
+            try:
+                reconfigure(errors="backslashreplace")
+            except (OSError, ValueError):  # a stream that cannot be reconfigured keeps its handler
+                pass
 
 
 def main(argv: Sequence[str] | None = None) -> int:

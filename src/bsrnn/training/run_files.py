@@ -48,6 +48,10 @@ CONFIG_NAME = "config.toml"
 METRICS_NAME = "metrics.jsonl"
 LOG_NAME = "train.log"
 STATUS_NAME = "status.json"
+RUN_FILE_NAMES: tuple[str, ...] = (CONFIG_NAME, METRICS_NAME, LOG_NAME, STATUS_NAME)
+"""Every file this module keeps in a run directory (the checkpoint engine's are
+``bsrnn.checkpoint``'s ``LAST_NAME``, ``BEST_NAME``, ``INDEX_NAME`` and the lock's ``LOCK_NAME``):
+the one list that tools which must cover every file of a run (``tools/torture.py adversary``) read."""
 _TEMPORARY = re.compile(r"^\.(config\.toml|status\.json)\.\d+\.tmp$")
 _STATE_AFTER = {"preempted": "stopped", "stopped": "stopped", "completed": "completed"}
 """``status.json``'s state after an event; every other event says ``training``."""
@@ -72,16 +76,15 @@ class RunFilesError(RunFailedError):
 
 
 def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
-    """``os.open`` for the run directory's own files: never through a symbolic link, only a
-    regular file, and a file appended to is the run's own.
+    """``os.open`` for the run directory's own files: never through a symbolic link, and only
+    ever a regular file.
 
-    - A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
-      the trainer append to whatever it points at. Refused with a message saying what to do.
-    - A FIFO or a device would block the trainer (while it holds the lock) or feed it forever:
-      opened without blocking and refused by type.
-    - A file with other hard links (a run copied with ``cp -al R SNAP``, then resumed) would
-      have the resumed run append to the original run's log too. Before appending (``O_APPEND``)
-      such a file is first made private: copied, and the copy renamed over this name.
+    A link planted in the run directory (``metrics.jsonl -> ~/.bashrc``) would otherwise have
+    the trainer append to whatever it points at. A FIFO would block the open (``train.log``) or
+    every write once its buffer is full (``metrics.jsonl``), and a reader of ``config.toml``
+    forever (found by ``tools/torture.py adversary``); a directory or a device cannot hold the
+    file. Each is refused with a message saying what to do; ``O_NONBLOCK`` makes the open of a
+    FIFO return at once so that its type can be checked on the descriptor.
     """
     try:
         fd = os.open(path, flags | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK, mode)
@@ -91,32 +94,48 @@ def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
                 f"{path} is a symbolic link; the run directory's files are never written through links. "
                 "Remove the link (or choose another --run-dir) and run again."
             ) from error
-        if error.errno == errno.ENXIO:  # a FIFO with no reader, opened for writing without blocking
-            raise UserError(f"{path} is a FIFO, not a regular file. Move it away and run again.") from error
+        if error.errno in (errno.EISDIR, errno.ENXIO):  # a directory; a FIFO or socket opened for writing
+            raise _not_a_regular_file(path, os.lstat(path).st_mode) from error
         raise
-    found = os.fstat(fd)
-    if not stat.S_ISREG(found.st_mode):
+    file_mode = os.fstat(fd).st_mode
+    if not stat.S_ISREG(file_mode):
         os.close(fd)
-        kind = "a FIFO" if stat.S_ISFIFO(found.st_mode) else "a directory" if stat.S_ISDIR(found.st_mode) else "a device"
-        raise UserError(f"{path} is {kind}, not a regular file. Move it away and run again.")
-    if flags & os.O_APPEND and found.st_nlink > 1:
-        os.close(fd)
-        _make_private(path)
-        return open_in_run_dir(path, flags, mode)
+        raise _not_a_regular_file(path, file_mode)
+    os.set_blocking(fd, True)
     return fd
 
 
-def _make_private(path: Path) -> None:
-    """Replace ``path``, a file with other hard links, by a copy of its own: the other names keep
-    the original, untouched."""
-    temporary = atomic.temporary_path(path)
+def _not_a_regular_file(path: Path, file_mode: int) -> UserError:
+    kind = ("a directory" if stat.S_ISDIR(file_mode) else "a FIFO" if stat.S_ISFIFO(file_mode)
+            else "a device" if stat.S_ISCHR(file_mode) or stat.S_ISBLK(file_mode)
+            else "a socket" if stat.S_ISSOCK(file_mode) else "not a regular file")
+    return UserError(f"{path} is {kind}; the run directory's {path.name} must be a regular file. Move it away "
+                     "(or choose another --run-dir) and run again.")
+
+
+def _unshare_hard_link(path: Path) -> None:
+    """Give ``path`` a file of its own if it is a hard link shared with another name.
+
+    ``metrics.jsonl`` and ``train.log`` are appended to in place, so through a hard link every
+    new line would also land in the other name's file: a snapshot made with ``cp -al`` or
+    ``rsync --link-dest``, or another run's log (found by ``tools/torture.py adversary``). A
+    durable copy renamed over the name leaves the other file exactly as it was.
+    """
+    try:
+        status = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISREG(status.st_mode) or status.st_nlink < 2:
+        return
+    temporary = atomic.temporary_path(path)  # a killed run's is removed by the next one's checkpoint manager
     try:
         atomic.copy_durably(path, temporary)
         atomic.commit(temporary, path)
     except BaseException:
         atomic.discard(temporary)
         raise
-    log.info("%s had other hard links (a copied run?): this run now appends to a copy of its own", path.name)
+    log.warning("%s was a hard link shared with %d other name(s); it is now a file of its own, and the "
+                "other name(s) keep their content", path, status.st_nlink - 1)
 
 
 class _TrainLogHandler(logging.FileHandler):
@@ -166,6 +185,8 @@ class RunFiles:
             try:
                 run_dir.mkdir(parents=True, exist_ok=True)
                 self._remove_config_temporaries()
+                for name in (METRICS_NAME, LOG_NAME):
+                    _unshare_hard_link(run_dir / name)
                 self._metrics_fd = open_in_run_dir(metrics, os.O_RDWR | os.O_APPEND | os.O_CREAT)
                 _drop_torn_last_line(self._metrics_fd, metrics)
                 # A file name that is not UTF-8 is logged with its escapes spelt out, never an error.
@@ -207,6 +228,8 @@ class RunFiles:
             os.replace(temporary, path)  # replaces a link named config.toml itself, never its target
         except OSError as error:
             temporary.unlink(missing_ok=True)
+            if error.errno == errno.EISDIR:  # a folder named config.toml: no free space would help
+                raise _not_a_regular_file(path, os.lstat(path).st_mode) from error
             raise RunFilesError(path, error, "Nothing was trained.") from error
 
     def event(self, kind: str, /, **fields: Any) -> None:
@@ -345,9 +368,9 @@ def _drop_torn_last_line(fd: int, path: Path) -> None:
 
 
 def read_metrics_log(run_dir: Path, start: int = 0) -> tuple[list[dict[str, Any]], list[int]]:
-    """Every event of a run in order, and the numbers of the lines that did not parse (torn
-    writes): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the demo, the tests and the
-    torture campaigns use it). ``start``: a byte offset to read from (what one process appended
+    """Every event of a run in order, and the numbers of the lines that are not JSON objects (torn
+    writes, damage): the one reader of ``metrics.jsonl`` (``bsrnn plot``, the demo, the tests and
+    the torture campaigns use it). ``start``: a byte offset to read from (what one process appended
     after it; line numbers then count from there)."""
     path = Path(run_dir) / METRICS_NAME
     if not path.exists():
@@ -359,8 +382,12 @@ def read_metrics_log(run_dir: Path, start: int = 0) -> tuple[list[dict[str, Any]
             if not line.strip():
                 continue
             try:
-                events.append(json.loads(line))
+                event = json.loads(line)
             except json.JSONDecodeError:
+                event = None
+            if isinstance(event, dict):
+                events.append(event)
+            else:  # not JSON, or JSON but not an event (``5``, ``"x"``: a damaged file)
                 torn.append(number)
     return events, torn
 
