@@ -283,7 +283,7 @@ def test_a_fifo_or_a_device_in_the_run_directory_is_refused_without_blocking(tmp
         os.mknod(metrics, 0o600 | stat.S_IFCHR, os.makedev(1, 5))  # /dev/zero's numbers
     else:
         pytest.skip("making a device node needs root")
-    with pytest.raises(UserError, match="not a regular file"):
+    with pytest.raises(UserError, match="must be a regular file"):
         run_files.RunFiles(tmp_path)
 
 

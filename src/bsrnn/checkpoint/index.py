@@ -21,7 +21,6 @@ and the next commit writes a version 2 index (with the entries the manager knows
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import os
