@@ -136,8 +136,8 @@ class StepBench:
         with torch.no_grad():
             estimate = nets.generator(noisy_spec)
         self.clean_mag = compressed_magnitude(self.clean_spec)
-        self.noisy_mag = compress_magnitude(noisy_spec)
-        self.est_mag = compress_magnitude(estimate)
+        self.noisy_mag = compressed_magnitude(noisy_spec)
+        self.est_mag = compressed_magnitude(estimate)
         self.fixed_pesq = torch.full((clean.shape[0],), 2.5)
         self.pesq_wait: dict[str, list[float]] = {name: [] for name in pools}
         self.record = True
