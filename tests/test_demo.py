@@ -248,3 +248,16 @@ def test_the_hints_enhance_and_score_commands_work_as_printed(tmp_path, monkeypa
         assert result.returncode == 0, result.stderr[-2000:]
     assert len(list((run_dir / "audio" / "enhanced").glob("*.wav"))) == 3
     assert "pesq" in result.stdout.lower()
+
+
+def test_a_second_demo_keeps_the_enhanced_files_the_first_told_the_user_to_make(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "demo"
+    demo_workflow.prepare_demo_dir(run_dir)
+    enhanced = run_dir / "audio" / "enhanced"
+    enhanced.mkdir(parents=True)
+    (enhanced / "a.wav").write_bytes(b"the user's output")
+    demo_workflow.prepare_demo_dir(run_dir)
+    kept = tmp_path / "demo-enhanced" / "a.wav"
+    assert kept.read_bytes() == b"the user's output"
+    assert "Kept your" in capsys.readouterr().out
+    assert [p.name for p in run_dir.iterdir()] == [demo_workflow.MARKER_NAME]

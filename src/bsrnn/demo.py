@@ -72,7 +72,8 @@ def _refusal(run_dir: Path, found: str) -> UserError:
 def prepare_demo_dir(run_dir: Path) -> None:
     """Make ``run_dir`` an empty directory that carries the demo's mark, or refuse with UserError.
 
-    Deletes only what a previous demo made: a directory holding a regular ``.bsrnn-demo`` file.
+    Deletes only what a previous demo made: a directory holding a regular ``.bsrnn-demo`` file,
+    less ``audio/enhanced``, which the demo told the user to create and is moved aside first.
     A missing or empty directory is used as is; a symbolic link, a file, or a directory without
     the mark (which may hold a real run's checkpoints) is refused before anything changes.
     """
@@ -85,6 +86,7 @@ def prepare_demo_dir(run_dir: Path) -> None:
             marker = run_dir / MARKER_NAME
             if marker.is_symlink() or not marker.is_file():
                 raise _refusal(run_dir, f"exists and was not made by the demo (it has no {MARKER_NAME} file)")
+            _keep_user_output(run_dir)
             try:
                 shutil.rmtree(run_dir)  # does not follow symbolic links inside the directory
             except OSError as error:
@@ -94,6 +96,26 @@ def prepare_demo_dir(run_dir: Path) -> None:
                 ) from error
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
+
+
+USER_OUTPUT = Path("audio") / "enhanced"
+"""Where the demo's closing lines tell the user to write ``bsrnn enhance``'s output: the user's
+files, not the demo's, so a later demo keeps them."""
+
+
+def _keep_user_output(run_dir: Path) -> None:
+    """Move ``run_dir/audio/enhanced`` (made by the user, as the last demo suggested) out of the
+    directory the demo is about to replace, to a new sibling folder, and say where."""
+    output = run_dir / USER_OUTPUT
+    if output.is_symlink() or not output.is_dir() or not any(output.iterdir()):
+        return
+    target = run_dir.with_name(f"{run_dir.name}-enhanced")
+    copy = 2
+    while target.exists() or target.is_symlink():
+        target = run_dir.with_name(f"{run_dir.name}-enhanced-{copy}")
+        copy += 1
+    output.rename(target)
+    print(f"Kept your {output} (bsrnn enhance's output) as {target}: the demo replaces only what it made.")
 
 
 def _activation_command() -> str | None:
