@@ -39,6 +39,7 @@ from typing import Any
 
 from bsrnn.checkpoint import atomic
 from bsrnn.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointWriteError
+from bsrnn.checkpoint.index import trailer_digest
 from bsrnn.checkpoint.loading import BEST_NAME, LAST_NAME, LoadedCheckpoint, superseded_path, superseded_paths
 from bsrnn.checkpoint.reading import load_verified
 from bsrnn.checkpoint.signals import deferred_signals
@@ -92,6 +93,12 @@ def keep_states_at_risk(run_dir: Path, continuing: LoadedCheckpoint | None,
         path = run_dir / name
         if path.is_symlink() or not path.is_file():
             continue  # a rename replaces a link, never its target; the manager refuses other types
+        # Fast path, the requeue's: the digest the file's trailer records is the continued state's,
+        # or the best that state owns; then nothing is at risk and the file is not read whole.
+        recorded = trailer_digest(path)
+        if continuing is not None and recorded is not None and (
+                recorded == continuing.digest or (name == BEST_NAME and recorded == _owned_best(continuing))):
+            continue
         payload, digest, why = _read(path, accept)
         if continuing is not None and digest is not None and digest == continuing.digest:
             continue
@@ -129,6 +136,13 @@ def why_unusable(error: CheckpointError) -> str:
     if "not a bsrnn checkpoint" in text:
         return "foreign"
     return "incomplete"
+
+
+def _owned_best(continuing: LoadedCheckpoint) -> str | None:
+    """The digest of the best checkpoint the continued state records as its own (None if it does not)."""
+    record = continuing.get("monitor")
+    named = record.get("best_digest") if isinstance(record, Mapping) else None
+    return continuing.digest if named == THIS_FILE else named
 
 
 def _own_best(best: Mapping[str, Any], best_digest: str | None, continuing: LoadedCheckpoint) -> bool:
