@@ -306,7 +306,7 @@ def test_a_fifo_or_directory_named_like_a_run_file_is_refused_by_type_without_bl
     from bsrnn.errors import UserError
 
     os.mkfifo(tmp_path / name) if kind == "fifo" else (tmp_path / name).mkdir()
-    with pytest.raises(UserError, match=f"{name} is a {'FIFO' if kind == 'fifo' else 'directory'}; .*regular file"):
+    with pytest.raises(UserError, match=f"{name} is a {'FIFO' if kind == 'fifo' else 'folder'}; .*regular file"):
         RunFiles(tmp_path)
     assert not (tmp_path / ".lock").exists() and sorted(p.name for p in tmp_path.iterdir()) <= [LOG_NAME, METRICS_NAME]
 
@@ -318,7 +318,7 @@ def test_a_directory_named_config_toml_is_refused_as_such_not_as_a_full_disk(tmp
     (tmp_path / "config.toml").mkdir()
     files = RunFiles(tmp_path)
     try:
-        with pytest.raises(UserError, match="config.toml is a directory; .*regular file"):
+        with pytest.raises(UserError, match="config.toml is a folder; .*regular file"):
             files.write_config(Config())
     finally:
         files.close()

@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import stat
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import atomic
+from bsrnn.checkpoint.errors import CheckpointError
+from bsrnn.checkpoint.reading import open_regular_file
 from bsrnn.checkpoint.trailer import LONGEST_TRAILER, find_trailer
 
 INDEX_NAME = "checkpoint_index.json"
@@ -128,11 +129,13 @@ def _read_small_regular_file(path: Path) -> str:
     """The index's text, or ``OSError``/``ValueError`` for anything that is not a small regular
     file: it is read while the run directory's lock is held, so a FIFO planted there must not
     block it and a link to ``/dev/zero`` must not read until memory runs out."""
-    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
-    with open(fd, "rb") as handle:
-        found = os.fstat(handle.fileno())
-        if not stat.S_ISREG(found.st_mode) or found.st_size > INDEX_MAX_BYTES:
-            raise ValueError(f"{path} is not a checkpoint index (not a small regular file)")
+    try:
+        handle = open_regular_file(path)
+    except CheckpointError as error:
+        raise ValueError(str(error)) from error
+    with handle:
+        if os.fstat(handle.fileno()).st_size > INDEX_MAX_BYTES:
+            raise ValueError(f"{path} is not a checkpoint index (larger than {INDEX_MAX_BYTES} bytes)")
         return handle.read(INDEX_MAX_BYTES).decode("utf-8")
 
 

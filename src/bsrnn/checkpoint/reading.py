@@ -93,7 +93,7 @@ def file_kind(mode: int) -> str:
     return "a special file"
 
 
-def _open_regular_file(path: Path) -> io.FileIO:
+def open_regular_file(path: Path) -> io.FileIO:
     """Open ``path`` for reading only if it is a regular file (checked on the open descriptor).
 
     A FIFO would block the reader forever and a link to ``/dev/zero`` would read until memory
@@ -117,7 +117,7 @@ def _read_hashing(path: Path) -> tuple[Buffer, _Hashed | None]:
     is no well-formed trailer or when the file changed size while being read; ``_check_digest``
     then judges the bytes returned on their own, so only they are ever trusted.
     """
-    with _open_regular_file(path) as handle:
+    with open_regular_file(path) as handle:
         size = os.fstat(handle.fileno()).st_size
         trailer = None
         if size >= SHORTEST_TRAILER:

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import atomic, read_index
+from bsrnn.checkpoint.reading import file_kind
 from bsrnn.config import Config, to_toml
 from bsrnn.errors import RunFailedError, UserError
 from bsrnn.training.observers import Observer, describe_error
@@ -106,11 +107,8 @@ def open_in_run_dir(path: Path, flags: int, mode: int = 0o644) -> int:
 
 
 def _not_a_regular_file(path: Path, file_mode: int) -> UserError:
-    kind = ("a directory" if stat.S_ISDIR(file_mode) else "a FIFO" if stat.S_ISFIFO(file_mode)
-            else "a device" if stat.S_ISCHR(file_mode) or stat.S_ISBLK(file_mode)
-            else "a socket" if stat.S_ISSOCK(file_mode) else "not a regular file")
-    return UserError(f"{path} is {kind}; the run directory's {path.name} must be a regular file. Move it away "
-                     "(or choose another --run-dir) and run again.")
+    return UserError(f"{path} is {file_kind(file_mode)}; the run directory's {path.name} must be a regular file. "
+                     "Move it away (or choose another --run-dir) and run again.")
 
 
 def _unshare_hard_link(path: Path) -> None:
