@@ -166,8 +166,8 @@ from bsrnn.losses import (  # noqa: E402
     phase_of,
 )
 
-EVERYTHING_ON = Objective(complex_loss="compressed_mse", magnitude_loss="mse", phase_weight=0.3, time_weight=0.2,
-                          consistency_weight=0.1)
+EVERYTHING_ON = Objective(complex_loss="compressed_mse", magnitude_loss="mse", linear_weight=0.2, phase_weight=0.3,
+                          time_weight=0.2, consistency_weight=0.1)
 
 
 def _signal(batch: int = 2, samples: int = 4000, seed: int = 0) -> torch.Tensor:
@@ -190,6 +190,7 @@ def test_every_new_term_is_zero_when_the_estimate_is_the_clean_signal() -> None:
     audio = istft(spec, length=clean.shape[-1])
     loss = generator_loss(spec.clone(), spec, objective=EVERYTHING_ON, est_audio=audio, clean_audio=audio.clone())
     assert loss.ri.item() == 0.0 and loss.magnitude.item() == 0.0
+    assert loss.linear is not None and loss.linear.item() == 0.0
     assert loss.phase is not None and loss.phase.item() == 0.0
     assert loss.time is not None and loss.time.item() == 0.0
     # The STFT of the resynthesised signal is the spectrum again, up to float rounding.
@@ -202,19 +203,23 @@ def test_the_total_is_the_weighted_sum_and_the_reconstruction_leaves_out_the_gan
     est_audio = istft(est_spec, length=noisy.shape[-1])
     loss = generator_loss(est_spec, clean_spec, StandInDiscriminator(), (0.1, 0.9, 0.05), objective=EVERYTHING_ON,
                           est_audio=est_audio, clean_audio=clean)
-    terms = (loss.ri, loss.magnitude, loss.phase, loss.time, loss.consistency, loss.gan)
+    terms = (loss.ri, loss.magnitude, loss.linear, loss.phase, loss.time, loss.consistency, loss.gan)
     assert all(term is not None and term.item() > 0 for term in terms)
-    reconstruction = 0.1 * loss.ri + 0.9 * loss.magnitude + 0.3 * loss.phase + 0.2 * loss.time + 0.1 * loss.consistency
+    reconstruction = (0.1 * loss.ri + 0.9 * loss.magnitude + 0.2 * loss.linear + 0.3 * loss.phase + 0.2 * loss.time
+                      + 0.1 * loss.consistency)
     assert loss.reconstruction is not None
     assert loss.reconstruction.item() == pytest.approx(reconstruction.item(), rel=1e-6)
     assert loss.total.item() == pytest.approx(reconstruction.item() + 0.05 * loss.gan.item(), rel=1e-6)
-    assert {"loss_phase", "loss_time", "loss_consistency", "loss_gan"} <= set(loss.as_floats())
+    assert {"loss_linear", "loss_phase", "loss_time", "loss_consistency", "loss_gan"} <= set(loss.as_floats())
+    # The linear term beside a compressed complex term is the reference's complex loss.
+    reference_ri = generator_loss(est_spec, clean_spec).ri
+    assert loss.linear.item() == reference_ri.item()
 
 
 def test_the_reference_objective_computes_no_extra_term_and_its_reconstruction_is_its_total() -> None:
     est, clean = _specs()
     loss = generator_loss(est, clean)
-    assert (loss.phase, loss.time, loss.consistency) == (None, None, None)
+    assert (loss.linear, loss.phase, loss.time, loss.consistency) == (None, None, None, None)
     assert loss.reconstruction is loss.total
 
 

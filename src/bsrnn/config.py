@@ -197,6 +197,11 @@ class Config:
         "l1", "compressed magnitude loss (weight loss_weights[1]): 'l1' or 'mse'", choices=("l1", "mse"),
         role="recipe",
     )
+    linear_loss_weight: float = _field(
+        0.0, "weight of an L1 on linear complex spectra beside the complex loss (the reference's complex term; "
+        "it weights the loud, speech-dominated bins)",
+        role="recipe", check=WEIGHT,
+    )
     phase_loss_weight: float = _field(
         0.0, "weight of the anti-wrapping phase loss: instantaneous phase, group delay, instantaneous frequency",
         role="recipe", check=WEIGHT,

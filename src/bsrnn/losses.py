@@ -18,6 +18,9 @@ Ingredients (``Objective``; each one a config field, see RECIPES.md for what the
   The linear L1 is dominated by the loudest bins; in the compressed domain quiet speech and
   residual noise count, which is what PESQ hears.
 - ``magnitude_loss="mse"``: squared instead of absolute error on compressed magnitudes.
+- ``linear_weight``: the reference's L1 on linear complex spectra, added beside a compressed
+  complex term. The compressed terms weight every bin alike; the linear L1 weights the loud,
+  speech-dominated bins, which STOI and segmental SNR reward.
 - ``phase_weight``: the anti-wrapping phase losses of MP-SENet (Lu et al., 2023): instantaneous
   phase, group delay (difference along frequency) and instantaneous angular frequency
   (difference along time), each the mean of ``|x - 2 pi round(x / 2 pi)|``, so that a phase
@@ -95,6 +98,7 @@ class Objective:
 
     complex_loss: Literal["linear_l1", "compressed_mse"] = "linear_l1"
     magnitude_loss: Literal["l1", "mse"] = "l1"
+    linear_weight: float = 0.0
     phase_weight: float = 0.0
     time_weight: float = 0.0
     consistency_weight: float = 0.0
@@ -128,6 +132,8 @@ class GeneratorLoss:
     magnitude: torch.Tensor
     gan: torch.Tensor | None
     """``MSE(D(clean, est), 1)``; None while the GAN term is off."""
+    linear: torch.Tensor | None = None
+    """L1 on linear complex spectra beside a compressed complex term; None when not weighted."""
     phase: torch.Tensor | None = None
     """Instantaneous phase + group delay + instantaneous frequency; None when not weighted."""
     time: torch.Tensor | None = None
@@ -140,7 +146,7 @@ class GeneratorLoss:
     def as_floats(self) -> dict[str, float]:
         """Plain floats for a metrics line (synchronises with the device)."""
         values = {"loss": self.total.item(), "loss_ri": self.ri.item(), "loss_mag": self.magnitude.item()}
-        for key, term in (("loss_phase", self.phase), ("loss_time", self.time),
+        for key, term in (("loss_linear", self.linear), ("loss_phase", self.phase), ("loss_time", self.time),
                           ("loss_consistency", self.consistency), ("loss_gan", self.gan)):
             if term is not None:
                 values[key] = term.item()
@@ -239,6 +245,12 @@ def phase_losses(est_phase: torch.Tensor, clean_phase: torch.Tensor) -> tuple[to
     return instantaneous, group_delay, angular_frequency
 
 
+def linear_l1(est: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The reference's complex loss: mean modulus of the difference of linear spectra
+    (``nn.L1Loss`` on complex tensors computes the same)."""
+    return (est - target).abs().mean()
+
+
 def squared_error(est: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean squared modulus of a complex difference (twice MSE over the stacked real parts)."""
     difference = est - target
@@ -283,13 +295,15 @@ def generator_loss(
     if clean_mag is None:
         clean_mag = compressed_magnitude(clean_spec, exponent)
     if objective.complex_loss == "linear_l1":
-        # nn.L1Loss on complex tensors is the mean complex modulus of the difference.
-        loss_ri = (est_spec - clean_spec).abs().mean()
+        loss_ri = linear_l1(est_spec, clean_spec)
     else:
         loss_ri = squared_error(compressed_spectrum(est_spec, exponent), compressed_spectrum(clean_spec, exponent))
     loss_mag = F.l1_loss(est_mag, clean_mag) if objective.magnitude_loss == "l1" else F.mse_loss(est_mag, clean_mag)
     total = w_ri * loss_ri + w_mag * loss_mag
     terms: dict[str, torch.Tensor] = {}
+    if objective.linear_weight > 0:
+        terms["linear"] = linear_l1(est_spec, clean_spec)
+        total = total + objective.linear_weight * terms["linear"]
     if objective.phase_weight > 0:
         terms["phase"] = sum(phase_losses(phase_of(est_spec), phase_of(clean_spec)))  # type: ignore[assignment]
         total = total + objective.phase_weight * terms["phase"]

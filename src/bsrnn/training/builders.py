@@ -26,6 +26,7 @@ def objective_of(config: Config) -> Objective:
     return Objective(
         complex_loss=config.complex_loss,  # type: ignore[arg-type]
         magnitude_loss=config.magnitude_loss,  # type: ignore[arg-type]
+        linear_weight=config.linear_loss_weight,
         phase_weight=config.phase_loss_weight,
         time_weight=config.time_loss_weight,
         consistency_weight=config.consistency_loss_weight,
