@@ -39,6 +39,10 @@ class CheckpointCorruptError(CheckpointError):
         )
 
 
+class CheckpointIncompleteError(CheckpointCorruptError):
+    """The file reads, but lacks or malforms what a checkpoint holds (a registered state, a key)."""
+
+
 class CheckpointForeignError(CheckpointError):
     """The file is not a checkpoint this engine wrote, or it would need arbitrary code to load."""
 
@@ -49,6 +53,10 @@ class CheckpointForeignError(CheckpointError):
         if fix:
             message += f" {fix}"
         super().__init__(message)
+
+
+class CheckpointNewerFormatError(CheckpointForeignError):
+    """A bsrnn checkpoint in a format version newer than this code understands."""
 
 
 class CheckpointWriteError(CheckpointError):

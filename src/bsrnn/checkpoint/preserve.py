@@ -38,7 +38,14 @@ from pathlib import Path
 from typing import Any
 
 from bsrnn.checkpoint import atomic
-from bsrnn.checkpoint.errors import CheckpointCorruptError, CheckpointError, CheckpointWriteError
+from bsrnn.checkpoint.errors import (
+    CheckpointCorruptError,
+    CheckpointError,
+    CheckpointForeignError,
+    CheckpointIncompleteError,
+    CheckpointNewerFormatError,
+    CheckpointWriteError,
+)
 from bsrnn.checkpoint.index import trailer_digest
 from bsrnn.checkpoint.loading import BEST_NAME, LAST_NAME, LoadedCheckpoint, superseded_path, superseded_paths
 from bsrnn.checkpoint.reading import load_verified
@@ -127,13 +134,17 @@ def _read(path: Path, accept: Accept | None) -> tuple[dict[str, Any] | None, str
 
 
 def why_unusable(error: CheckpointError) -> str:
-    """One word for the name of a quarantined file: what is wrong with it."""
-    text = str(error)
-    if "newer" in text:
+    """One word for the name of a quarantined file: what is wrong with it, by the error's type
+    (never by its text, which names the file: a run directory called ``newer-runs`` must not make
+    a damaged file "newer-format"). A state the run cannot continue (``StateMismatchError`` from
+    the resume check) is "incomplete"."""
+    if isinstance(error, CheckpointNewerFormatError):
         return "newer-format"
+    if isinstance(error, CheckpointIncompleteError):
+        return "incomplete"
     if isinstance(error, CheckpointCorruptError):
-        return "incomplete" if "incomplete" in error.damage else "damaged"
-    if "not a bsrnn checkpoint" in text:
+        return "damaged"
+    if isinstance(error, CheckpointForeignError):
         return "foreign"
     return "incomplete"
 

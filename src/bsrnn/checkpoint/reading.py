@@ -23,6 +23,7 @@ import torch
 from bsrnn.checkpoint.errors import (
     CheckpointCorruptError,
     CheckpointForeignError,
+    CheckpointNewerFormatError,
     CheckpointNotFoundError,
     UnsafeTorchError,
 )
@@ -264,7 +265,7 @@ def unpickle(path: Path, data: Buffer, map_location: Any = "cpu") -> dict[str, A
         raise CheckpointForeignError(path, "its content is not a bsrnn checkpoint dictionary")
     version = payload.get("format_version")
     if not isinstance(version, int) or version > FORMAT_VERSION:
-        raise CheckpointForeignError(
+        raise CheckpointNewerFormatError(
             path,
             f"format version {version!r} is newer than this bsrnn understands ({FORMAT_VERSION})",
             "Upgrade bsrnn to read it.",

@@ -20,7 +20,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from bsrnn.checkpoint.errors import CheckpointCorruptError
+from bsrnn.checkpoint.errors import CheckpointIncompleteError
 
 
 def _is_int(value: Any) -> bool:
@@ -74,10 +74,10 @@ def structure_problems(payload: Mapping[str, Any]) -> list[str]:
 
 
 def check_structure(path: Path, payload: Mapping[str, Any]) -> None:
-    """Raise ``CheckpointCorruptError`` naming every problem of an incomplete checkpoint."""
+    """Raise ``CheckpointIncompleteError`` naming every problem of an incomplete checkpoint."""
     problems = structure_problems(payload)
     if problems:
-        raise CheckpointCorruptError(path, "incomplete or malformed (" + "; ".join(problems) + ")")
+        raise CheckpointIncompleteError(path, "incomplete or malformed (" + "; ".join(problems) + ")")
 
 
 def _describe(value: Any) -> str:
