@@ -15,7 +15,7 @@ from bsrnn.enhancement import enhance_segment
 from bsrnn.errors import ConfigError, DataError
 from bsrnn.models import BSRNN
 from bsrnn.models.bands import NUM_BINS
-from bsrnn.models.streaming import SpectrumStream
+from bsrnn.models.streaming import SpectrumStream, StatefulMask, stream_state_layout
 from bsrnn.streaming import LATENCY_MS, LATENCY_SAMPLES, WaveformStream
 from bsrnn.training.resume import reconcile
 from e2e import TINY, bsrnn, checkpoint
@@ -94,6 +94,24 @@ def test_spectrum_stream_equals_forward_frame_by_frame() -> None:
     assert last is not None
     with torch.no_grad():
         assert torch.allclose(torch.cat([*frames, last], dim=-1), model(spec), atol=1e-5)
+
+
+def test_the_carry_as_named_tensors_gives_the_masks_of_the_whole_signal() -> None:
+    """``StatefulMask``, the ONNX streaming step before export: the state in and out as tensors."""
+    model = tiny_generator(causal=True)
+    for layer in [*model.time_layers, *model.band_layers]:
+        layer.cpu_rows_per_thread = 0  # one LSTM call, as the export's copy runs
+    step = StatefulMask(model)
+    spec = torch.view_as_real(torch.randn(2, NUM_BINS, 9, dtype=torch.complex64))
+    state = [torch.zeros(shape, dtype=dtype) for shape, dtype in stream_state_layout(8, 1, batch=2).values()]
+    masks = []
+    with torch.no_grad():
+        for start, stop in [(0, 1), (1, 4), (4, 5), (5, 9)]:
+            mask, *state = step(spec[:, :, start:stop], *state)
+            masks.append(mask)
+        whole = model.real_mask(spec)
+    assert (torch.cat(masks, dim=2) - whole).abs().max() <= 1e-5 * whole.abs().max()
+    assert state[-1].tolist() == [9.0]  # frames_seen
 
 
 def test_a_non_causal_model_cannot_stream_and_a_stream_shorter_than_a_frame_is_refused() -> None:

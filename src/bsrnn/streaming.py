@@ -15,8 +15,9 @@ The framing is the offline one, computed without looking further ahead than it m
   only on the last 129, so it is built by ``flush``. Frame ``t`` is ``Q[128 t : 128 t + 512]``,
   computed (``torch.stft`` on exactly those samples) as soon as they are there.
 - The network runs on each new block of frames, carrying its LSTM states and running moments
-  (``bsrnn.models.streaming.SpectrumStream``); enhanced frame ``t`` is final one frame later,
-  when the three-tap mask's next frame is known.
+  (``bsrnn.models.streaming.SpectrumStream``; the network is a PyTorch ``BSRNN`` or an exported
+  model's streaming step in ONNX Runtime, ``bsrnn.onnx_model``); enhanced frame ``t`` is final one
+  frame later, when the three-tap mask's next frame is known.
 - Synthesis is ``torch.istft``'s: each enhanced frame's inverse FFT, windowed, is added into an
   overlap-add buffer together with the squared window, and a sample is divided by its window
   sum once no later frame can reach it.
@@ -38,7 +39,7 @@ import torch
 from bsrnn.audio import HOP_LENGTH, N_FFT, SAMPLE_RATE, hann_window
 from bsrnn.errors import DataError
 from bsrnn.models import BSRNN
-from bsrnn.models.streaming import SpectrumStream
+from bsrnn.models.streaming import MaskStep, SpectrumStream
 
 LATENCY_SAMPLES = N_FFT + HOP_LENGTH
 """Algorithmic latency of a stream at 16 kHz: the analysis window plus the mask's one-frame look-ahead."""
@@ -61,15 +62,16 @@ def reflect_padding(edge: np.ndarray, side: str) -> np.ndarray:
 
 
 class WaveformStream:
-    """A causal ``model`` enhancing one mono 16 kHz signal chunk by chunk (see the module docstring).
+    """A causal network enhancing one mono 16 kHz signal chunk by chunk (see the module docstring).
 
-    ``model`` is the network to run (a float32 ``BSRNN`` in eval mode, or its int8 copy);
-    ``context`` what each network call runs under (a bfloat16 autocast for ``bf16``).
+    ``network`` is the network to run: a float32 ``BSRNN`` in eval mode or its int8 copy, or any
+    ``MaskStep`` made for this stream (``bsrnn.onnx_model.OnnxMaskStep``: ONNX Runtime); ``context``
+    what each call of a ``BSRNN`` runs under (a bfloat16 autocast for ``bf16``).
     """
 
-    def __init__(self, model: BSRNN, device: torch.device | str = "cpu",
+    def __init__(self, network: BSRNN | MaskStep, device: torch.device | str = "cpu",
                  context: Callable[[], AbstractContextManager[object]] = nullcontext) -> None:
-        self.frames = SpectrumStream(model, context)  # refuses a non-causal model
+        self.frames = SpectrumStream(network, context)  # refuses a non-causal model
         self.device = torch.device(device)
         self.window = hann_window(self.device)
         self.window_squared = self.window.cpu().numpy() ** 2

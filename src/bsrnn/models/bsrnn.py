@@ -162,6 +162,9 @@ class ResidualRNNLayer(nn.Module):
     def _carried_lstm(self, out: torch.Tensor, group: int, carry: Carry) -> torch.Tensor:
         """LSTM + Linear from the carried ``(h, c)`` (zeros at the start), keeping the new one."""
         state = carry.get("lstm")
+        if group >= out.shape[0]:  # one call: the state passes whole (what a traced graph must see, any row count)
+            result, carry["lstm"] = self.lstm(out, state)
+            return self.fc(result)
         starts = range(0, out.shape[0], group)
         results, hidden, cell = [], [], []
         for start in starts:

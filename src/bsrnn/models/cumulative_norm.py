@@ -33,12 +33,13 @@ class RunningMoments:
 
     ``total`` and ``total_squares``: float64 sums of the features and of their squares over all
     frames so far, shaped like the input with the time and feature axes of size 1; ``frames``:
-    how many frames they cover.
+    how many frames they cover (an integer, or a float64 tensor where the state is explicit
+    tensors: ``bsrnn.models.streaming.stream_state_layout``).
     """
 
     total: torch.Tensor
     total_squares: torch.Tensor
-    frames: int
+    frames: int | torch.Tensor
 
 
 def cumulative_layer_norm(x: torch.Tensor, time_dim: int, feature_dims: tuple[int, ...], eps: float,
