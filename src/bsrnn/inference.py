@@ -5,7 +5,7 @@ from bsrnn import Enhancer
 
 enhancer = Enhancer.load("runs/ab5")          # run directory, checkpoint, .safetensors bundle or .onnx
 clean = enhancer.enhance(noisy, rate)         # same rate, shape and length out
-stream = enhancer.stream(rate)                # causal models only
+stream = enhancer.stream(rate)                # causal models only (a checkpoint, bundle or .onnx)
 out = stream.process(chunk)                   # any chunk size; returns what is final
 out = stream.flush()                          # the rest
 enhancer.latency_ms                           # 40.0 for a causal model, None otherwise
@@ -23,7 +23,8 @@ with the fix (``audio.T``): guessing the orientation would enhance the wrong axi
 A stream is mono; stream each channel through its own ``stream()``.
 
 Streams: only a causal model (trained with ``causal = true``) can run as a stream; the reference
-model normalises with statistics of the whole signal. At 16 kHz a stream's output equals the
+model normalises with statistics of the whole signal. A causal ``.onnx`` model streams through its
+streaming step in ONNX Runtime (``bsrnn.onnx_model``), in the same stream code as a PyTorch model. At 16 kHz a stream's output equals the
 offline output of the whole signal up to float32 rounding, with 40 ms of algorithmic latency
 (``bsrnn.streaming``); ``enhance`` cuts signals longer than 30 s into cross-faded chunks, so
 there the stream, not ``enhance``, is the whole-signal output. At any other rate it resamples the chunks with libsoxr's streaming
@@ -36,8 +37,6 @@ engine's ``CheckpointError``s, with messages in this API's terms.
 
 from __future__ import annotations
 
-from collections.abc import Callable
-from contextlib import AbstractContextManager, nullcontext
 from functools import partial
 from pathlib import Path
 
@@ -55,6 +54,8 @@ from bsrnn.enhancement import (
 )
 from bsrnn.errors import UserError
 from bsrnn.models import BSRNN
+from bsrnn.models.streaming import MaskStep, TorchMaskStep
+from bsrnn.onnx_model import OnnxSpectrumEnhancer
 from bsrnn.streaming import LATENCY_MS, WaveformStream
 
 LOAD_CHOICES = ("auto", "best", "last")
@@ -133,13 +134,8 @@ class Enhancer:
         return channels[0] if audio.ndim == 1 else np.stack(channels)
 
     def check_can_stream(self) -> None:
-        """Refuse, with the reason, a model that cannot stream (a non-causal one, an ONNX one); cheap."""
-        if self.generator.model is None:
-            raise UserError(
-                f"{self.generator.path}: expected a PyTorch model to stream, found an ONNX model: ONNX Runtime runs "
-                "it on whole spectrograms, without the state a stream carries between hops. Fix: stream with "
-                "the checkpoint or bundle it was exported from, or enhance the whole signal"
-            )
+        """Refuse, with the reason, a model that cannot stream (a non-causal one, an ONNX file without a
+        streaming step); cheap."""
         if not self.causal:
             raise UserError(
                 f"{self.generator.path}: expected a causal model to stream, found the reference (non-causal) "
@@ -147,25 +143,34 @@ class Enhancer:
                 "depends on the end of the recording. Fix: enhance the whole signal without streaming, or "
                 "use a model trained with causal = true"
             )
+        if self.generator.model is None and not getattr(self.generator.prepared, "can_stream", False):
+            raise UserError(
+                f"{self.generator.path}: expected an ONNX model with a streaming step, found a causal model "
+                "exported without one (by a bsrnn from before ONNX streaming): ONNX Runtime can run it on whole "
+                "spectrograms only. Fix: export the checkpoint again with this bsrnn, or stream with the "
+                "checkpoint or bundle it was exported from"
+            )
 
     def stream(self, rate: int = SAMPLE_RATE) -> EnhancerStream:
         """A stream enhancing one mono signal at ``rate`` chunk by chunk; causal models only."""
         self.check_can_stream()
         check_rate(rate)
-        network, context = self._streaming_network()
-        return EnhancerStream(WaveformStream(network, self.device, context), rate)
+        return EnhancerStream(WaveformStream(self._mask_step(), self.device), rate)
 
-    def _streaming_network(self) -> tuple[BSRNN, Callable[[], AbstractContextManager[object]]]:
-        """The network a stream calls at this precision, and what each call runs under: the
-        same arithmetic as ``prepare_for_inference`` gives the offline path."""
+    def _mask_step(self) -> MaskStep:
+        """A fresh network step for one stream at this precision: the same arithmetic as
+        ``prepare_for_inference`` gives the offline path; for an ONNX model, its streaming step in
+        ONNX Runtime."""
         generator = self.generator
-        assert generator.model is not None  # check_can_stream
+        if generator.model is None:  # an ONNX model (check_can_stream: with a streaming step)
+            assert isinstance(generator.prepared, OnnxSpectrumEnhancer)
+            return generator.prepared.stream_step()
         if generator.precision == "bf16":
-            return generator.model, partial(torch.autocast, self.device.type, dtype=torch.bfloat16)
+            return TorchMaskStep(generator.model, partial(torch.autocast, self.device.type, dtype=torch.bfloat16))
         if generator.precision == "int8":
             assert isinstance(generator.prepared, BSRNN)  # the quantized copy
-            return generator.prepared, nullcontext
-        return generator.model, nullcontext
+            return TorchMaskStep(generator.prepared)
+        return TorchMaskStep(generator.model)
 
 
 class EnhancerStream:

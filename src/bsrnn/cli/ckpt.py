@@ -40,7 +40,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                             description="Write the generator's weights (no optimizer state) as a "
                             ".safetensors bundle whose metadata holds the architecture, the signal front end "
                             "and the source checkpoint; or, with --format onnx, the spectrum-to-spectrum network "
-                            "as an ONNX model with the same metadata (needs pip install 'bsrnn[onnx]'). "
+                            "as an ONNX model with the same metadata, and for a causal model its streaming step "
+                            "(needs pip install 'bsrnn[onnx]'). "
                             "`bsrnn enhance` and `evaluate` accept either in place of a run directory. From a run "
                             "directory it takes the checkpoint they would use.")
     export.add_argument("checkpoint", type=Path, help="a checkpoint file or a run directory")
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_load_argument(export)
     export.add_argument("--format", choices=["safetensors", "onnx"], default="safetensors",
                         help="safetensors (default): the weights, for bsrnn; onnx: the network as an ONNX graph "
-                             "(input spectrum [batch, 257, frames, 2], real and imaginary), for ONNX Runtime")
+                             "(input spectrum [batch, 257, frames, 2], real and imaginary; a causal model also "
+                             "holds a streaming step with its state as tensors), for ONNX Runtime")
     add_overwrite_argument(export, "the --out bundle")
     export.set_defaults(_action=_export)
 
@@ -129,9 +131,11 @@ def _export(args: argparse.Namespace) -> int:
         from bsrnn.enhancement import generator_of
         from bsrnn.onnx_model import export_onnx
 
-        export_onnx(generator_of(loaded)[0], loaded, args.out, overwrite=args.overwrite)
+        generator = generator_of(loaded)[0]
+        export_onnx(generator, loaded, args.out, overwrite=args.overwrite)
+        stream = " (--stream too: it holds the streaming step)" if generator.causal else ""
         print(f"Wrote the generator as an ONNX model to {args.out} (from {loaded.path}); use it with "
-              f"`bsrnn enhance {args.out} ...` or ONNX Runtime")
+              f"`bsrnn enhance {args.out} ...`{stream} or ONNX Runtime")
         return 0
     count = write_bundle(loaded, args.out, overwrite=args.overwrite)
     print(f"Wrote {count} generator tensors to {args.out} (from {loaded.path}: {reason}); use it with "

@@ -7,7 +7,8 @@ Each output keeps its input's file name and format in ``--out``: ``x.flac`` give
 Vorbis). ``--pcs`` adds perceptual contrast stretching after the network
 (``bsrnn.pcs.perceptual_contrast_stretch``); names and formats are the same. ``--stream`` feeds
 each file to a causal model one hop (8 ms) at a time, through the streaming path a real-time
-system would use; the output equals the offline one within float32 rounding.
+system would use (a causal ``.onnx`` model: its streaming step, in ONNX Runtime); the output equals
+the offline one within float32 rounding.
 
 The command is a thin layer over ``bsrnn.inference.Enhancer``: one loading, one enhancement path
 for files and arrays, the same refusals.
@@ -93,8 +94,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_pcs_argument(parser)
     parser.add_argument("--stream", action="store_true",
                         help="process each file hop by hop (128 samples) through the streaming path, as a "
-                             "real-time system would: causal models only (`bsrnn train --causal`), 40 ms "
-                             "latency; the output equals the offline output within float32 rounding")
+                             "real-time system would: causal models only (`bsrnn train --causal`; a checkpoint, "
+                             "bundle or .onnx model), 40 ms latency; the output equals the offline output within "
+                             "float32 rounding")
     add_overwrite_argument(parser, "files in --out")
 
 
@@ -188,7 +190,8 @@ def run(args: argparse.Namespace) -> int:
         if args.pcs:
             inform(args, PCS_ON)
         if args.stream:
-            inform(args, f"Streaming hop by hop through the causal model ({enhancer.latency_ms:g} ms latency)")
+            runtime = " in ONNX Runtime" if enhancer.generator.model is None else ""
+            inform(args, f"Streaming hop by hop through the causal model{runtime} ({enhancer.latency_ms:g} ms latency)")
         inform(args, f"Enhancing {len(usable)} file(s)" if len(usable) == len(files) else
                f"Enhancing {len(usable)} of {len(files)} file(s); the others are skipped (see above)")
         try:
