@@ -24,8 +24,8 @@ A stream is mono; stream each channel through its own ``stream()``.
 
 Streams: only a causal model (trained with ``causal = true``) can run as a stream; the reference
 model normalises with statistics of the whole signal. A causal ``.onnx`` model streams through its
-streaming step in ONNX Runtime (``bsrnn.onnx_model``), in the same stream code as a PyTorch model. At 16 kHz a stream's output equals the
-offline output of the whole signal up to float32 rounding, with 40 ms of algorithmic latency
+streaming step in ONNX Runtime (``bsrnn.onnx_model``), in the same stream code as a PyTorch model.
+At 16 kHz a stream's output equals the offline output of the whole signal up to float32 rounding, with 40 ms of algorithmic latency
 (``bsrnn.streaming``); ``enhance`` cuts signals longer than 30 s into cross-faded chunks, so
 there the stream, not ``enhance``, is the whole-signal output. At any other rate it resamples the chunks with libsoxr's streaming
 resampler on the way in and out (exact for a signal taken whole, but a different filter from
