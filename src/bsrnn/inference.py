@@ -25,8 +25,8 @@ A stream is mono; stream each channel through its own ``stream()``.
 Streams: only a causal model (trained with ``causal = true``) can run as a stream; the reference
 model normalises with statistics of the whole signal. A causal ``.onnx`` model streams through its
 streaming step in ONNX Runtime (``bsrnn.onnx_model``), in the same stream code as a PyTorch model.
-At 16 kHz a stream's output equals the offline output of the whole signal up to float32 rounding, with 40 ms of algorithmic latency
-(``bsrnn.streaming``); ``enhance`` cuts signals longer than 30 s into cross-faded chunks, so
+At 16 kHz a stream's output equals the offline output of the whole signal up to float32 rounding,
+with 40 ms of algorithmic latency (``bsrnn.streaming``); ``enhance`` cuts signals longer than 30 s into cross-faded chunks, so
 there the stream, not ``enhance``, is the whole-signal output. At any other rate it resamples the chunks with libsoxr's streaming
 resampler on the way in and out (exact for a signal taken whole, but a different filter from
 the offline path's polyphase one), which adds its own delay to the latency.
@@ -55,7 +55,7 @@ from bsrnn.enhancement import (
 from bsrnn.errors import UserError
 from bsrnn.models import BSRNN
 from bsrnn.models.streaming import MaskStep, TorchMaskStep
-from bsrnn.onnx_model import OnnxSpectrumEnhancer
+from bsrnn.onnx_model import OnnxSpectrumEnhancer, require
 from bsrnn.streaming import LATENCY_MS, WaveformStream
 
 LOAD_CHOICES = ("auto", "best", "last")
@@ -150,6 +150,8 @@ class Enhancer:
                 "spectrograms only. Fix: export the checkpoint again with this bsrnn, or stream with the "
                 "checkpoint or bundle it was exported from"
             )
+        if self.generator.model is None:
+            require("onnx")  # builds the step from the file (stream_step_model): missing, say so now
 
     def stream(self, rate: int = SAMPLE_RATE) -> EnhancerStream:
         """A stream enhancing one mono signal at ``rate`` chunk by chunk; causal models only."""
