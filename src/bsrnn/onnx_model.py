@@ -244,16 +244,16 @@ def _without_shared_weights(step: Any, main: Any) -> str:
     return base64.b64encode(graph.SerializeToString()).decode("ascii")
 
 
-def stream_step_model(main: Any) -> Any:
+def stream_step_model(main: Any, where: Path | str | None = None) -> Any:
     """The streaming step of a causal model's file as a runnable ``onnx.ModelProto``: the graph
     in its metadata (``STREAM_KEY``) with the weights it shares taken from the main graph.
-    ``main``: the file's path or its ``onnx.ModelProto``. ``onnx.save`` the result to run the step
+    ``main``: the file's path or its ``onnx.ModelProto`` (``where``: its path, for messages). ``onnx.save`` the result to run the step
     without bsrnn (inputs and outputs: the module docstring). UserError if there is no step."""
     onnx = require("onnx")
     path = main if isinstance(main, (str, Path)) else None
     if path is not None:
         main = onnx.load(str(path))
-    where = path if path is not None else "the ONNX model"
+    where = path if path is not None else where if where is not None else "the ONNX model"
     encoded = {entry.key: entry.value for entry in main.metadata_props}.get(STREAM_KEY)
     if encoded is None:
         raise UserError(f"{where}: expected a streaming step (metadata {STREAM_KEY!r}), found none: it is a "
@@ -310,7 +310,7 @@ class OnnxSpectrumEnhancer:
             raise UserError(f"{self.path}: expected a causal ONNX model with a streaming step, found none")
         if self._stream_session is None:
             onnx = require("onnx")
-            step = stream_step_model(onnx.load_from_string(self.model_bytes))
+            step = stream_step_model(onnx.load_from_string(self.model_bytes), self.path)
             self._stream_session = _session(step.SerializeToString(), stream=True)
         config = json.loads(self.metadata.get("model", "{}"))
         return OnnxMaskStep(self._stream_session, int(config.get("num_channel", 64)),
