@@ -1,10 +1,12 @@
 """``make demo``: the whole workflow on the built-in demo set, in a minute or two on 2 CPU cores.
 
 Runs the real commands, in subprocesses, and shows each one before it runs:
-1. ``bsrnn train --demo`` with a small model; after a few steps the demo sends SIGTERM, as a
-   cluster preemption would: the trainer finishes the step, saves, and exits 143;
+1. ``bsrnn train --demo`` with a small model (``SMALL_MODEL``: 20 epochs of 12 steps); after a
+   few steps the demo sends SIGTERM, as a cluster preemption would: the trainer finishes the
+   step, saves, and exits 143;
 2. the same command with ``--resume``: the resume summary, then training to the end;
-3. ``bsrnn ckpt verify`` and ``bsrnn evaluate`` on the demo test set;
+3. ``bsrnn ckpt verify``, and ``bsrnn evaluate`` on the demo test set: the enhanced files beat
+   the noisy input on every metric it prints (``tests/test_demo.py`` checks each by a margin);
 4. ``bsrnn plot``; and where everything is, with the commands to try ``enhance`` and ``score``
    on a few demo utterances written as WAV files into ``RUN_DIR/audio``.
 
@@ -36,7 +38,17 @@ _MARKER_TEXT = (
     "Delete this file to keep the directory: the demo then refuses to touch it.\n"
 )
 SMALL_MODEL = ["--num-channel", "16", "--num-layer", "2", "--batch-size", "4", "--cut-len", "16000",
-               "--epochs", "2", "--log-interval", "4", "--seed", "0"]
+               "--epochs", "20", "--recipe", "improved", "--init-lr", "6e-3", "--time-loss-weight", "1.0",
+               "--log-interval", "6", "--seed", "0"]
+"""The demo's training: a 16-channel, 2-layer model, 20 epochs of 12 steps (about a minute on 2
+loaded CPU cores), with the ``improved`` recipe at a learning rate of 6e-3 and a waveform loss of
+weight 1.0 (the recipe's 1e-3 learned half as much PESQ in 10 epochs as 3e-3; 1.0 instead of 0.2
+added STOI and SI-SDR). Mean improvement over the noisy input on the demo test set, measured:
+the earlier 2 epochs of the reference recipe, PESQ -0.05, STOI -0.10, SI-SDR -7.3 dB; these
+settings, PESQ +0.84, STOI +0.050, SI-SDR +4.5 dB, and every other metric improves too (the
+same training with seeds 1-4: at least +0.66, +0.059, +5.3 dB)."""
+PREEMPT_AFTER_STEP = 6
+"""The first logged training step (``--log-interval``): the demo sends SIGTERM once it is logged."""
 
 
 def _bsrnn(*args: str) -> list[str]:
@@ -168,7 +180,8 @@ def _demo(run_dir: Path) -> int:
     _show(train)
     process = subprocess.Popen(train)
     deadline = time.monotonic() + 600
-    while process.poll() is None and _steps_logged(run_dir) < 8 and time.monotonic() < deadline:
+    while (process.poll() is None and _steps_logged(run_dir) < PREEMPT_AFTER_STEP
+           and time.monotonic() < deadline):
         time.sleep(0.2)
     if process.poll() is None:
         print("\n[demo] sending SIGTERM, as a cluster scheduler would", flush=True)

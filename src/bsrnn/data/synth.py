@@ -48,9 +48,23 @@ class Speaker:
     """Formant scale: above 1 a shorter vocal tract (higher formants)."""
 
 
-def random_speaker(rng: np.random.Generator) -> Speaker:
-    """A voice with median pitch 95-210 Hz and a matching tract length, with some spread."""
-    f0 = float(rng.uniform(95.0, 210.0))
+PITCH_RANGE_HZ: tuple[float, float] = (95.0, 210.0)
+"""The median pitches a synthetic voice can have."""
+
+
+def random_speaker(rng: np.random.Generator, pitch_slice: tuple[int, int] | None = None) -> Speaker:
+    """A voice with median pitch 95-210 Hz and a matching tract length, with some spread.
+
+    ``pitch_slice=(k, n)`` draws the pitch from the ``k``-th of ``n`` equal slices of that range
+    (0-based), so that ``n`` voices made with ``k = 0 .. n-1`` span it, low voices to high.
+    """
+    low, high = PITCH_RANGE_HZ
+    if pitch_slice is not None:
+        k, n = pitch_slice
+        if not 0 <= k < n:
+            raise ValueError(f"pitch_slice must be (k, n) with 0 <= k < n, got {pitch_slice}")
+        low, high = low + (high - low) * k / n, low + (high - low) * (k + 1) / n
+    f0 = float(rng.uniform(low, high))
     tract = 0.92 + 0.2 * (f0 - 95.0) / 115.0 + float(rng.uniform(-0.04, 0.04))
     return Speaker(f0=f0, tract=tract)
 
