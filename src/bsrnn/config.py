@@ -400,10 +400,11 @@ class Config:
 
     def recipe_overrides(self) -> list[str]:
         """The ingredient fields whose values differ from this config's recipe, as 'field: value'."""
-        preset = recipe_values(self.recipe)
-        if preset["gan_start_epoch"] is None:  # the recipe's "half of epochs", as a run fixes it
-            preset["gan_start_epoch"] = self.replace(gan_start_epoch=None).gan_epoch
-        current = self.to_dict()
+        preset, current = recipe_values(self.recipe), self.to_dict()
+        half = self.replace(gan_start_epoch=None).gan_epoch
+        for values in (preset, current):  # unset is "half of epochs", as a run fixes it
+            if values["gan_start_epoch"] is None:
+                values["gan_start_epoch"] = half
         return [f"{key}: {current[key]!r}" for key in RECIPE_FIELDS if current[key] != preset[key]]
 
     def to_dict(self) -> dict[str, Any]:
