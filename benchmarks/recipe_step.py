@@ -13,7 +13,8 @@ recipe are printed, with the CPU and the load average.
     OMP_NUM_THREADS=1 .venv/bin/python benchmarks/recipe_step.py --data-dir ../shared/corpus \\
         --recipes reference,improved --threads 1 --steps 20
 
-``--set recipe:field=value`` changes one field of one recipe (repeatable), e.g.
+``--set name:field=value`` changes one field of one entry of ``--recipes`` (repeatable); a name
+like ``improved+A`` is the recipe before the ``+``, so candidates sit beside their recipe, e.g.
 ``--set improved:linear_loss_weight=0.2``, to time a candidate before it is written into a recipe.
 """
 
