@@ -99,30 +99,25 @@ def main(argv: list[str] | None = None) -> int:
     print(f"load average before: {load_average()}")
 
     pool = start_pesq_pool(args.pesq_workers)
-    timings = Timings()
+    timings = Timings()  # replaced after the warm-up; the steps read it when they run
     context = DistributedContext()
     tasks = {}
     try:
         for name in names:
-            recipe = name.split("+")[0]
-            config = Config.from_recipe(recipe, num_channel=args.num_channel, num_layer=args.num_layer,
-                                        **sets.get(name, {}))
+            config = Config.from_recipe(name.split("+")[0], num_channel=args.num_channel,
+                                        num_layer=args.num_layer, **sets.get(name, {}))
             nets = build_networks(config, torch.device("cpu"))
-            objective = objective_of(config)
-            recording = {"on": False}
 
-            def step(nets=nets, config=config, objective=objective, name=name, recording=recording) -> None:
+            def step(nets=nets, config=config, objective=objective_of(config), name=name) -> None:
                 started = time.perf_counter()
                 train_step(nets, clean, noisy, use_gan=args.gan, loss_weights=list(config.loss_weights),
                            grad_clip=config.grad_clip, pesq_pool=pool, context=context, objective=objective)
-                if recording["on"]:
-                    timings.add(name, time.perf_counter() - started)
+                timings.add(name, time.perf_counter() - started)
 
-            tasks[name] = (step, recording)
-        round_robin(args.warmup, {name: task for name, (task, _) in tasks.items()})
-        for _, recording in tasks.values():
-            recording["on"] = True
-        round_robin(args.steps, {name: task for name, (task, _) in tasks.items()})
+            tasks[name] = step
+        round_robin(args.warmup, tasks)
+        timings = Timings()
+        round_robin(args.steps, tasks)
     finally:
         pool.close()
 
