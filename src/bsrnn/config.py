@@ -215,6 +215,12 @@ class Config:
         0.3, "power-law exponent of the compressed magnitudes (losses, discriminator input)",
         role="recipe", check=(lambda value: 0 < value <= 1, "a finite number in (0, 1] (e.g. 0.3; 1: no compression)"),
     )
+    pcs_target: bool = _field(
+        False, "train towards perceptually contrast-stretched clean spectra (Chao et al. 2022; at the clean's "
+        "energy): the generator learns the contrast that enhance --pcs would add afterwards; the discriminator "
+        "and PESQ still use the real clean",
+        role="recipe",
+    )
     metric_target: str = _field(
         "reference", "discriminator's PESQ target: 'reference' (PESQ+0.5)/5 or 'normalized' (PESQ-1)/3.5",
         choices=("reference", "normalized"),

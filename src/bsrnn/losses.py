@@ -30,6 +30,13 @@ Ingredients (``Objective``; each one a config field, see RECIPES.md for what the
 - ``consistency_weight``: the STFT of the enhanced waveform against the enhanced spectrum
   (compressed, mean squared modulus). A masked spectrum need not be the STFT of any signal;
   this term pulls it towards one, so what is scored (the waveform) is what was optimised.
+- ``pcs_target``: every reconstruction term aims at the perceptually contrast-stretched clean
+  spectrum (``bsrnn.pcs.stretched_target``, at the clean's energy) instead of the clean one, as
+  Chao et al. (Interspeech 2022) train. The discriminator still scores against the real clean
+  signal (its input pair and PESQ reference), so the GAN term still means "sounds like clean
+  speech to PESQ". The caller stretches (``bsrnn.training.steps``); this module only learns the
+  targets it is given, and ``generator_loss(discriminator_clean_mag=...)`` keeps the GAN term's
+  condition on the real clean.
 - ``metric_target="normalized"``: the discriminator learns ``(PESQ - 1) / 3.5`` (MP-SENet's
   mapping of the 1..4.5 range onto 0..1) instead of ``(PESQ + 0.5) / 5``.
 - ``disc_noisy_term``: the discriminator's third term, as the reference has it
@@ -104,6 +111,7 @@ class Objective:
     time_weight: float = 0.0
     consistency_weight: float = 0.0
     compress_factor: float = COMPRESSION_EXPONENT
+    pcs_target: bool = False
     metric_target: Literal["reference", "normalized"] = "reference"
     disc_noisy_term: Literal["enhanced", "clean", "off"] = "enhanced"
 
@@ -279,6 +287,7 @@ def generator_loss(
     objective: Objective = REFERENCE_OBJECTIVE,
     est_audio: torch.Tensor | None = None,
     clean_audio: torch.Tensor | None = None,
+    discriminator_clean_mag: torch.Tensor | None = None,
 ) -> GeneratorLoss:
     """The generator loss for complex spectra [B, 257, T].
 
@@ -287,7 +296,9 @@ def generator_loss(
     in when the caller already has them (they are needed again for the discriminator step);
     they must use ``objective.compress_factor``. ``est_audio`` (``istft(est_spec)`` with its
     gradient) and ``clean_audio`` [B, samples] are needed only for the time and consistency
-    terms. A term whose weight is 0 is not computed at all.
+    terms. A term whose weight is 0 is not computed at all. ``clean_*`` are the targets;
+    ``discriminator_clean_mag`` is the clean input of the GAN term's ``D(clean, est)`` when it
+    differs from the target's (stretched targets, ``Objective.pcs_target``), else ``clean_mag``.
     """
     w_ri, w_mag, w_gan = _check_weights(weights)
     exponent = objective.compress_factor
@@ -320,7 +331,8 @@ def generator_loss(
         total = total + objective.consistency_weight * terms["consistency"]
     if discriminator is None:
         return GeneratorLoss(total=total, ri=loss_ri, magnitude=loss_mag, gan=None, reconstruction=total, **terms)
-    prediction = discriminator(clean_mag, est_mag).flatten()
+    condition = clean_mag if discriminator_clean_mag is None else discriminator_clean_mag
+    prediction = discriminator(condition, est_mag).flatten()
     loss_gan = F.mse_loss(prediction, torch.ones_like(prediction))
     return GeneratorLoss(total=total + w_gan * loss_gan, ri=loss_ri, magnitude=loss_mag, gan=loss_gan,
                          reconstruction=total, **terms)

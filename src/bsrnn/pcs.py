@@ -1,11 +1,13 @@
-"""Perceptual contrast stretching (PCS): a post-filter on an enhanced spectrum, at inference.
+"""Perceptual contrast stretching (PCS): of an enhanced spectrum at inference, or of the
+training targets.
 
 Chao et al., "Perceptual Contrast Stretching on Target Feature for Speech Enhancement"
 (Interspeech 2022). A module of its own because it is signal processing on a spectrum, with
-its own published table, and knows nothing about checkpoints or chunking: ``bsrnn enhance``
-and ``bsrnn evaluate`` apply it to each chunk's enhanced spectrum when ``--pcs`` is given
-(``enhancement.enhance_waveform(pcs=True)``). Off by default; RECIPES.md has what it does to
-PESQ and STOI.
+its own published table, and knows nothing about checkpoints, chunking or losses: ``bsrnn
+enhance`` and ``bsrnn evaluate`` apply it to each chunk's enhanced spectrum when ``--pcs`` is
+given (``enhancement.enhance_waveform(pcs=True)``), and a run with ``pcs_target`` trains the
+generator towards stretched clean spectra (``stretched_target``), so that its own output is
+stretched. Both off by default; RECIPES.md has what each does to PESQ and STOI.
 """
 
 from __future__ import annotations
@@ -76,9 +78,8 @@ def perceptual_contrast_stretch(spectrum: torch.Tensor, exponents: torch.Tensor 
     the weak residual noise around them (more contrast) most in the bands that carry speech;
     near 0 it is a gain of ``gamma``. It acts on the magnitude of the unnormalised STFT of
     samples in [-1, 1] (``bsrnn.audio.stft``), as in the paper, so its effect depends on the
-    level. Used here after the generator, at inference only (``enhance_waveform(pcs=True)``);
-    the paper also trains on stretched targets, which this package does not.
-    ``exponents`` (``[257]``) overrides the SII curve. A bin of magnitude 0 stays 0.
+    level. Used after the generator at inference (``enhance_waveform(pcs=True)``) and, as the
+    paper also does, on training targets (``stretched_target``). ``exponents`` (``[257]``) overrides the SII curve. A bin of magnitude 0 stays 0.
     """
     if not spectrum.is_complex() or spectrum.ndim < 2 or spectrum.shape[-2] != NUM_BINS:
         raise ValueError(f"perceptual_contrast_stretch: expected a complex spectrum [..., {NUM_BINS}, frames], "
@@ -89,3 +90,26 @@ def perceptual_contrast_stretch(spectrum: torch.Tensor, exponents: torch.Tensor 
         raise ValueError(f"perceptual_contrast_stretch: expected {NUM_BINS} exponents, found {tuple(gamma.shape)}")
     stretched = torch.expm1(gamma[:, None] * torch.log1p(magnitude))
     return spectrum * (stretched / magnitude.clamp_min(torch.finfo(magnitude.dtype).tiny))
+
+
+def stretched_target(clean_spectrum: torch.Tensor) -> torch.Tensor:
+    """A training target: the clean spectrum ``[batch, 257, frames]`` stretched by
+    ``perceptual_contrast_stretch`` and scaled back to the clean's energy, item by item.
+
+    Chao et al. train on stretched targets, so the network learns the contrast the post-filter
+    would add, weighing it against the residual noise it can remove. Stretching alone makes a
+    signal louder by a level-dependent factor (1.4x for quiet bins, more for loud ones), which
+    level-sensitive scores (SSNR, CBAK) count as error; scaling each item back to the clean's
+    energy (sum of squared magnitudes, so also its waveform's energy, by Parseval) keeps the
+    contrast and drops the gain, as the inference post-filter restores its input's peak level.
+    A silent item stays silent. No gradient flows here: a target is data.
+    """
+    if not clean_spectrum.is_complex() or clean_spectrum.ndim != 3:
+        raise ValueError(f"stretched_target: expected a complex spectrum [batch, {NUM_BINS}, frames], "
+                         f"found {clean_spectrum.dtype} {tuple(clean_spectrum.shape)}")
+    with torch.no_grad():
+        stretched = perceptual_contrast_stretch(clean_spectrum)
+        energy = clean_spectrum.abs().square().sum(dim=(1, 2), keepdim=True)
+        stretched_energy = stretched.abs().square().sum(dim=(1, 2), keepdim=True)
+        scale = torch.sqrt(energy / stretched_energy.clamp_min(torch.finfo(energy.dtype).tiny))
+        return stretched * scale

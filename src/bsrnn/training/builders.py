@@ -31,6 +31,7 @@ def objective_of(config: Config) -> Objective:
         time_weight=config.time_loss_weight,
         consistency_weight=config.consistency_loss_weight,
         compress_factor=config.compress_factor,
+        pcs_target=config.pcs_target,
         metric_target=config.metric_target,  # type: ignore[arg-type]
         disc_noisy_term=config.disc_noisy_term,  # type: ignore[arg-type]
     )

@@ -56,6 +56,7 @@ from bsrnn.losses import (
 )
 from bsrnn.metrics.pesq_pool import PendingPesq, PesqBatch, PesqPool
 from bsrnn.metrics.si_sdr import si_sdr
+from bsrnn.pcs import stretched_target
 from bsrnn.training.distributed import DistributedContext, average_gradients
 
 log = logging.getLogger(__name__)
@@ -106,7 +107,12 @@ def _nanmean(scores: np.ndarray, valid: np.ndarray) -> float:
 
 @dataclass
 class _Forward:
-    """One generator forward on a batch, with what the losses and PESQ need."""
+    """One generator forward on a batch, with what the losses and PESQ need.
+
+    ``target_*`` are what the reconstruction terms aim at: the clean signal's own tensors, or
+    its perceptually contrast-stretched spectrum (``Objective.pcs_target``). The discriminator
+    and PESQ always see the real clean (``clean_mag``, ``clean_samples``).
+    """
 
     clean: torch.Tensor
     clean_spec: torch.Tensor
@@ -114,6 +120,9 @@ class _Forward:
     clean_mag: torch.Tensor
     est_mag: torch.Tensor
     noisy_mag: torch.Tensor
+    target_spec: torch.Tensor
+    target_mag: torch.Tensor
+    target_audio: torch.Tensor
     est_audio: torch.Tensor | None  # istft(est_spec) with its gradient, when a loss needs it
     pending_enhanced: PendingPesq  # PESQ(clean -> est)
     pending_noisy: PendingPesq | None  # the third discriminator term's PESQ; None when it is off
@@ -139,19 +148,25 @@ def _forward(generator: Callable[..., torch.Tensor], clean: torch.Tensor, noisy:
         "off": lambda: None,
     }[objective.disc_noisy_term]()
     exponent = objective.compress_factor
+    clean_mag = compressed_magnitude(clean_spec, exponent)
+    target_spec, target_mag, target_audio = clean_spec, clean_mag, clean
+    if objective.pcs_target:
+        target_spec = stretched_target(clean_spec)
+        target_mag = compressed_magnitude(target_spec, exponent)
+        target_audio = istft(target_spec, length=length)
     return _Forward(
-        clean, clean_spec, est_spec, compressed_magnitude(clean_spec, exponent), compressed_magnitude(est_spec, exponent),
-        compressed_magnitude(noisy_spec, exponent), est_waveform, pending_enhanced, pending_noisy, clean_audio,
-        est_audio,
+        clean, clean_spec, est_spec, clean_mag, compressed_magnitude(est_spec, exponent),
+        compressed_magnitude(noisy_spec, exponent), target_spec, target_mag, target_audio, est_waveform,
+        pending_enhanced, pending_noisy, clean_audio, est_audio,
     )
 
 
 def _generator_loss(forward: _Forward, discriminator: Callable[..., torch.Tensor] | None, loss_weights: list[float],
                     objective: Objective) -> GeneratorLoss:
     return generator_loss(
-        forward.est_spec, forward.clean_spec, discriminator, loss_weights,
-        est_mag=forward.est_mag, clean_mag=forward.clean_mag, objective=objective,
-        est_audio=forward.est_audio, clean_audio=forward.clean,
+        forward.est_spec, forward.target_spec, discriminator, loss_weights,
+        est_mag=forward.est_mag, clean_mag=forward.target_mag, objective=objective,
+        est_audio=forward.est_audio, clean_audio=forward.target_audio, discriminator_clean_mag=forward.clean_mag,
     )
 
 
