@@ -216,3 +216,67 @@ def test_a_config_toml_that_is_a_fifo_or_not_text_is_no_config_and_the_plot_is_d
     else:
         (run_dir / "config.toml").write_bytes(b"PK\x03\x04\x80\xff not text")
     assert plot_run(run_dir, tmp_path / "curves.png").stat().st_size > 10_000
+
+
+# ----------------------------------------------------------------------------- several runs
+from bsrnn.plot_comparison import (  # noqa: E402
+    GENERATOR_LR,
+    VALIDATION_PESQ,
+    VALIDATION_SI_SDR,
+    compared_run,
+    plot_comparison,
+    run_labels,
+)
+
+
+def with_si_sdr(events: list[dict[str, Any]], offset: float) -> list[dict[str, Any]]:
+    return [{**event, "val_si_sdr": event["val_pesq"] * 4 + offset} if event["event"] == "epoch" else event
+            for event in events]
+
+
+def test_a_compared_run_draws_its_lineages_validation_curves_and_its_learning_rate() -> None:
+    run = compared_run("a", select_curves(with_si_sdr(resumed_from_best(), 1.0)))
+    pesq = run.lines[VALIDATION_PESQ]
+    assert pesq is not None and pesq.x == (4.0, 8.0, 12.0, 16.0)  # the abandoned epochs at 12 and 16 left out
+    si_sdr = run.lines[VALIDATION_SI_SDR]
+    assert si_sdr is not None and si_sdr.y == (11.0, 11.0, 11.0, 11.0)
+    assert run.lines[GENERATOR_LR] is not None and set(run.lines[GENERATOR_LR].y) == {1e-3}
+    assert run.curves.gan_start_step == 8
+    older = compared_run("b", select_curves(resumed_from_best()))  # before whole-utterance validation
+    assert older.lines[VALIDATION_SI_SDR] is None and older.lines[VALIDATION_PESQ] is not None
+
+
+def test_runs_are_labelled_by_their_folder_unless_two_folders_share_a_name() -> None:
+    assert run_labels([Path("runs/ref"), Path("runs/imp")]) == ["ref", "imp"]
+    assert run_labels([Path("a/run"), Path("b/run"), Path("c")]) == ["a/run", "b/run", "c"]
+
+
+def test_several_runs_draw_one_figure_where_out_says(tmp_path: Path, capsys) -> None:
+    first = write_run(tmp_path / "ref", with_si_sdr(resumed_from_best(), 0.0), config='recipe = "reference"\n')
+    second = write_run(tmp_path / "imp", with_si_sdr(resumed_from_best(), 2.0), config='recipe = "improved"\n')
+    out = tmp_path / "figures" / "both.png"
+    assert main(["plot", str(first), str(second), "--out", str(out)]) == 0
+    assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 10_000
+    assert f"Wrote {out}" in capsys.readouterr().out
+    assert sorted(path.name for path in first.iterdir()) == ["config.toml", "metrics.jsonl"]  # nothing in a run
+    assert main(["plot", str(first), str(second), "--out", str(out)]) == 2  # exists: only with --overwrite
+    assert "--overwrite" in capsys.readouterr().err
+    assert main(["plot", str(first), str(second), "--out", str(out), "--overwrite"]) == 0
+
+
+def test_several_runs_without_out_the_same_run_twice_or_out_onto_a_run_are_refused(tmp_path: Path, capsys) -> None:
+    first = write_run(tmp_path / "ref", resumed_from_best())
+    second = write_run(tmp_path / "imp", resumed_from_best())
+    assert main(["plot", str(first), str(second)]) == 2
+    err = capsys.readouterr().err
+    assert "expected --out FILE.png, found none" in err and "--out comparison.png" in err
+    (tmp_path / "again").symlink_to(first)
+    assert main(["plot", str(first), str(tmp_path / "again"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "are the same run" in capsys.readouterr().err
+    before = (second / "metrics.jsonl").read_bytes()
+    with pytest.raises(UserError, match="that are inputs"):
+        plot_comparison([first, second], second / "metrics.jsonl", overwrite=True)
+    assert (second / "metrics.jsonl").read_bytes() == before
+    assert main(["plot", str(first), str(tmp_path / "typo"), "--out", str(tmp_path / "x.png")]) == 2
+    assert "typo does not exist" in capsys.readouterr().err
+    assert not (tmp_path / "x.png").exists()

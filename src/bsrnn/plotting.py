@@ -326,14 +326,9 @@ def draw(curves: Curves, title: str, out: Path, *, overwrite: bool = False,
     ``bsrnn.output.write_file``: ``out`` is replaced only when the image is complete, and only
     with ``overwrite``; ``inputs`` are files it must never replace.
     """
-    from matplotlib.backend_bases import FigureCanvasBase
     from matplotlib.figure import Figure
 
-    image_format = out.suffix[1:].lower() or "png"
-    if image_format not in FigureCanvasBase.get_supported_filetypes():
-        raise UserError(f"--out {out}: expected an image suffix matplotlib writes (e.g. .png, .svg, .pdf), found "
-                        f"{out.suffix!r}. Fix: e.g. --out {out.with_suffix('.png')}")
-
+    image_format = image_format_of(out)
     figure = Figure(figsize=(16, 4.5), layout="constrained")
     axes = dict(zip(PANELS, figure.subplots(1, 3)))
     for name, axis in axes.items():
@@ -364,6 +359,24 @@ def draw(curves: Curves, title: str, out: Path, *, overwrite: bool = False,
         if any(not artist.get_label().startswith("_") for artist in axis.get_lines()):
             axis.legend(fontsize="x-small")
     figure.suptitle(title)
+    return save_figure(figure, out, image_format, overwrite=overwrite, inputs=inputs)
+
+
+def image_format_of(out: Path) -> str:
+    """The image format ``out``'s suffix names (``png`` without one), or UserError if matplotlib
+    cannot write it: checked before anything is drawn."""
+    from matplotlib.backend_bases import FigureCanvasBase
+
+    image_format = out.suffix[1:].lower() or "png"
+    if image_format not in FigureCanvasBase.get_supported_filetypes():
+        raise UserError(f"--out {out}: expected an image suffix matplotlib writes (e.g. .png, .svg, .pdf), found "
+                        f"{out.suffix!r}. Fix: e.g. --out {out.with_suffix('.png')}")
+    return image_format
+
+
+def save_figure(figure: Any, out: Path, image_format: str, *, overwrite: bool, inputs: InputFiles | None) -> Path:
+    """Write a matplotlib ``figure`` to ``out`` through ``bsrnn.output.write_file`` (complete or
+    not at all; over an existing file only with ``overwrite``; never over ``inputs``)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
         write_file(out, lambda temporary: figure.savefig(temporary, dpi=100, format=image_format),
