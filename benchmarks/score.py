@@ -78,7 +78,7 @@ def per_metric_seconds(pairs: list[tuple[str, str, str]], files: int = 4) -> dic
 
 def helper_start_seconds() -> float:
     """From spawning one scoring helper to its warm-up (imports) being done (the spawn path)."""
-    from bsrnn.metrics.pesq_pool import start_workers
+    from bsrnn.workers import start_workers
     from bsrnn.metrics.scoring import import_scoring_libraries
 
     started = time.perf_counter()

@@ -119,7 +119,7 @@ def test_a_killed_worker_costs_one_batch_not_the_run(batch):
 
 def test_a_warm_up_defined_in_main_is_refused_before_any_worker_starts() -> None:
     """Workers do not run the main script, so they could not unpickle a function defined there."""
-    from bsrnn.metrics.pesq_pool import start_workers
+    from bsrnn.workers import start_workers
 
     def warm_up() -> None:
         """Stands in for a function of the user's script."""

@@ -95,7 +95,7 @@ from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
-from bsrnn.metrics.pesq_pool import start_workers
+from bsrnn.workers import start_workers
 
 log = logging.getLogger(__name__)
 
@@ -546,7 +546,7 @@ def finished_manifest(out: Path, tasks: list[Task]) -> dict[str, Any] | None:
 def _converted(pending: list[Task], workers: int) -> Iterator[tuple[int, Converted | str]]:
     """Convert ``pending`` in order, in this process or in ``workers`` processes.
 
-    Workers are spawned by ``bsrnn.metrics.pesq_pool.start_workers``: a fresh interpreter each
+    Workers are spawned by ``bsrnn.workers.start_workers``: a fresh interpreter each
     (a plain fork would copy this process's threads, tqdm's monitor among them), that leaves
     signals to this process and exits within a second of its death, however it dies. (Workers of
     a fork server did not: each holds the server's liveness pipe, so after a SIGKILL of this

@@ -31,7 +31,7 @@ from typing import Any, TypeVar
 
 from tqdm import tqdm
 
-from bsrnn.metrics.pesq_pool import init_worker, start_workers
+from bsrnn.workers import init_worker, start_workers
 
 Job = TypeVar("Job")
 Result = TypeVar("Result")
