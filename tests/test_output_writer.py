@@ -120,6 +120,48 @@ def test_a_killed_writer_leaves_no_truncated_file_under_the_final_name(tmp_path:
                for name in entries(tmp_path))
 
 
+def test_rerunning_a_killed_command_removes_the_temporary_it_left_and_nothing_else(tmp_path: Path) -> None:
+    """A SIGKILLed writer leaves a hidden temporary; the next command that writes that file
+    removes it when it checks its destinations. A live writer's temporary, another file's
+    temporary and a user's own hidden file stay."""
+    destination = tmp_path / "a.wav"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from bsrnn.output import write_file
+
+        def write(temporary):
+            temporary.write_bytes(b"half of a new file")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+        write_file(Path({str(destination)!r}), write, overwrite=False)
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=False)
+    assert done.returncode == -9, done.stderr
+    (left,) = entries(tmp_path)
+    dead_pid = left.split(".")[3]
+    live = f".a.wav.{os.getpid()}.0123abcd.partial"  # this process is writing it
+    other = f".b.wav.{dead_pid}.0123abcd.partial"  # a file this command does not write
+    mine = ".a.wav.notes.partial"  # not a temporary's name: the user's
+    for name in (live, other, mine):
+        (tmp_path / name).write_bytes(b"keep")
+    check_destinations([destination, tmp_path / "c.wav"], overwrite=False, flag="--out")
+    assert entries(tmp_path) == sorted([live, other, mine])
+
+
+def test_checking_destinations_without_leftovers_does_not_load_torch(tmp_path: Path) -> None:
+    """`bsrnn score` forks its helpers only while torch is not loaded: the tidy-up must not load it."""
+    child = textwrap.dedent(f"""
+        import sys
+        from pathlib import Path
+        from bsrnn.output import check_destinations
+        check_destinations([Path({str(tmp_path / "scores.csv")!r})], overwrite=False, flag="--csv")
+        print("torch" in sys.modules)
+    """)
+    done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=120, check=True)
+    assert done.stdout.strip() == "False"
+
+
 # ------------------------------------------------------------------------ refusals
 def test_an_existing_destination_is_refused_without_overwrite_and_replaced_with_it(tmp_path: Path) -> None:
     destination = tmp_path / "scores.csv"

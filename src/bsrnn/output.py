@@ -20,6 +20,10 @@ Each rule stops an accident a tester made happen:
   folder). A killed command (SIGKILL, power loss) leaves the old file or the complete new one,
   never a truncated file whose header agrees with its data (at most a hidden ``.partial``); a
   failed write (a full disk) removes the temporary and leaves the old destination untouched.
+- The hidden temporaries a killed command left for the destinations of a new one are removed
+  when that command checks its destinations (``check_destinations``): only those of the files
+  it is about to write, and only when the process that named them runs no longer. So rerunning
+  the interrupted command tidies up after it, and nothing else is touched.
 """
 
 from __future__ import annotations
@@ -98,9 +102,34 @@ def check_destinations(destinations: Sequence[Path], *, overwrite: bool, flag: s
     would replace an input, is no regular file, or exists without ``--overwrite``.
 
     Called with all of a command's destinations before its first write, so that a refusal
-    leaves nothing behind; ``write_file`` calls it again for its one file just before the
-    rename, in case something appeared meanwhile.
+    leaves nothing behind; ``write_file`` checks its one file again just before the rename, in
+    case something appeared meanwhile. Then removes the temporaries that interrupted writes of
+    these destinations left (module docstring): once per command, one listing per folder.
     """
+    _refuse_unsafe(destinations, overwrite=overwrite, flag=flag, inputs=inputs)
+    _remove_interrupted_writes(destinations)
+
+
+def _remove_interrupted_writes(destinations: Sequence[Path]) -> None:
+    """The engine's ``remove_stale_temporaries`` for these destinations' names, in each folder
+    that holds a hidden ``.partial`` at all. The engine (and torch, which its package imports)
+    is loaded only then: ``bsrnn score`` forks its helpers only while torch is not loaded."""
+    names_by_folder: dict[Path, set[str]] = {}
+    for destination in destinations:
+        names_by_folder.setdefault(destination.parent, set()).add(destination.name)
+    for folder, names in names_by_folder.items():
+        try:
+            with os.scandir(folder) as entries:
+                leftovers = any(entry.name.startswith(".") and entry.name.endswith(".partial") for entry in entries)
+            if leftovers:
+                from bsrnn.checkpoint.atomic import remove_stale_temporaries
+
+                remove_stale_temporaries(folder, finals=names)
+        except OSError:  # tidying is a courtesy: an unreadable folder fails at the write, with its reason
+            pass
+
+
+def _refuse_unsafe(destinations: Sequence[Path], *, overwrite: bool, flag: str, inputs: InputFiles | None) -> None:
     links, replaced, not_files, existing = [], [], [], []
     for destination in destinations:
         if destination.is_symlink():
@@ -148,7 +177,7 @@ def write_file(destination: Path, write: Callable[[Path], None], *, overwrite: b
     try:
         write(temporary)
         _fsync_file(temporary)
-        check_destinations([destination], overwrite=overwrite, flag=flag, inputs=inputs)
+        _refuse_unsafe([destination], overwrite=overwrite, flag=flag, inputs=inputs)
         commit(temporary, destination)
     except BaseException:
         discard(temporary)

@@ -22,7 +22,7 @@ import re
 import secrets
 import shutil
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from pathlib import Path
 
 log = logging.getLogger(__name__)
@@ -141,24 +141,26 @@ def _process_alive(pid: int) -> bool:
     return True
 
 
-def remove_stale_temporaries(directory: Path, exclusive: bool = False) -> list[Path]:
+def remove_stale_temporaries(directory: Path, exclusive: bool = False,
+                             finals: Collection[str] | None = None) -> list[Path]:
     """Delete temporaries left by crashed writers and return them.
 
     With ``exclusive`` (the caller holds the run directory's lock, so no other writer can be
     live) every temporary goes; otherwise only those whose writer's PID no longer runs.
+    ``finals``: only the temporaries of these file names (a writer about to write them).
     """
     removed: list[Path] = []
     if not directory.is_dir():
         return removed
     for entry in directory.iterdir():
         match = _TEMP_PATTERN.match(entry.name)
-        if match is None:
+        if match is None or (finals is not None and match["final"] not in finals):
             continue
         if not exclusive and _process_alive(int(match["pid"])):
             continue
         discard(entry)
         removed.append(entry)
-        log.info("Removed stale temporary file %s (left by an interrupted save)", entry)
+        log.info("Removed stale temporary file %s (left by an interrupted write)", entry)
     if removed:
         fsync_directory(directory)
     return removed
