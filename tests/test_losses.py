@@ -301,3 +301,34 @@ def test_without_the_noisy_term_the_discriminator_is_called_twice_and_learns_nor
 def test_an_unknown_ingredient_choice_is_refused() -> None:
     with pytest.raises(ValueError, match="complex_loss"):
         Objective(complex_loss="l2")  # type: ignore[arg-type]
+
+
+def test_magnitude_weighted_phase_losses_ignore_silent_bins_and_equal_the_mean_for_equal_weights() -> None:
+    generator = torch.Generator().manual_seed(3)
+    est, clean = torch.rand(2, 6, 5, generator=generator) * 6 - 3, torch.rand(2, 6, 5, generator=generator) * 6 - 3
+    uniform = phase_losses(est, clean)
+    equal = phase_losses(est, clean, torch.full_like(clean, 0.7))
+    assert all(torch.allclose(a, b) for a, b in zip(uniform, equal, strict=True))
+    # Phase errors only where the clean signal is silent cost nothing; where it is loud, they count.
+    weight = torch.zeros_like(clean)
+    weight[:, :3, :] = 1.0
+    wrong_where_silent = clean.clone()
+    wrong_where_silent[:, 3:, :] += torch.rand(2, 3, 5, generator=generator) + 0.5
+    weighted = phase_losses(wrong_where_silent, clean, weight)
+    assert all(term.item() == 0.0 for term in weighted)
+    assert all(term.item() > 0 for term in phase_losses(wrong_where_silent, clean))
+    silent = phase_losses(est, clean, torch.zeros_like(clean))
+    assert all(term.item() == 0.0 and torch.isfinite(term) for term in silent)
+
+
+def test_the_magnitude_weighted_phase_term_is_what_the_objective_computes() -> None:
+    clean, noisy = _signal(seed=4), _signal(seed=5)
+    est_spec, clean_spec = stft(noisy), stft(clean)
+    objective = Objective(phase_weight=1.0, phase_weighting="magnitude")
+    loss = generator_loss(est_spec, clean_spec, objective=objective)
+    expected = sum(phase_losses(phase_of(est_spec), phase_of(clean_spec), clean_spec.abs()))
+    assert loss.phase is not None and loss.phase.item() == pytest.approx(float(expected), rel=1e-6)
+    unweighted = generator_loss(est_spec, clean_spec, objective=Objective(phase_weight=1.0))
+    assert unweighted.phase is not None and unweighted.phase.item() != pytest.approx(loss.phase.item(), rel=1e-3)
+    with pytest.raises(ValueError, match="phase_weighting must be one of uniform, magnitude"):
+        Objective(phase_weighting="loud")  # type: ignore[arg-type]

@@ -206,6 +206,11 @@ class Config:
         0.0, "weight of the anti-wrapping phase loss: instantaneous phase, group delay, instantaneous frequency",
         role="recipe", check=WEIGHT,
     )
+    phase_loss_weighting: str = _field(
+        "uniform", "how the phase loss averages over bins: 'uniform' (MP-SENet's mean) or 'magnitude' (weighted by "
+        "the clean magnitude, so that quiet bins, whose phase is noise, count little)", choices=("uniform", "magnitude"),
+        role="recipe",
+    )
     time_loss_weight: float = _field(0.0, "weight of the waveform L1 loss", role="recipe", check=WEIGHT)
     consistency_loss_weight: float = _field(
         0.0, "weight of the consistency loss: STFT of the enhanced waveform vs the enhanced spectrum",

@@ -25,7 +25,9 @@ Ingredients (``Objective``; each one a config field, see RECIPES.md for what the
 - ``phase_weight``: the anti-wrapping phase losses of MP-SENet (Lu et al., 2023): instantaneous
   phase, group delay (difference along frequency) and instantaneous angular frequency
   (difference along time), each the mean of ``|x - 2 pi round(x / 2 pi)|``, so that a phase
-  error of 2 pi k costs nothing.
+  error of 2 pi k costs nothing. ``phase_weighting="magnitude"`` makes each a mean weighted by
+  the clean magnitude: unweighted, the many quiet bins, whose clean phase is noise, dominate,
+  and this network's mask gives them the largest phase gradients (1 / |X|).
 - ``time_weight``: L1 between the enhanced and the clean waveform.
 - ``consistency_weight``: the STFT of the enhanced waveform against the enhanced spectrum
   (compressed, mean squared modulus). A masked spectrum need not be the STFT of any signal;
@@ -86,6 +88,7 @@ DEFAULT_LOSS_WEIGHTS: tuple[float, float, float] = (0.5, 0.5, 1.0)
 
 COMPLEX_LOSSES = ("linear_l1", "compressed_mse")
 MAGNITUDE_LOSSES = ("l1", "mse")
+PHASE_WEIGHTINGS = ("uniform", "magnitude")
 METRIC_TARGETS = ("reference", "normalized")
 NOISY_PAIRS = ("enhanced", "clean", "off")
 
@@ -108,6 +111,7 @@ class Objective:
     magnitude_loss: Literal["l1", "mse"] = "l1"
     linear_weight: float = 0.0
     phase_weight: float = 0.0
+    phase_weighting: Literal["uniform", "magnitude"] = "uniform"
     time_weight: float = 0.0
     consistency_weight: float = 0.0
     compress_factor: float = COMPRESSION_EXPONENT
@@ -118,6 +122,7 @@ class Objective:
     def __post_init__(self) -> None:
         for name, value, allowed in (("complex_loss", self.complex_loss, COMPLEX_LOSSES),
                                      ("magnitude_loss", self.magnitude_loss, MAGNITUDE_LOSSES),
+                                     ("phase_weighting", self.phase_weighting, PHASE_WEIGHTINGS),
                                      ("metric_target", self.metric_target, METRIC_TARGETS),
                                      ("disc_noisy_term", self.disc_noisy_term, NOISY_PAIRS)):
             if value not in allowed:
@@ -245,13 +250,31 @@ def phase_of(spec: torch.Tensor) -> torch.Tensor:
     return torch.atan2(imag, torch.where(silent, torch.ones_like(real), real))
 
 
-def phase_losses(est_phase: torch.Tensor, clean_phase: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def phase_losses(est_phase: torch.Tensor, clean_phase: torch.Tensor, weight: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """The anti-wrapping instantaneous phase, group delay and instantaneous angular frequency
-    losses for phases [..., F, T] (frequency second to last, time last)."""
-    instantaneous = anti_wrapped(est_phase - clean_phase).mean()
-    group_delay = anti_wrapped(torch.diff(est_phase, dim=-2) - torch.diff(clean_phase, dim=-2)).mean()
-    angular_frequency = anti_wrapped(torch.diff(est_phase, dim=-1) - torch.diff(clean_phase, dim=-1)).mean()
-    return instantaneous, group_delay, angular_frequency
+    losses for phases [..., F, T] (frequency second to last, time last).
+
+    Unweighted (``weight`` None), each is a mean over bins (MP-SENet). With ``weight`` (same
+    shape, >= 0: the clean magnitude, ``Objective.phase_weighting``), each is a weighted mean,
+    a difference between two neighbouring bins weighted by the smaller of their weights: a
+    phase difference means something only where both bins carry signal. Where every weight is
+    0 (a silent crop) the term is 0.
+    """
+    instantaneous = anti_wrapped(est_phase - clean_phase)
+    group_delay = anti_wrapped(torch.diff(est_phase, dim=-2) - torch.diff(clean_phase, dim=-2))
+    angular_frequency = anti_wrapped(torch.diff(est_phase, dim=-1) - torch.diff(clean_phase, dim=-1))
+    if weight is None:
+        return instantaneous.mean(), group_delay.mean(), angular_frequency.mean()
+    weight = weight.detach()
+    pair_weights = (weight, torch.minimum(weight[..., 1:, :], weight[..., :-1, :]),
+                    torch.minimum(weight[..., :, 1:], weight[..., :, :-1]))
+
+    def weighted_mean(errors: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+        return (errors * weights).sum() / weights.sum().clamp_min(torch.finfo(weights.dtype).tiny)
+
+    return tuple(weighted_mean(errors, weights)  # type: ignore[return-value]
+                 for errors, weights in zip((instantaneous, group_delay, angular_frequency), pair_weights, strict=True))
 
 
 def linear_l1(est: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -317,7 +340,8 @@ def generator_loss(
         terms["linear"] = linear_l1(est_spec, clean_spec)
         total = total + objective.linear_weight * terms["linear"]
     if objective.phase_weight > 0:
-        terms["phase"] = sum(phase_losses(phase_of(est_spec), phase_of(clean_spec)))  # type: ignore[assignment]
+        weight = clean_spec.abs() if objective.phase_weighting == "magnitude" else None
+        terms["phase"] = sum(phase_losses(phase_of(est_spec), phase_of(clean_spec), weight))  # type: ignore[assignment]
         total = total + objective.phase_weight * terms["phase"]
     if objective.needs_waveform and est_audio is None:
         raise ValueError("the time and consistency losses need est_audio = istft(est_spec) with its gradient")

@@ -28,6 +28,7 @@ def objective_of(config: Config) -> Objective:
         magnitude_loss=config.magnitude_loss,  # type: ignore[arg-type]
         linear_weight=config.linear_loss_weight,
         phase_weight=config.phase_loss_weight,
+        phase_weighting=config.phase_loss_weighting,  # type: ignore[arg-type]
         time_weight=config.time_loss_weight,
         consistency_weight=config.consistency_loss_weight,
         compress_factor=config.compress_factor,
