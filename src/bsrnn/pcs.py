@@ -79,7 +79,8 @@ def perceptual_contrast_stretch(spectrum: torch.Tensor, exponents: torch.Tensor 
     near 0 it is a gain of ``gamma``. It acts on the magnitude of the unnormalised STFT of
     samples in [-1, 1] (``bsrnn.audio.stft``), as in the paper, so its effect depends on the
     level. Used after the generator at inference (``enhance_waveform(pcs=True)``) and, as the
-    paper also does, on training targets (``stretched_target``). ``exponents`` (``[257]``) overrides the SII curve. A bin of magnitude 0 stays 0.
+    paper also does, on training targets (``stretched_target``). ``exponents`` (``[257]``)
+    overrides the SII curve. A bin of magnitude 0 stays 0.
     """
     if not spectrum.is_complex() or spectrum.ndim < 2 or spectrum.shape[-2] != NUM_BINS:
         raise ValueError(f"perceptual_contrast_stretch: expected a complex spectrum [..., {NUM_BINS}, frames], "
