@@ -7,7 +7,7 @@ its own published table, and knows nothing about checkpoints, chunking or losses
 enhance`` and ``bsrnn evaluate`` apply it to each chunk's enhanced spectrum when ``--pcs`` is
 given (``enhancement.enhance_waveform(pcs=True)``), and a run with ``pcs_target`` trains the
 generator towards stretched clean spectra (``stretched_target``), so that its own output is
-stretched. Both off by default; RECIPES.md has what each does to PESQ and STOI.
+stretched (the ``improved`` recipe does). RECIPES.md has what each does to PESQ and STOI.
 """
 
 from __future__ import annotations
