@@ -25,7 +25,7 @@ from pathlib import Path
 
 from bsrnn.errors import UserError
 from bsrnn.output import InputFiles, check_destinations
-from bsrnn.plotting import Curves, Line, image_format_of, read_run, save_figure, select_curves
+from bsrnn.plotting import LEARNING_RATE, Curves, Line, image_format_of, read_run, save_figure, select_curves
 
 VALIDATION_PESQ, VALIDATION_SI_SDR, GENERATOR_LR = "validation PESQ (wide band)", "validation SI-SDR (dB)", \
     "generator learning rate"
@@ -54,7 +54,7 @@ def _epoch_line(label: str, curves: Curves, key: str) -> Line | None:
 def compared_run(label: str, curves: Curves) -> ComparedRun:
     """The lines of one run in each comparison panel (None where the run logged nothing for it:
     runs from before whole-utterance validation have no SI-SDR)."""
-    learning_rates = [line for line in curves.panels["learning rate"] if line.series == "generator"]
+    learning_rates = [line for line in curves.panels[LEARNING_RATE] if line.series == "generator"]
     lines: dict[str, Line | None] = {panel: _epoch_line(label, curves, key) for panel, key in _EPOCH_VALUES.items()}
     lines[GENERATOR_LR] = learning_rates[0] if learning_rates else None
     return ComparedRun(label, curves, lines)
