@@ -42,7 +42,7 @@ SMALL_MODEL = ["--num-channel", "16", "--num-layer", "2", "--batch-size", "4", "
                "--log-interval", "6", "--seed", "0"]
 """The demo's training: a 16-channel, 2-layer model, 20 epochs of 12 steps (about a minute on 2
 loaded CPU cores), with the ``improved`` recipe at a learning rate of 6e-3 and a waveform loss of
-weight 1.0 (the recipe's 1e-3 learned half as much PESQ in 10 epochs as 3e-3; 1.0 instead of 0.2
+weight 1.0 (a rate of 1e-3 learned half as much PESQ in 10 epochs as 3e-3; 1.0 instead of 0.2
 added STOI and SI-SDR). Mean improvement over the noisy input on the demo test set, measured:
 the earlier 2 epochs of the reference recipe, PESQ -0.05, STOI -0.10, SI-SDR -7.3 dB; these
 settings with the recipe's earlier clean targets, PESQ +0.84, STOI +0.050, SI-SDR +4.5 dB, and
