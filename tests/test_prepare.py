@@ -292,6 +292,33 @@ def test_foreign_wavs_in_out_are_refused_by_name(release: Path, tmp_path: Path) 
         prepare_voicebank(release, out, progress=False)
 
 
+def _files(folder: Path) -> dict[str, bytes]:
+    return {path.name: path.read_bytes() for path in sorted(folder.iterdir())}
+
+
+def test_an_out_folder_linked_to_the_unpacked_sources_is_refused_and_the_sources_are_untouched(
+        tmp_path: Path) -> None:
+    source = make_release(tmp_path / "vbd", zipped=False)
+    originals = source / "clean_trainset_28spk_wav"
+    before = _files(originals)
+    (tmp_path / "out" / "train").mkdir(parents=True)
+    (tmp_path / "out" / "train" / "clean").symlink_to(originals)  # the reference recipe's layout, by a link
+    with pytest.raises(UserError, match="is an input folder"):
+        prepare_voicebank(source, tmp_path / "out", progress=False)
+    assert _files(originals) == before
+
+
+def test_an_output_that_is_a_hard_link_to_its_source_is_refused(tmp_path: Path) -> None:
+    source = make_release(tmp_path / "vbd", zipped=False)
+    original = source / "noisy_testset_wav" / "p232_002.wav"
+    before = original.read_bytes()
+    (tmp_path / "out" / "test" / "noisy").mkdir(parents=True)
+    os.link(original, tmp_path / "out" / "test" / "noisy" / "p232_002.wav")
+    with pytest.raises(UserError, match="test/noisy/p232_002.wav"):
+        prepare_voicebank(source, tmp_path / "out", progress=False)
+    assert original.read_bytes() == before
+
+
 def test_a_second_preparation_into_the_same_out_is_refused_naming_the_first(release: Path, tmp_path: Path) -> None:
     from bsrnn.checkpoint.lock import RunDirectoryLock
 

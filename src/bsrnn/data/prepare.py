@@ -45,7 +45,9 @@ finished files are appended to ``OUT/.prepare-progress.jsonl`` (path, SHA-256, s
 source rate, clipped samples), itself fsynced: the log never names a file whose rename is not
 yet durable. Its first line holds the preparation's fingerprint (sources' digests, resampler
 version and settings, output format); a rerun with anything different is refused, naming what
-changed. On a rerun, under an exclusive lock on ``OUT/.lock``: stray temporaries are deleted, a
+changed. An OUT whose split folders or files are the sources themselves (a link to the
+unpacked release, a hard link) is refused before anything in it is touched. On a rerun, under an
+exclusive lock on ``OUT/.lock``: stray temporaries are deleted, a
 torn last log line is dropped, every logged file is re-hashed and kept only if it matches, and
 the rest are converted again; a file that is already there unlogged (the run was killed between
 rename and log) is kept if its bytes equal the new ones. Nothing is rewritten that is already
@@ -95,6 +97,7 @@ from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
+from bsrnn.output import InputFiles, check_output_folder
 from bsrnn.workers import start_workers
 
 log = logging.getLogger(__name__)
@@ -402,6 +405,27 @@ def check_out(out: Path, tasks: list[Task]) -> None:
             "Fix: choose an empty --out, or remove those files")
 
 
+def check_not_onto_sources(out: Path, tasks: list[Task]) -> None:
+    """Refuse an OUT that holds the sources themselves: a split folder that is a source folder
+    (``OUT/train/clean`` made a link to the unpacked release, say), or an output name that is a
+    source file (a hard link). By identity, not name: the names match by design, so
+    ``check_out`` passes such a folder, and each write would replace a 48 kHz original with its
+    16 kHz version."""
+    sources = [task.source_path / task.member if task.source_kind == "folder" else task.source_path
+               for task in tasks]
+    one_per_folder = list({path.parent: path for path in sources}.values())
+    for split in SPLITS:
+        for side in SIDES:
+            check_output_folder(out / split / side, one_per_folder, "--out")
+    inputs = InputFiles(sources)
+    onto = [task.output for task in tasks if inputs.input_at(out / task.output) is not None]
+    if onto:
+        raise UserError(
+            f"--out {out}: expected new files, found {len(onto)} that are the source files themselves (hard links): "
+            f"{', '.join(onto[:5])}{' ...' if len(onto) > 5 else ''}. Preparing would replace the sources. "
+            "Fix: choose another --out")
+
+
 def lock_out(out: Path) -> RunDirectoryLock:
     """Create OUT and take its lock: one preparation at a time may write there."""
     try:
@@ -436,6 +460,7 @@ def prepare_voicebank(source: Path, out: Path, speakers: int = 28, workers: int 
 
 def _prepare_locked(sets: list[SourceSet], tasks: list[Task], out: Path, speakers: int, workers: int,
                     progress: bool) -> PrepareResult:
+    check_not_onto_sources(out, tasks)  # before anything in OUT is touched, stale temporaries included
     for folder in [out] + [out / split / side for split in SPLITS for side in SIDES]:
         remove_stale_temporaries(folder, exclusive=True)
     sources = describe_sources(sets, progress)
