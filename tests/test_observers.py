@@ -123,6 +123,32 @@ def test_a_failing_observer_costs_one_warning_and_nothing_of_the_training(
         assert json.loads((run_dir / "status.json").read_text())["state"] == "completed"
 
 
+@pytest.mark.parametrize(("kind", "saved"), [("step", {"epoch": -1, "step_in_epoch": 3, "global_step": 3}),
+                                             ("epoch", {"epoch": 0, "step_in_epoch": 0, "global_step": 6})])
+def test_a_metrics_log_that_cannot_be_written_stops_the_run_only_after_saving_what_it_trained(
+        kind: str, saved: dict[str, int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> None:
+    """The log is a record, not an observer: its failure stops the run (exit 1), but the steps
+    and the validation done so far are in checkpoint_last.pt, not lost with the line."""
+    from bsrnn.cli.main import main
+    from bsrnn.training.run_files import RunFiles, RunFilesError
+
+    real_event = RunFiles.event
+
+    def full_disk_at(self: RunFiles, event_kind: str, /, **fields: Any) -> None:
+        if event_kind == kind and fields.get("step", 3) == 3:
+            raise RunFilesError(self.run_dir / "metrics.jsonl", OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)),
+                                f"Training stopped before the {event_kind} event could be logged.")
+        real_event(self, event_kind, **fields)
+
+    monkeypatch.setattr(RunFiles, "event", full_disk_at)
+    run_dir = tmp_path / "run"
+    assert main(["train", *ONE_EPOCH, "--run-dir", str(run_dir)]) == 1
+    assert "No space left on device" in capsys.readouterr().err
+    state = checkpoint(run_dir)
+    assert {key: int(state[key]) for key in saved} == saved
+
+
 def test_status_json_says_failed_when_training_dies_of_an_exception(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from bsrnn.cli.main import main

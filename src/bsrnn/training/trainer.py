@@ -13,6 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -48,7 +49,7 @@ from bsrnn.training.observers import Observer
 from bsrnn.training.plan import RunPlan
 from bsrnn.training.progress import StepRate, TrainingProgress, saved_progress
 from bsrnn.training.resume import check_resumable
-from bsrnn.training.run_files import RunFiles
+from bsrnn.training.run_files import RunFiles, RunFilesError
 from bsrnn.training.schedule import apply_resume_rule, describe_schedule, learning_rate_schedule
 from bsrnn.training.steps import DelayedDiscriminator, finish_validation, train_step, validate
 from bsrnn.training.tensorboard import TensorBoardLog, examples_of
@@ -303,8 +304,8 @@ class Trainer:
             progress.nonfinite_skipped += 1
             log.warning("Non-finite loss at epoch %d step %d (global %d): update skipped (%d in a row)",
                         epoch, progress.step_in_epoch, progress.global_step - 1, progress.nonfinite_in_a_row)
-            self.files.event("nonfinite", epoch=epoch, step=progress.step_in_epoch,
-                             global_step=progress.global_step, **result.values)
+            self._record("nonfinite", self._save_mid_epoch, epoch=epoch, step=progress.step_in_epoch,
+                         global_step=progress.global_step, **result.values)
             if progress.nonfinite_in_a_row >= config.max_nonfinite_steps:
                 raise TrainingDivergedError(
                     f"Training stopped: {progress.nonfinite_in_a_row} consecutive steps had a NaN/inf loss "
@@ -321,8 +322,9 @@ class Trainer:
             eta = self.rate.eta(self._steps_left())
             log.info("Epoch %d, Step %d, loss: %.4f, disc_loss: %.4f, PESQ: %.2f, %.2f steps/s, ETA %s",
                      epoch, progress.step_in_epoch, values["loss"], values["disc_loss"], values["pesq"], rate, eta)
-            self.files.event("step", epoch=epoch, step=progress.step_in_epoch, global_step=progress.global_step,
-                             **values, lr=self.learning_rates(), steps_per_s=rate, eta=eta)
+            self._record("step", self._save_mid_epoch, epoch=epoch, step=progress.step_in_epoch,
+                         global_step=progress.global_step, **values, lr=self.learning_rates(), steps_per_s=rate,
+                         eta=eta)
             self.tensorboard.notify(TensorBoardLog.step, progress.global_step, values, self.learning_rates(), rate)
             self.rate.logged()
 
@@ -364,15 +366,34 @@ class Trainer:
                  "SI-SDR: %.2f dB; %s", val["val_loss"], val["val_recon"], val["val_disc_loss"], val["val_pesq"],
                  val["val_si_sdr"], self._best_so_far(metric))
         lrs = self.learning_rates()
-        self.files.event("epoch", epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
-                         train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
+
+        def close_epoch() -> None:
+            self.scheduler_g.step()
+            self.scheduler_d.step()
+            self.progress.record_validation(val["val_loss"], val["val_pesq"])
+            self.progress.finish_epoch()
+            self._save(metric=metric)
+
+        self._record("epoch", close_epoch, epoch=epoch, global_step=self.progress.global_step, use_gan=use_gan,
+                     train=means, **val, lr=lrs, nonfinite_skipped=self.progress.nonfinite_skipped)
         self.tensorboard.notify(TensorBoardLog.validation, self.progress.global_step, epoch, val, means, self.nets,
                                 self.device)
-        self.scheduler_g.step()
-        self.scheduler_d.step()
-        self.progress.record_validation(val["val_loss"], val["val_pesq"])
-        self.progress.finish_epoch()
-        self._save(metric=metric)
+        close_epoch()
+
+    def _record(self, kind: str, save: Callable[[], None], /, **fields: Any) -> None:
+        """Append an event to ``metrics.jsonl``. The log is the run's record, so a line that cannot
+        be written (a full disk, a lost mount) stops the run, as ``RunFiles.event`` says; but
+        ``save`` keeps the training state first, so the failure never costs the work since the
+        last save (an epoch by default, its validation included)."""
+        try:
+            self.files.event(kind, **fields)
+        except RunFilesError:
+            save()
+            self.manager.wait_until_finished()
+            raise
+
+    def _save_mid_epoch(self) -> None:
+        self._save(metric=None)
 
     def _best_so_far(self, metric: float) -> str:
         """'best so far: ...' for the epoch's validation line: this epoch, or the value and its epoch."""
