@@ -48,7 +48,7 @@ the earlier 2 epochs of the reference recipe, PESQ -0.05, STOI -0.10, SI-SDR -7.
 settings with the recipe's earlier clean targets, PESQ +0.84, STOI +0.050, SI-SDR +4.5 dB, and
 every other metric improves too (the same training with seeds 1-4: at least +0.66, +0.059,
 +5.3 dB); with its stretched targets (``pcs_target``, since 2026-12-06), PESQ +0.95, STOI
-+0.060, SI-SDR +5.5 dB, SSNR +3.2 dB (seed 0)."""
++0.060, SI-SDR +5.5 dB, SSNR +3.2 dB (seeds 1-4: at least +0.94, +0.052, +3.5 dB, +1.8 dB)."""
 PREEMPT_AFTER_STEP = 6
 """The first logged training step (``--log-interval``): the demo sends SIGTERM once it is logged."""
 
