@@ -355,6 +355,28 @@ def test_evaluate_works_on_a_run_with_only_the_last_checkpoint_and_checks_the_cs
     assert "pesq" in result.stdout
 
 
+def test_evaluate_and_score_name_rows_alike_so_compare_pairs_them_across_suffixes(tmp_path: Path) -> None:
+    run_dir, data, enhanced = tmp_path / "run", tmp_path / "data", tmp_path / "enhanced"
+    make_run(run_dir, best=False)
+    for side in ("clean", "noisy"):
+        (data / "test" / side).mkdir(parents=True)
+    for index in range(2):
+        clean = speech_like(1.0, seed=index)
+        soundfile.write(data / "test" / "clean" / f"p{index}.flac", clean, 16000)
+        soundfile.write(data / "test" / "noisy" / f"p{index}.WAV", clean + speech_like(1.0, seed=9) * 0.1, 16000,
+                        format="WAV")
+    evaluated = bsrnn("evaluate", str(run_dir), "--data-dir", str(data), "--workers", "1", "--csv",
+                      str(tmp_path / "evaluate.csv"))
+    assert evaluated.returncode == 0, evaluated.stderr
+    assert bsrnn("enhance", str(run_dir), str(data / "test" / "noisy"), "--out", str(enhanced)).returncode == 0
+    scored = bsrnn("score", str(data / "test" / "clean"), str(enhanced), "--workers", "1", "--csv",
+                   str(tmp_path / "score.csv"))
+    assert scored.returncode == 0, scored.stderr
+    compared = bsrnn("compare", str(tmp_path / "evaluate.csv"), str(tmp_path / "score.csv"))
+    assert compared.returncode == 0, compared.stderr
+    assert "2 files in both" in compared.stdout
+
+
 def test_train_config_errors_are_one_exit_2_message_without_a_traceback(tmp_path: Path) -> None:
     result = bsrnn("train", "--config", str(tmp_path), "--demo", "--run-dir", str(tmp_path / "run"))
     assert result.returncode == 2 and "Traceback" not in result.stderr

@@ -85,9 +85,10 @@ def run(args: argparse.Namespace) -> int:
     jobs, baseline = [], []
     for pair in tqdm(pairs, desc="enhance", disable=True if quiet(args) else None):
         clean, noisy = load_pair(pair)
-        # The noisy file's name, as `bsrnn score` names the files of `bsrnn enhance`'s output, so
-        # both CSVs join on the same column; an in-memory demo pair has only its name.
-        label = pair.noisy.path.name if isinstance(pair.noisy, FileSource) else pair.name
+        # The clean file's name, as `bsrnn score` names its rows, so that `bsrnn compare` pairs an
+        # evaluation with a score of any other system's output (whose suffix may differ from the
+        # noisy input's); an in-memory demo pair has only its name.
+        label = pair.clean.path.name if isinstance(pair.clean, FileSource) else pair.name
         jobs.append((label, clean, enhance_waveform(generator.enhancer, noisy, device, pcs=args.pcs)))
         if args.baseline:
             baseline.append((label, clean, noisy))
