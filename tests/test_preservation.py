@@ -222,6 +222,29 @@ def test_a_deleted_or_replaced_lock_stops_the_save_before_anything_is_written(tm
         assert _files(tmp_path) == before
 
 
+def test_a_lock_taken_away_while_the_checkpoint_is_written_stops_the_save_before_its_renames(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from bsrnn.checkpoint import manager as manager_module
+
+    _two_states(tmp_path)
+    before = _files(tmp_path)
+    real_write = manager_module.write_checkpoint
+
+    def write_while_another_trainer_takes_the_lock(*args: Any, **kwargs: Any) -> Any:
+        written = real_write(*args, **kwargs)
+        (tmp_path / ".lock").unlink()
+        (tmp_path / ".lock").write_text("12345\n")
+        return written
+
+    monkeypatch.setattr(manager_module, "write_checkpoint", write_while_another_trainer_takes_the_lock)
+    with _manager(tmp_path, torch.nn.Linear(2, 2)) as manager:
+        with pytest.raises(LockLostError, match="another trainer may be writing"):
+            manager.save(metric=0.1, values={"epoch": 9, "global_step": 90})
+    after = _files(tmp_path)
+    assert {name: after[name] for name in before} == before  # nothing replaced (kept copies may be added)
+    assert not [name for name in after if name.endswith(".partial")]
+
+
 # ---------------------------------------------------------------------- through the CLI
 @pytest.mark.slow
 def test_train_keeps_state_by_content_and_refuses_to_start_beside_kept_state(tmp_path: Path) -> None:

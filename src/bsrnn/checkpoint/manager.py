@@ -51,7 +51,7 @@ from bsrnn.checkpoint.loading import (
     load_checkpoint,
 )
 from bsrnn.checkpoint.index import INDEX_NAME, IndexEntry, entry_for, read_index, write_index
-from bsrnn.checkpoint.lock import RunDirectoryLock
+from bsrnn.checkpoint.lock import LockLostError, RunDirectoryLock
 from bsrnn.checkpoint.plain import is_finite_number, nonfinite_tensor_keys, to_weights_only_safe
 from bsrnn.checkpoint.preserve import THIS_FILE, Accept, KeptState, keep_states_at_risk
 from bsrnn.checkpoint.signals import block_in_this_thread, deferred_signals
@@ -179,6 +179,7 @@ class CheckpointManager:
                 self._lock.acquire()
             elif not self._lock.held or self._lock.run_dir.resolve() != self.run_dir.resolve():
                 raise ValueError(f"lock must be a held RunDirectoryLock on {self.run_dir}")
+            self._lock.check_still_held()  # a lock taken earlier (before a long resume scan) may be gone
             atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
             self._index = read_index(self.run_dir)
             atexit.register(self._close_at_exit)
@@ -373,12 +374,19 @@ class CheckpointManager:
                 )
                 if is_best:
                     atomic.copy_durably(temporaries[0], temporaries[1])
+                # Again before the renames, which are what would replace another trainer's files:
+                # a large (or async) write takes seconds, in which the lock can be taken away.
+                self._lock.check_still_held()
                 # Best first: a crash between the renames leaves best ahead of last, and the
                 # resumed run (from last) re-earns that best. The other order would leave a last
                 # that believes in a best value that checkpoint_best.pt never received.
                 if is_best:
                     atomic.commit(temporaries[1], self.best_path)
                 atomic.commit(temporaries[0], self.last_path)
+            except LockLostError:
+                for temporary in temporaries:
+                    atomic.discard(temporary)
+                raise
             except (OSError, CheckpointError) as error:
                 for temporary in temporaries:
                     atomic.discard(temporary)
