@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -102,3 +104,42 @@ def test_worker_processes_produce_the_same_batches_as_the_main_process() -> None
 
     for inline, in_worker in zip(run(0), run(1), strict=True):
         assert torch.equal(inline, in_worker)
+
+
+def _trained(geometry: Any, epoch: int, first: int, last: int) -> list[int]:
+    """Every item that batches [first, last) of every rank hold under ``geometry``."""
+    return [index for rank in range(geometry.world_size)
+            for batch_index, batch in enumerate(EpochBatches(geometry.items, geometry.batch_size, geometry.seed, epoch,
+                                                             rank=rank, world_size=geometry.world_size))
+            if first <= batch_index < last for _, index in batch]
+
+
+@pytest.mark.parametrize(("before", "after"), [((6, 1), (4, 1)), ((4, 1), (6, 1)), ((4, 4), (6, 2)),
+                                               ((6, 2), (6, 3)), ((5, 3), (7, 1))])
+def test_a_new_batch_size_or_process_count_continues_the_epoch_without_skipping_an_item(
+        before: tuple[int, int], after: tuple[int, int]) -> None:
+    from bsrnn.data.sampler import BatchGeometry
+
+    saved = BatchGeometry(805, "names", 3, *before)
+    now = BatchGeometry(805, "names", 3, *after)
+    for done in (1, 7, saved.batches() - 1):
+        start, why = now.continue_at(saved, done)
+        assert why is not None and f"-> {after[0]} x {after[1]}" in why
+        trained = _trained(saved, 2, 0, done)
+        rest = _trained(now, 2, start, now.batches())
+        again = set(trained) & set(rest)
+        assert len(again) < now.batch_size * now.world_size  # at most one batch of the new size trains twice
+        assert set(_trained(now, 2, 0, now.batches())) <= set(trained) | set(rest)  # nothing skipped
+
+
+def test_the_same_geometry_continues_at_the_saved_batch_and_another_order_starts_the_epoch_again() -> None:
+    from bsrnn.data.sampler import BatchGeometry
+
+    saved = BatchGeometry(805, "names", 3, 6, 1)
+    assert saved.continue_at(saved, 40) == (40, None)
+    for changed in (BatchGeometry(805, "names", 4, 6, 1), BatchGeometry(900, "more", 3, 6, 1),
+                    BatchGeometry(805, "renamed", 3, 6, 1)):
+        start, why = changed.continue_at(saved, 40)
+        assert start == 0 and why is not None and "starts again from its first batch" in why
+    assert BatchGeometry.from_record(saved.as_record()) == saved
+    assert BatchGeometry.from_record({}) is None

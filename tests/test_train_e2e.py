@@ -61,6 +61,23 @@ def test_a_run_stopped_by_max_steps_and_resumed_is_bit_identical(tmp_path: Path,
     _assert_matches_reference(run_dir, reference_run)
 
 
+def test_a_mid_epoch_resume_with_another_batch_size_continues_after_the_items_already_trained(
+        tmp_path: Path) -> None:
+    """Stopped after 3 batches of 8 (24 items), resumed with batches of 4: the epoch goes on at
+    batch 6 of 12, so it ends after 3 + 6 steps (a resume counting 3 batches of 4 would train 12
+    items twice; from 4 to 8 it would skip items)."""
+    run_dir = tmp_path / "run"
+    assert bsrnn("train", *TINY, "--epochs", "1", "--run-dir", str(run_dir), "--max-steps", "3").returncode == 0
+    assert checkpoint(run_dir)["step_in_epoch"] == 3
+    resumed = bsrnn("train", *TINY, "--epochs", "1", "--run-dir", str(run_dir), "--resume", "--batch-size", "4")
+    assert resumed.returncode == 0, resumed.stderr
+    assert ("resuming in the middle of epoch 0: batch size 8 x 1 process(es) -> 4 x 1: the 24 items already "
+            "trained in this epoch are the first 6 batch(es) of the new size") in resumed.stderr
+    final = checkpoint(run_dir)
+    assert (final["epoch"], final["global_step"]) == (0, 3 + (48 // 4 - 6))
+    assert final["progress"]["epoch_geometry"]["batch_size"] == 4
+
+
 def test_sigkill_after_a_step_save_then_resume_is_bit_identical(tmp_path: Path, reference_run: Path) -> None:
     run_dir = tmp_path / "run"
     process = start("train", *TINY, "--epochs", "2", "--run-dir", str(run_dir), "--save-every-steps", "1")

@@ -15,12 +15,20 @@ How many batches an epoch has, per rank (N items, B batch size, W ranks):
   DistributedSampler does, and the last batch may be short: ``ceil(ceil(N / W) / B)``.
 
 Every rank gets the same number of batches, so DDP ranks never wait on each other.
+
+After ``k`` batches every rank has taken its first ``k * B`` items, and together the ranks have
+taken exactly the first ``k * B * W`` items of the epoch's shuffled order (rank r takes the
+positions r, r + W, ...). That is what lets a resume with another batch size or another number
+of processes continue the epoch where it stopped (``BatchGeometry.continue_at``): the items are
+the same as long as the order is (same items, same seed).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -104,3 +112,62 @@ class EpochBatches:
         for batch in range(self.start_batch, self._num_batches):
             chunk = indices[batch * self.batch_size : (batch + 1) * self.batch_size]
             yield [(self.epoch, int(index)) for index in chunk]
+
+
+@dataclass(frozen=True)
+class BatchGeometry:
+    """What decides which items the first ``k`` batches of an epoch hold: the training items
+    (their count and names), the shuffle seed, the batch size and the number of processes.
+
+    Saved with the progress of a run, so that a resume in the middle of an epoch knows which
+    items its first ``step_in_epoch`` batches were, even under another batch size or process
+    count (a requeued job on fewer GPUs, a batch size lowered after running out of memory).
+    """
+
+    items: int
+    names_sha256: str
+    seed: int
+    batch_size: int
+    world_size: int
+
+    def as_record(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_record(cls, record: Mapping[str, Any]) -> BatchGeometry | None:
+        """The geometry a checkpoint recorded; None for one from before it was recorded."""
+        try:
+            return cls(int(record["items"]), str(record["names_sha256"]), int(record["seed"]),
+                       int(record["batch_size"]), int(record["world_size"]))
+        except (KeyError, TypeError, ValueError):
+            return None
+
+    def batches(self) -> int:
+        """Batches per epoch for each rank (``drop_last``, as the trainer samples)."""
+        return (self.items // self.world_size) // self.batch_size
+
+    def continue_at(self, saved: BatchGeometry, saved_batches: int) -> tuple[int, str | None]:
+        """Where this geometry continues an epoch of which ``saved_batches`` batches were
+        trained under ``saved``, and why it is not simply ``saved_batches`` (None when it is).
+
+        The same order (items, names, seed): the ``saved_batches * B * W`` items already trained
+        are the order's first ones, so the epoch continues at the first batch of this geometry
+        that holds none of them, rounded down (at most one batch of items trains twice). Another
+        order: which items were trained is unknown under the new one, so the epoch starts again
+        from its first batch (its items seen so far train twice; nothing is skipped).
+        """
+        if saved == self or saved_batches == 0:
+            return saved_batches, None
+        if (saved.items, saved.names_sha256, saved.seed) != (self.items, self.names_sha256, self.seed):
+            changed = [f"{name} {getattr(saved, name)} -> {getattr(self, name)}" for name in ("items", "seed")
+                       if getattr(saved, name) != getattr(self, name)] or ["the training items' names"]
+            return 0, (f"the epoch's shuffled order changed ({', '.join(changed)}), so it starts again from its "
+                       f"first batch; the {saved_batches} batch(es) trained in it are trained again")
+        done = saved_batches * saved.batch_size * saved.world_size
+        start = min(done // (self.batch_size * self.world_size), self.batches())
+        again = done - start * self.batch_size * self.world_size
+        return start, (f"batch size {saved.batch_size} x {saved.world_size} process(es) -> {self.batch_size} x "
+                       f"{self.world_size}: the {done} items already trained in this epoch are the first "
+                       f"{start} batch(es) of the new size" + (f" and {again} item(s) of the next, which train "
+                                                              "again" if again else ""))
+

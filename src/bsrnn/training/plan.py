@@ -22,6 +22,10 @@ second trainer never reads anything), and returned as one frozen ``RunPlan``:
    says the run's ``validation_length``.
 5. **The learning rate**: ``restart_learning_rate`` when ``--init-lr`` is given on a resume
    (``schedule.apply_resume_rule`` applies it to the restored optimizers and schedulers).
+6. **Where in the epoch**: a checkpoint saved mid-epoch counts the batches done under its
+   batch size, process count, seed and training items (``BatchGeometry``); under others the
+   plan says which batch continues the epoch (``start_batch``; the sampler's docstring), and
+   logs why it is not the saved count.
 
 What the plan does not do itself is keep the states that the run does not continue: the
 checkpoint engine's one function for that (``checkpoint/preserve.py``) runs when the trainer's
@@ -50,6 +54,7 @@ from bsrnn.checkpoint import (
 from bsrnn.config import Config
 from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
+from bsrnn.data.sampler import BatchGeometry
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision
 from bsrnn.training.progress import saved_progress
@@ -74,6 +79,10 @@ class RunPlan:
     """An explicit ``--init-lr`` on a resume: both optimizers and schedulers restart from it."""
     done: bool = False
     """The checkpoint already reached the target (``--epochs``): nothing to train."""
+    geometry: BatchGeometry | None = None
+    """What the run's batches are made of now; saved with the progress."""
+    start_batch: int = 0
+    """The batch of the epoch in progress that training continues at (0 for a fresh run)."""
 
     @property
     def completed_epochs(self) -> int:
@@ -112,8 +121,34 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
     split = _validation_data(config, loaded)
     validation = validation_record(split, config, loaded)
     config = config.replace(validation_length=validation["length"])  # the run's own, recorded in config.toml too
+    geometry = BatchGeometry(len(split.train), _names_sha256(split.train), config.seed, config.batch_size,
+                             context.world_size)
+    start_batch = 0
+    if loaded is not None:
+        progress = saved_progress(loaded.payload)
+        start_batch, why = geometry.continue_at(saved_geometry(loaded, geometry), progress.step_in_epoch)
+        if why is not None:
+            log.warning("WARNING: resuming in the middle of epoch %d: %s.", progress.current_epoch, why)
     return RunPlan(config, loaded, split, validation,
-                   restart_learning_rate=loaded is not None and "init_lr" in explicit)
+                   restart_learning_rate=loaded is not None and "init_lr" in explicit,
+                   geometry=geometry, start_batch=start_batch)
+
+
+def _names_sha256(pairs: Any) -> str:
+    """The training items in sampling order: index i of the shuffle is the i-th pair."""
+    return hashlib.sha256("\n".join(pair.name for pair in pairs).encode()).hexdigest()
+
+
+def saved_geometry(loaded: LoadedCheckpoint, now: BatchGeometry) -> BatchGeometry:
+    """The geometry ``loaded``'s ``step_in_epoch`` counts in. A checkpoint from before it was
+    recorded has its config's batch size and seed; its items and process count are taken to be
+    today's (nothing recorded says otherwise)."""
+    recorded = BatchGeometry.from_record(saved_progress(loaded.payload).epoch_geometry)
+    if recorded is not None:
+        return recorded
+    previous = loaded.get(keys.CONFIG) or {}
+    return BatchGeometry(now.items, now.names_sha256, int(previous.get("seed", now.seed)),
+                         int(previous.get("batch_size", now.batch_size)), now.world_size)
 
 
 # ---------------------------------------------------------------------- 1. which state

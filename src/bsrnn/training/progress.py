@@ -33,6 +33,9 @@ class TrainingProgress:
     val_loss: float | None = None
     val_pesq: float | None = None
     best_val_loss: float | None = None
+    epoch_geometry: dict[str, Any] = field(default_factory=dict)
+    """The ``BatchGeometry`` record (items, seed, batch size, processes) that ``step_in_epoch``
+    counts batches of; empty in checkpoints from before it was saved."""
 
     @property
     def current_epoch(self) -> int:

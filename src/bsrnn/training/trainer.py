@@ -141,6 +141,10 @@ class Trainer:
         self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
             self._restore(loaded)
+            self.progress.step_in_epoch = self.plan.start_batch  # the plan's, in this run's batches
+        assert self.plan.geometry is not None
+        self.progress.epoch_geometry = self.plan.geometry.as_record()
+        if loaded is not None:
             self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.last_completed_epoch,
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
                              monitor=config.monitor)
