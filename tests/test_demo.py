@@ -211,10 +211,14 @@ def test_the_demos_own_directory_is_replaced_without_following_links_inside(tmp_
     run_dir = tmp_path / "demo"
     demo_workflow.prepare_demo_dir(run_dir)
     (run_dir / "checkpoint_last.pt").write_bytes(b"old demo")
+    demo_workflow.record_demo_files(run_dir)
     (run_dir / "link").symlink_to(outside, target_is_directory=True)
     demo_workflow.prepare_demo_dir(run_dir)
     assert [p.name for p in run_dir.iterdir()] == [demo_workflow.MARKER_NAME]
     assert (outside / "precious.txt").read_text() == "precious"
+    kept = tmp_path / "demo-kept" / "link"  # the user's link, moved as a link
+    assert kept.is_symlink() and (kept / "precious.txt").read_text() == "precious"
+    assert not (tmp_path / "demo-kept" / "checkpoint_last.pt").exists()  # the demo's own file went
 
 
 def test_the_demo_writes_its_test_utterances_as_16k_wavs(tmp_path) -> None:
@@ -294,11 +298,36 @@ def test_make_demo_beats_the_noisy_input_on_every_metric_and_its_hints_work_as_p
 def test_a_second_demo_keeps_the_enhanced_files_the_first_told_the_user_to_make(tmp_path, capsys) -> None:
     run_dir = tmp_path / "demo"
     demo_workflow.prepare_demo_dir(run_dir)
+    demo_workflow.record_demo_files(run_dir)
     enhanced = run_dir / "audio" / "enhanced"
     enhanced.mkdir(parents=True)
     (enhanced / "a.wav").write_bytes(b"the user's output")
     demo_workflow.prepare_demo_dir(run_dir)
-    kept = tmp_path / "demo-enhanced" / "a.wav"
+    kept = tmp_path / "demo-kept" / "audio" / "enhanced" / "a.wav"
     assert kept.read_bytes() == b"the user's output"
-    assert "Kept your" in capsys.readouterr().out
+    assert f"Kept what the last demo did not write in {run_dir} (audio/enhanced/a.wav)" in capsys.readouterr().out
     assert [p.name for p in run_dir.iterdir()] == [demo_workflow.MARKER_NAME]
+
+
+def test_a_checkpoint_trained_further_in_the_demo_directory_is_kept_and_the_demos_own_files_go(tmp_path) -> None:
+    """By content, not name: the demo wrote a checkpoint_last.pt, but not this one."""
+    run_dir = tmp_path / "demo"
+    demo_workflow.prepare_demo_dir(run_dir)
+    (run_dir / "checkpoint_last.pt").write_bytes(b"the demo's 20 epochs")
+    (run_dir / "checkpoint_best.pt").write_bytes(b"the demo's best")
+    demo_workflow.record_demo_files(run_dir)
+    (run_dir / "checkpoint_last.pt").write_bytes(b"100 epochs the user trained on with --resume")
+    demo_workflow.prepare_demo_dir(run_dir)
+    assert sorted(p.name for p in (tmp_path / "demo-kept").iterdir()) == ["checkpoint_last.pt"]
+    assert (tmp_path / "demo-kept" / "checkpoint_last.pt").read_bytes() == b"100 epochs the user trained on with --resume"
+    assert [p.name for p in run_dir.iterdir()] == [demo_workflow.MARKER_NAME]
+    demo_workflow.prepare_demo_dir(run_dir)  # the kept folder is never reused: a second one would be -kept-2
+    assert (tmp_path / "demo-kept" / "checkpoint_last.pt").exists() and not (tmp_path / "demo-kept-2").exists()
+
+
+def test_an_unfinished_demo_recorded_nothing_so_everything_in_it_is_kept(tmp_path, capsys) -> None:
+    run_dir = tmp_path / "demo"
+    demo_workflow.prepare_demo_dir(run_dir)
+    (run_dir / "checkpoint_last.pt").write_bytes(b"unknown")
+    demo_workflow.prepare_demo_dir(run_dir)
+    assert (tmp_path / "demo-kept" / "checkpoint_last.pt").read_bytes() == b"unknown"

@@ -13,16 +13,22 @@ Runs the real commands, in subprocesses, and shows each one before it runs:
 The demo starts from an empty run directory, so it deletes the one it made last time. It
 never deletes anything else: a directory it creates carries a marker file (``.bsrnn-demo``),
 and an existing directory without that mark (a real run's checkpoints, say) is refused, as is
-a symbolic link (the demo never deletes through one).
+a symbolic link (the demo never deletes through one). Inside its own directory it deletes only
+the files it wrote, by content: it records each one's SHA-256 when it ends
+(``.bsrnn-demo-files.json``), and whatever is not recorded so (``bsrnn enhance``'s output, a
+checkpoint trained further there) is moved to a sibling folder first.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import os
 import shlex
 import shutil
 import signal
+import stat
 import subprocess
 import sys
 import time
@@ -37,6 +43,8 @@ _MARKER_TEXT = (
     "The next demo run with the same directory deletes and recreates it.\n"
     "Delete this file to keep the directory: the demo then refuses to touch it.\n"
 )
+FILES_NAME = ".bsrnn-demo-files.json"
+"""The files the last demo wrote, by path in its directory and SHA-256: all the next demo deletes."""
 SMALL_MODEL = ["--num-channel", "16", "--num-layer", "2", "--batch-size", "4", "--cut-len", "16000",
                "--epochs", "20", "--recipe", "improved", "--init-lr", "6e-3", "--time-loss-weight", "1.0",
                "--log-interval", "6", "--seed", "0"]
@@ -86,10 +94,11 @@ def _refusal(run_dir: Path, found: str) -> UserError:
 def prepare_demo_dir(run_dir: Path) -> None:
     """Make ``run_dir`` an empty directory that carries the demo's mark, or refuse with UserError.
 
-    Deletes only what a previous demo made: a directory holding a regular ``.bsrnn-demo`` file,
-    less ``audio/enhanced``, which the demo told the user to create and is moved aside first.
-    A missing or empty directory is used as is; a symbolic link, a file, or a directory without
-    the mark (which may hold a real run's checkpoints) is refused before anything changes.
+    Deletes only what a previous demo made: in a directory holding a regular ``.bsrnn-demo``
+    file, the files it recorded with their content unchanged; the rest is moved aside first
+    (``keep_user_files``). A missing or empty directory is used as is; a symbolic link, a file,
+    or a directory without the mark (which may hold a real run's checkpoints) is refused before
+    anything changes.
     """
     if run_dir.is_symlink():
         raise _refusal(run_dir, "is a symbolic link (the demo never deletes through one)")
@@ -100,7 +109,7 @@ def prepare_demo_dir(run_dir: Path) -> None:
             marker = run_dir / MARKER_NAME
             if marker.is_symlink() or not marker.is_file():
                 raise _refusal(run_dir, f"exists and was not made by the demo (it has no {MARKER_NAME} file)")
-            _keep_user_output(run_dir)
+            keep_user_files(run_dir)
             try:
                 shutil.rmtree(run_dir)  # does not follow symbolic links inside the directory
             except OSError as error:
@@ -112,24 +121,69 @@ def prepare_demo_dir(run_dir: Path) -> None:
     (run_dir / MARKER_NAME).write_text(_MARKER_TEXT, encoding="utf-8")
 
 
-USER_OUTPUT = Path("audio") / "enhanced"
-"""Where the demo's closing lines tell the user to write ``bsrnn enhance``'s output: the user's
-files, not the demo's, so a later demo keeps them."""
+def _files_in(run_dir: Path) -> list[tuple[str, Path]]:
+    """Every entry below ``run_dir`` that is not a folder (links included, never followed), by
+    its path relative to ``run_dir``; the demo's own two bookkeeping files left out."""
+    found = []
+    for root, folders, names in os.walk(run_dir):  # does not descend into linked folders
+        for name in names + [folder for folder in folders if os.path.islink(os.path.join(root, folder))]:
+            path = Path(root) / name
+            relative = path.relative_to(run_dir).as_posix()
+            if relative not in (MARKER_NAME, FILES_NAME):
+                found.append((relative, path))
+    return sorted(found)
 
 
-def _keep_user_output(run_dir: Path) -> None:
-    """Move ``run_dir/audio/enhanced`` (made by the user, as the last demo suggested) out of the
-    directory the demo is about to replace, to a new sibling folder, and say where."""
-    output = run_dir / USER_OUTPUT
-    if output.is_symlink() or not output.is_dir() or not any(output.iterdir()):
-        return
-    target = run_dir.with_name(f"{run_dir.name}-enhanced")
+def _sha256_of_regular_file(path: Path) -> str | None:
+    """The file's SHA-256; None for a link, a FIFO or anything else that is no regular file."""
+    if not stat.S_ISREG(os.lstat(path).st_mode):
+        return None
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def record_demo_files(run_dir: Path) -> None:
+    """Write ``FILES_NAME``: what the demo wrote, so that the next demo deletes that and no more."""
+    files = {relative: _sha256_of_regular_file(path) for relative, path in _files_in(run_dir)}
+    (run_dir / FILES_NAME).write_text(json.dumps(files, indent=1) + "\n", encoding="utf-8")
+
+
+def _recorded(run_dir: Path) -> dict[str, str]:
+    try:
+        files = json.loads((run_dir / FILES_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return {}  # a demo that never finished: nothing is known to be the demo's
+    return files if isinstance(files, dict) else {}
+
+
+def keep_user_files(run_dir: Path) -> Path | None:
+    """Move every file in ``run_dir`` that the last demo did not write, as it wrote it, to a new
+    sibling folder (same relative paths), and say where; return that folder (None if none).
+
+    By content: a checkpoint the user trained further in the demo's directory is theirs, though
+    the demo wrote one of that name; so are ``bsrnn enhance``'s output, which the demo's closing
+    lines suggest writing to ``audio/enhanced``, and any link (moved as a link).
+    """
+    recorded = _recorded(run_dir)
+    theirs = [(relative, path) for relative, path in _files_in(run_dir)
+              if recorded.get(relative) is None or recorded[relative] != _sha256_of_regular_file(path)]
+    if not theirs:
+        return None
+    target = run_dir.with_name(f"{run_dir.name}-kept")
     copy = 2
     while target.exists() or target.is_symlink():
-        target = run_dir.with_name(f"{run_dir.name}-enhanced-{copy}")
+        target = run_dir.with_name(f"{run_dir.name}-kept-{copy}")
         copy += 1
-    output.rename(target)
-    print(f"Kept your {output} (bsrnn enhance's output) as {target}: the demo replaces only what it made.")
+    for relative, path in theirs:
+        (target / relative).parent.mkdir(parents=True, exist_ok=True)
+        path.rename(target / relative)
+    shown = ", ".join(relative for relative, _ in theirs[:5]) + (f" ({len(theirs)} in all)" if len(theirs) > 5 else "")
+    print(f"Kept what the last demo did not write in {run_dir} ({shown}) in {target}: the demo replaces only "
+          "what it made.")
+    return target
 
 
 def _activation_command() -> str | None:
@@ -172,9 +226,16 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _demo(run_dir: Path) -> int:
+    prepare_demo_dir(run_dir)
+    try:
+        return _demo_steps(run_dir)
+    finally:  # what is there now is the demo's, however it ended (an error, Ctrl-C)
+        record_demo_files(run_dir)
+
+
+def _demo_steps(run_dir: Path) -> int:
     from bsrnn.data.demo_corpus import write_demo_audio
 
-    prepare_demo_dir(run_dir)
     write_demo_audio(run_dir / AUDIO_DIR_NAME)
     train = _bsrnn("train", "--demo", "--run-dir", str(run_dir), *SMALL_MODEL)
 
