@@ -138,6 +138,16 @@ def test_write_corpus_refuses_to_overwrite_and_leaves_files_alone(tmp_path) -> N
     assert target.read_bytes() != before
 
 
+def test_write_corpus_never_writes_a_corpus_onto_its_own_files_even_with_overwrite(tmp_path) -> None:
+    from bsrnn.data.layout import find_corpus
+
+    write_corpus(demo_corpus(seed=0, num_train=1, num_test=1), tmp_path, subtype="FLOAT")
+    before = {path: path.read_bytes() for path in tmp_path.rglob("*.wav")}
+    with pytest.raises(UserError, match="outputs that are inputs|output\\(s\\) that are inputs"):
+        write_corpus(find_corpus(tmp_path), tmp_path, overwrite=True)  # would re-encode float as 16-bit
+    assert {path: path.read_bytes() for path in tmp_path.rglob("*.wav")} == before
+
+
 # ------------------------------------------------------------------ the `make demo` workflow
 # The demo replaces only a directory it made itself, and leaves WAV files to try enhance/score on.
 

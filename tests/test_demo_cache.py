@@ -72,8 +72,10 @@ def test_a_cache_directory_that_cannot_be_written_costs_only_the_synthesis(
 
 def test_storing_removes_the_files_of_other_code_versions_only(cache: Path) -> None:
     cache.mkdir()
-    (cache / "demo-000000000000-aaaa.npz").write_bytes(b"old")
+    (cache / "demo-000000000000-aaaaaaaaaaaaaaaa.npz").write_bytes(b"old")
     (cache / "notes.txt").write_text("the user's")
+    (cache / "demo-audio.npz").write_bytes(b"the user's, named like ours")  # in a shared BSRNN_CACHE_DIR
     demo_corpus(**SMALL)
     names = sorted(path.name for path in cache.iterdir())
-    assert "demo-000000000000-aaaa.npz" not in names and "notes.txt" in names and len(names) == 2
+    assert "demo-000000000000-aaaaaaaaaaaaaaaa.npz" not in names
+    assert "notes.txt" in names and "demo-audio.npz" in names and len(names) == 3

@@ -284,7 +284,7 @@ def output_format_like(info: AudioInfo, path: str | os.PathLike[str]) -> tuple[s
 
 
 def write_audio(path: str | os.PathLike[str], audio: np.ndarray | torch.Tensor, rate: int,
-                subtype: str | None = None, format: str | None = None, *, overwrite: bool = True,
+                subtype: str | None = None, format: str | None = None, *, overwrite: bool = False,
                 flag: str = "", inputs: InputFiles | None = None) -> None:
     """Write ``audio`` ([samples] or [channels, samples], float in [-1, 1]) to ``path``.
 
@@ -296,7 +296,8 @@ def write_audio(path: str | os.PathLike[str], audio: np.ndarray | torch.Tensor, 
     Written through ``bsrnn.output.write_file``: into a hidden temporary, read back to check it
     holds every frame (a short write must not become a valid-looking shorter file), renamed
     over ``path`` only when complete, never through a symbolic link. ``overwrite`` (default:
-    replace, as a file opened for writing would), ``flag`` and ``inputs`` are its rules. A
+    refuse an existing file, so that nothing is replaced unasked), ``flag`` and ``inputs`` are
+    its rules. A
     failure is an ``AudioFileError`` naming ``path``, and whatever was at ``path`` is untouched.
     """
     if hasattr(audio, "detach"):

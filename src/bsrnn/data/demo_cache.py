@@ -21,6 +21,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -56,6 +57,10 @@ def _code_version() -> str:
     for name in _SOURCES:
         digest.update((Path(__file__).parent / name).read_bytes())
     return digest.hexdigest()[:12]
+
+
+CACHE_FILE = re.compile(r"demo-([0-9a-f]{12})-[0-9a-f]{16}\.npz")
+"""The name of a cached corpus, as ``cache_path`` makes it (group 1: the code version)."""
 
 
 def cache_path(arguments: dict[str, Any]) -> Path | None:
@@ -120,7 +125,9 @@ def store(path: Path, splits: dict[str, Items]) -> None:
             raise
         version = path.name.split("-")[1]
         for old in path.parent.glob("demo-*.npz"):
-            if old.name.split("-")[1] != version:
+            # Only names this module makes: BSRNN_CACHE_DIR may be a folder shared with other files.
+            made_here = CACHE_FILE.fullmatch(old.name)
+            if made_here and made_here.group(1) != version and not old.is_symlink():
                 old.unlink(missing_ok=True)
     except OSError as error:
         logger.info("Demo corpus not cached in %s: %s", path.parent, error)

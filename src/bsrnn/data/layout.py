@@ -28,6 +28,7 @@ from bsrnn.audio import audio_files_by_name, describe_name_clashes, write_audio
 from bsrnn.data.report import DataProblem, ProblemReport
 from bsrnn.data.sources import FileSource, Pair
 from bsrnn.errors import DataError, UserError
+from bsrnn.output import InputFiles, check_destinations
 from bsrnn.text import printable_name
 
 logger = logging.getLogger(__name__)
@@ -231,8 +232,10 @@ def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, s
 
     The ``valid`` folders are written only when the corpus has a validation split.
 
-    Writes nothing else. Existing files are never replaced unless ``overwrite``: the check
-    runs before the first write, so a refusal leaves ``out_dir`` untouched.
+    Writes nothing else. Existing files are never replaced unless ``overwrite``, a source file
+    of the corpus never (by identity: writing a corpus onto itself would re-encode it), and no
+    link is written through; the checks run before the first write, so a refusal leaves
+    ``out_dir`` untouched.
     """
     root = Path(out_dir)
     targets = [
@@ -248,9 +251,11 @@ def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, s
             f"write_corpus: expected {root} to hold none of the files to write, found {len(existing)}: "
             f"{shown}. Fix: choose an empty folder or pass overwrite=True."
         )
+    inputs = InputFiles(source.path for _, source in targets if isinstance(source, FileSource))
+    check_destinations([path for path, _ in targets], overwrite=overwrite, flag="write_corpus", inputs=inputs)
     for path, source in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         samples, rate = source.load()
-        write_audio(path, samples, rate, subtype=subtype)
+        write_audio(path, samples, rate, subtype=subtype, overwrite=overwrite, flag="write_corpus", inputs=inputs)
     logger.info("Wrote %d files under %s", len(targets), root)
     return root
