@@ -245,6 +245,20 @@ def test_a_lock_taken_away_while_the_checkpoint_is_written_stops_the_save_before
     assert not [name for name in after if name.endswith(".partial")]
 
 
+def test_a_rank_that_reads_other_bytes_at_rank_0s_path_is_refused_by_digest(tmp_path: Path) -> None:
+    """DDP: rank 0 decides by path and digest; a node whose run directory is a stale or local
+    copy finds the same path with other contents, and must not start from other weights."""
+    from bsrnn.checkpoint import load_checkpoint
+    from bsrnn.errors import UserError
+    from bsrnn.training.plan import Decision, same_state_as_rank_0
+
+    _two_states(tmp_path)
+    last, best = load_checkpoint(tmp_path, "last"), load_checkpoint(tmp_path, "best")
+    assert same_state_as_rank_0(last, Decision(str(last.path), digest=last.digest), rank=1) is last
+    with pytest.raises(UserError, match="rank 3 read another file at .* than rank 0 did"):
+        same_state_as_rank_0(last, Decision(str(last.path), digest=best.digest), rank=3)
+
+
 # ---------------------------------------------------------------------- through the CLI
 @pytest.mark.slow
 def test_train_keeps_state_by_content_and_refuses_to_start_beside_kept_state(tmp_path: Path) -> None:

@@ -12,7 +12,7 @@ second trainer never reads anything), and returned as one frozen ``RunPlan``:
    ``check_resumable`` (what a resume needs), so ``--load auto`` falls back from a last that
    cannot be resumed from. A fresh start is refused beside a run's checkpoints, or beside only
    kept (superseded, quarantined) states, naming them. Under DDP rank 0 decides and the other
-   ranks load exactly that file.
+   ranks load exactly that file, checked by its digest.
 2. **The config** (``resume.reconcile``): the checkpoint's config is the base, file and flags
    override it, architecture fields must agree; then the GAN start is fixed as an absolute epoch.
 3. **Anything left to train?** A checkpoint that reached ``--epochs`` or ``--until-step`` gives a
@@ -229,10 +229,12 @@ def find_resume_checkpoint(config: Config) -> LoadedCheckpoint | None:
 
 @dataclass(frozen=True)
 class Decision:
-    """Rank 0's choice, as plain data every rank can receive: a path to load, or an error."""
+    """Rank 0's choice, as plain data every rank can receive: a path to load and the digest of
+    what rank 0 read there, or an error."""
 
     path: str | None
     error: str | None = None
+    digest: str | None = None
 
 
 def decide(config: Config, context: DistributedContext) -> LoadedCheckpoint | None:
@@ -245,12 +247,25 @@ def decide(config: Config, context: DistributedContext) -> LoadedCheckpoint | No
         except Exception as error:
             broadcast_decision(Decision(None, str(error)), context)
             raise
-        broadcast_decision(Decision(str(loaded.path) if loaded else None), context)
+        broadcast_decision(Decision(str(loaded.path), digest=loaded.digest) if loaded else Decision(None), context)
         return loaded
     decision = broadcast_decision(None, context)
     if decision.error is not None:
         raise UserError(f"rank 0 stopped: {decision.error}")
-    return load_checkpoint(decision.path, accept=check_resumable) if decision.path is not None else None
+    if decision.path is None:
+        return None
+    return same_state_as_rank_0(load_checkpoint(decision.path, accept=check_resumable), decision, context.rank)
+
+
+def same_state_as_rank_0(loaded: LoadedCheckpoint, decision: Decision, rank: int) -> LoadedCheckpoint:
+    """``loaded``, if it holds the bytes rank 0 chose (by digest, not by path: a node-local or
+    stale copy of the run directory has the same path and other contents); else a UserError."""
+    if decision.digest is not None and loaded.digest != decision.digest:
+        raise UserError(
+            f"rank {rank} read another file at {decision.path} than rank 0 did (digest {loaded.digest[:16]}, rank 0: "
+            f"{decision.digest[:16]}): the ranks would start from different weights. The run directory must be "
+            "one shared file system path on every node. Fix: put --run-dir on storage every node sees alike")
+    return loaded
 
 
 # --------------------------------------------------------------- 4. data and validation
