@@ -36,7 +36,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,7 +387,7 @@ with whole utterances, small enough to hold on any device (8 utterances' spectra
 @torch.no_grad()
 def validate(
     nets: Networks,
-    batches: list[tuple[torch.Tensor, torch.Tensor]],
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     *,
     use_gan: bool,
     loss_weights: list[float],
@@ -402,7 +402,9 @@ def validate(
     the generator loss without the GAN term, comparable across the GAN start. The generator
     runs up to ``VALIDATION_LOOKAHEAD`` batches ahead of the losses, so the PESQ pool scores
     several batches (whole utterances come one per batch) while the next ones are enhanced;
-    the sums are added in batch order either way.
+    the sums are added in batch order either way. ``batches`` is read once, in order: pass a
+    generator, so that only the batches in flight are decoded (whole utterances of a user's
+    corpus can be minutes long each).
     """
     nets.generator.eval()
     nets.discriminator.eval()

@@ -13,7 +13,7 @@ import signal
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -352,11 +352,13 @@ class Trainer:
         shard = range(self.context.rank, len(self.val_set), self.context.world_size)
         batch = self.config.batch_size if self.validation["length"] == "crops" else 1  # whole utterances differ in length
         indices = list(shard)
-        batches = []
-        for start in range(0, len(indices), batch):
-            items = [self.val_set[i] for i in indices[start:start + batch]]
-            batches.append((torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])))
-        sums = validate(self.nets, batches, use_gan=use_gan, loss_weights=self.config.loss_weights,
+
+        def batches() -> Iterator[tuple[torch.Tensor, torch.Tensor]]:  # decoded as validated, not all at once
+            for start in range(0, len(indices), batch):
+                items = [self.val_set[i] for i in indices[start:start + batch]]
+                yield torch.stack([item[0] for item in items]), torch.stack([item[1] for item in items])
+
+        sums = validate(self.nets, batches(), use_gan=use_gan, loss_weights=self.config.loss_weights,
                         pesq_pool=self.pesq_pool, device=self.device, objective=self.objective)
         keys = sorted(sums)
         totals = dict(zip(keys, all_sum([sums[k] for k in keys], self.context, self.device)))
