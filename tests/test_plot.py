@@ -264,6 +264,19 @@ def test_several_runs_draw_one_figure_where_out_says(tmp_path: Path, capsys) -> 
     assert main(["plot", str(first), str(second), "--out", str(out), "--overwrite"]) == 0
 
 
+def test_runs_that_validate_on_different_things_are_drawn_with_a_warning_in_the_log_and_the_title(
+        tmp_path: Path, caplog) -> None:
+    whole = write_run(tmp_path / "whole", resumed_from_best(), config='validation_length = "full"\n')
+    crops = write_run(tmp_path / "crops", resumed_from_best(), config='validation_length = "crops"\n')
+    out = tmp_path / "both.png"
+    assert main(["plot", str(whole), str(crops), "--out", str(out)]) == 0 and out.exists()
+    assert "validate on different things (whole: whole utterances, crops: crops)" in caplog.text
+    caplog.clear()
+    same = write_run(tmp_path / "same", resumed_from_best(), config='validation_length = "full"\n')
+    assert main(["plot", str(whole), str(same), "--out", str(tmp_path / "same.png")]) == 0
+    assert "validate on different things" not in caplog.text
+
+
 def test_several_runs_without_out_the_same_run_twice_or_out_onto_a_run_are_refused(tmp_path: Path, capsys) -> None:
     first = write_run(tmp_path / "ref", resumed_from_best())
     second = write_run(tmp_path / "imp", resumed_from_best())

@@ -17,6 +17,7 @@ compare nothing.
 
 from __future__ import annotations
 
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -26,6 +27,8 @@ from pathlib import Path
 from bsrnn.errors import UserError
 from bsrnn.output import InputFiles, check_destinations
 from bsrnn.plotting import LEARNING_RATE, Curves, Line, image_format_of, read_run, save_figure, select_curves
+
+log = logging.getLogger(__name__)
 
 VALIDATION_PESQ, VALIDATION_SI_SDR, GENERATOR_LR = "validation PESQ (wide band)", "validation SI-SDR (dB)", \
     "generator learning rate"
@@ -96,11 +99,24 @@ def plot_comparison(run_dirs: Sequence[Path], out: Path, *, overwrite: bool = Fa
     inputs = InputFiles([path for run_dir in run_dirs for path in (run_dir / METRICS_NAME, run_dir / CONFIG_NAME)])
     check_destinations([out], overwrite=overwrite, flag="--out", inputs=inputs)
     runs = []
-    for label, (events, config) in zip(run_labels(run_dirs), loaded, strict=True):
+    labels = run_labels(run_dirs)
+    for label, (events, config) in zip(labels, loaded, strict=True):
         recipe = config.get("recipe")
         runs.append(compared_run(f"{label} ({recipe})" if isinstance(recipe, str) else label,
                                  select_curves(events, config)))
-    return _draw(runs, f"{len(runs)} runs against the global step", out, overwrite=overwrite, inputs=inputs)
+    title = f"{len(runs)} runs against the global step"
+    lengths = {label: config.get("validation_length") for label, (_, config) in zip(labels, loaded, strict=True)}
+    if len({length for length in lengths.values() if length is not None}) > 1:
+        # Whole utterances and 2 s crops give different numbers for the same model.
+        shown = ", ".join(f"{label}: {VALIDATION_LENGTHS.get(length, length)}" for label, length in lengths.items())
+        log.warning("WARNING: these runs validate on different things (%s): their validation curves are not "
+                    "comparable, only their shapes", shown)
+        title += f"; validation differs ({shown}): not comparable"
+    return _draw(runs, title, out, overwrite=overwrite, inputs=inputs)
+
+
+VALIDATION_LENGTHS = {"full": "whole utterances", "crops": "crops"}
+"""How a run's ``validation_length`` is shown."""
 
 
 def _draw(runs: Sequence[ComparedRun], title: str, out: Path, *, overwrite: bool, inputs: InputFiles) -> Path:
