@@ -11,9 +11,9 @@ import logging
 import math
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -141,9 +141,9 @@ class Trainer:
         self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
             self._restore(loaded)
-            self.progress.step_in_epoch = self.plan.start_batch  # the plan's, in this run's batches
-        assert self.plan.geometry is not None
-        self.progress.epoch_geometry = self.plan.geometry.as_record()
+            self.progress.step_in_epoch = self.plan.start_batch  # the plan's, counted in this run's batches
+        # What this run's step_in_epoch counts from now on (the plan has one whenever it trains).
+        self.progress.epoch_geometry = self.plan.geometry.as_record() if self.plan.geometry is not None else {}
         if loaded is not None:
             self.files.event("resume", global_step=self.progress.global_step, epoch=self.progress.last_completed_epoch,
                              kind=loaded.kind, path=str(loaded.path), gan_start_epoch=config.gan_epoch,
