@@ -407,7 +407,10 @@ class Trainer:
         if self.manager.is_improvement(metric):
             return f"best {monitor} so far: this epoch"
         entry = self.manager.best()
-        where = f" (epoch {entry.epoch})" if entry is not None and entry.epoch is not None else ""
+        # The epoch of checkpoint_best.pt only where that file is this run's own best: after a
+        # resume from a kept or superseded state it may be another line of training's.
+        own = entry is not None and entry.epoch is not None and entry.digest == self.manager.best_digest
+        where = f" (epoch {entry.epoch})" if own else ""
         best = self.manager.best_value
         return f"best {monitor} so far: {best:.4f}{where}" if best is not None else f"no finite {monitor} yet"
 
