@@ -319,6 +319,19 @@ def test_an_output_that_is_a_hard_link_to_its_source_is_refused(tmp_path: Path) 
     assert original.read_bytes() == before
 
 
+def test_the_progress_log_is_never_appended_through_a_link_planted_under_its_name(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("someone else's file\n")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / PROGRESS_NAME).symlink_to(victim)
+    progress = prepare_module.ProgressLog(out)
+    progress.add(prepare_module.Record("train/clean/a.wav", "0" * 64, 44, 0, 16000, 0), out)
+    with pytest.raises(UserError, match="is a symbolic link"):
+        progress.flush()
+    assert victim.read_text() == "someone else's file\n"
+
+
 def test_a_second_preparation_into_the_same_out_is_refused_naming_the_first(release: Path, tmp_path: Path) -> None:
     from bsrnn.checkpoint.lock import RunDirectoryLock
 

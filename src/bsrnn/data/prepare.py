@@ -70,6 +70,7 @@ one file outside that claim: its order follows the run's history.
 from __future__ import annotations
 
 import collections
+import errno
 import hashlib
 import io
 import itertools
@@ -238,6 +239,17 @@ class ProgressLog:
         self._pending: list[Record] = []
         self._folders: set[Path] = set()
 
+    def _open(self, flags: int) -> io.BufferedIOBase:
+        """The log for writing, never through a link planted under its name (it would write there)."""
+        try:
+            fd = os.open(self.path, flags | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except OSError as error:
+            if error.errno == errno.ELOOP:
+                raise UserError(f"{self.path} is a symbolic link: the preparation's progress log is never written "
+                                "through one. Fix: remove the link and run again") from error
+            raise
+        return os.fdopen(fd, "rb+" if flags & os.O_RDWR else "ab")
+
     def read(self) -> tuple[dict[str, Any] | None, dict[str, Record]]:
         """(fingerprint, records by path); a torn last line (a crash mid-append) is cut off."""
         if not self.path.exists():
@@ -245,7 +257,7 @@ class ProgressLog:
         raw = self.path.read_bytes()
         complete = raw[: raw.rfind(b"\n") + 1]
         if len(complete) != len(raw):
-            with open(self.path, "rb+") as handle:
+            with self._open(os.O_RDWR) as handle:
                 handle.truncate(len(complete))
                 os.fsync(handle.fileno())
         lines = complete.decode("utf-8", errors="replace").splitlines()
@@ -280,7 +292,7 @@ class ProgressLog:
         for folder in sorted(self._folders):
             fsync_directory(folder)
         lines = "".join(json.dumps(asdict(record), sort_keys=True) + "\n" for record in self._pending)
-        with open(self.path, "ab") as handle:
+        with self._open(os.O_WRONLY | os.O_APPEND) as handle:
             handle.write(lines.encode())
             handle.flush()
             os.fsync(handle.fileno())
