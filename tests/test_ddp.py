@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import TINY_DEFAULT_MONITOR, assert_same_training_state, checkpoint, env, losses_by_step
+from e2e import TINY_DEFAULT_MONITOR, assert_same_training_state, bsrnn, checkpoint, env, losses_by_step
 
 pytestmark = pytest.mark.slow
 
@@ -37,3 +37,20 @@ def test_two_process_ddp_stopped_and_resumed_matches_the_uninterrupted_ddp_run(t
     assert_same_training_state(checkpoint(resumed), checkpoint(straight))
     assert losses_by_step(resumed) == losses_by_step(straight)
     assert sorted(p.name for p in resumed.glob("*.pt")) == ["checkpoint_best.pt", "checkpoint_last.pt"]
+
+
+def test_a_single_process_run_requeued_mid_epoch_on_two_processes_continues_after_its_items(
+        tmp_path: Path) -> None:
+    """3 batches of 8 on one process are the epoch's first 24 items: on two processes (16 items a
+    step) the epoch goes on at batch 1, 8 items of which train again, and ends at batch 3."""
+    run_dir = tmp_path / "run"
+    first = bsrnn("train", *TINY_DEFAULT_MONITOR, "--epochs", "1", "--run-dir", str(run_dir), "--max-steps", "3")
+    assert first.returncode == 0, first.stderr[-3000:]
+    resumed = _torchrun("--epochs", "1", "--run-dir", str(run_dir), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert ("batch size 8 x 1 process(es) -> 8 x 2: the 24 items already trained in this epoch are the first 1 "
+            "batch(es) of the new size and 8 item(s) of the next, which train again") in resumed.stderr
+    assert "Resuming from: epoch 0, step 1 of that epoch" in resumed.stderr
+    final = checkpoint(run_dir)
+    assert (final["epoch"], final["global_step"]) == (0, 3 + (48 // 2 // 8 - 1))
+

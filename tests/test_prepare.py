@@ -308,15 +308,15 @@ def test_an_out_folder_linked_to_the_unpacked_sources_is_refused_and_the_sources
     assert _files(originals) == before
 
 
-def test_an_output_that_is_a_hard_link_to_its_source_is_refused(tmp_path: Path) -> None:
+def test_an_output_that_is_a_hard_link_to_its_source_is_replaced_by_name_and_the_source_kept(tmp_path: Path) -> None:
     source = make_release(tmp_path / "vbd", zipped=False)
     original = source / "noisy_testset_wav" / "p232_002.wav"
     before = original.read_bytes()
     (tmp_path / "out" / "test" / "noisy").mkdir(parents=True)
     os.link(original, tmp_path / "out" / "test" / "noisy" / "p232_002.wav")
-    with pytest.raises(UserError, match="test/noisy/p232_002.wav"):
-        prepare_voicebank(source, tmp_path / "out", progress=False)
+    prepare_voicebank(source, tmp_path / "out", progress=False)
     assert original.read_bytes() == before
+    assert soundfile.info(str(tmp_path / "out" / "test" / "noisy" / "p232_002.wav")).samplerate == 16000
 
 
 def test_the_progress_log_is_never_appended_through_a_link_planted_under_its_name(tmp_path: Path) -> None:

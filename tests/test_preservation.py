@@ -249,14 +249,13 @@ def test_a_rank_that_reads_other_bytes_at_rank_0s_path_is_refused_by_digest(tmp_
     """DDP: rank 0 decides by path and digest; a node whose run directory is a stale or local
     copy finds the same path with other contents, and must not start from other weights."""
     from bsrnn.checkpoint import load_checkpoint
-    from bsrnn.errors import UserError
-    from bsrnn.training.plan import Decision, same_state_as_rank_0
+    from bsrnn.training.plan import Decision, other_state_than_rank_0
 
     _two_states(tmp_path)
     last, best = load_checkpoint(tmp_path, "last"), load_checkpoint(tmp_path, "best")
-    assert same_state_as_rank_0(last, Decision(str(last.path), digest=last.digest), rank=1) is last
-    with pytest.raises(UserError, match="rank 3 read another file at .* than rank 0 did"):
-        same_state_as_rank_0(last, Decision(str(last.path), digest=best.digest), rank=3)
+    assert other_state_than_rank_0(last, Decision(str(last.path), digest=last.digest), rank=1) is None
+    problem = other_state_than_rank_0(last, Decision(str(last.path), digest=best.digest), rank=3)
+    assert problem is not None and "rank 3 read another file at" in problem and "than rank 0 did" in problem
 
 
 # ---------------------------------------------------------------------- through the CLI

@@ -73,6 +73,7 @@ def test_a_mid_epoch_resume_with_another_batch_size_continues_after_the_items_al
     assert resumed.returncode == 0, resumed.stderr
     assert ("resuming in the middle of epoch 0: batch size 8 x 1 process(es) -> 4 x 1: the 24 items already "
             "trained in this epoch are the first 6 batch(es) of the new size") in resumed.stderr
+    assert "Resuming from: epoch 0, step 6 of that epoch" in resumed.stderr  # the summary says the same
     final = checkpoint(run_dir)
     assert (final["epoch"], final["global_step"]) == (0, 3 + (48 // 4 - 6))
     assert final["progress"]["epoch_geometry"]["batch_size"] == 4

@@ -230,7 +230,10 @@ def _demo(run_dir: Path) -> int:
     try:
         return _demo_steps(run_dir)
     finally:  # what is there now is the demo's, however it ended (an error, Ctrl-C)
-        record_demo_files(run_dir)
+        try:
+            record_demo_files(run_dir)
+        except OSError as error:  # never in place of the error that ended the demo
+            print(f"[demo] could not record what it wrote ({error}): the next demo keeps all of {run_dir} aside")
 
 
 def _demo_steps(run_dir: Path) -> int:

@@ -105,8 +105,10 @@ def plot_comparison(run_dirs: Sequence[Path], out: Path, *, overwrite: bool = Fa
         runs.append(compared_run(f"{label} ({recipe})" if isinstance(recipe, str) else label,
                                  select_curves(events, config)))
     title = f"{len(runs)} runs against the global step"
-    lengths = {label: config.get("validation_length") for label, (_, config) in zip(labels, loaded, strict=True)}
-    if len({length for length in lengths.values() if length is not None}) > 1:
+    # A config.toml from before the field was written: that run validated on crops.
+    lengths = {label: config.get("validation_length", "crops") if config else None
+               for label, (_, config) in zip(labels, loaded, strict=True)}
+    if len({length for length in lengths.values() if isinstance(length, str)}) > 1:
         # Whole utterances and 2 s crops give different numbers for the same model.
         shown = ", ".join(f"{label}: {VALIDATION_LENGTHS.get(length, length)}" for label, length in lengths.items())
         log.warning("WARNING: these runs validate on different things (%s): their validation curves are not "

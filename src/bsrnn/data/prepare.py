@@ -45,8 +45,8 @@ finished files are appended to ``OUT/.prepare-progress.jsonl`` (path, SHA-256, s
 source rate, clipped samples), itself fsynced: the log never names a file whose rename is not
 yet durable. Its first line holds the preparation's fingerprint (sources' digests, resampler
 version and settings, output format); a rerun with anything different is refused, naming what
-changed. An OUT whose split folders or files are the sources themselves (a link to the
-unpacked release, a hard link) is refused before anything in it is touched. On a rerun, under an
+changed. An OUT whose split folders are the source folders themselves (a link to the unpacked
+release) is refused before anything in it is touched. On a rerun, under an
 exclusive lock on ``OUT/.lock``: stray temporaries are deleted, a
 torn last log line is dropped, every logged file is re-hashed and kept only if it matches, and
 the rest are converted again; a file that is already there unlogged (the run was killed between
@@ -98,7 +98,7 @@ from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
 from bsrnn.errors import DataError, UserError
-from bsrnn.output import InputFiles, check_output_folder
+from bsrnn.output import check_output_folder
 from bsrnn.workers import start_workers
 
 log = logging.getLogger(__name__)
@@ -418,24 +418,17 @@ def check_out(out: Path, tasks: list[Task]) -> None:
 
 
 def check_not_onto_sources(out: Path, tasks: list[Task]) -> None:
-    """Refuse an OUT that holds the sources themselves: a split folder that is a source folder
-    (``OUT/train/clean`` made a link to the unpacked release, say), or an output name that is a
-    source file (a hard link). By identity, not name: the names match by design, so
-    ``check_out`` passes such a folder, and each write would replace a 48 kHz original with its
-    16 kHz version."""
+    """Refuse an OUT whose split folder is a source folder (``OUT/train/clean`` made a link to
+    the unpacked release, say). By identity, not name: the file names match by design, so
+    ``check_out`` passes such a folder, and each rename would replace a 48 kHz original with its
+    16 kHz version. (An output name that is a hard link to a source is safe: the rename replaces
+    that name, never the file it shares.)"""
     sources = [task.source_path / task.member if task.source_kind == "folder" else task.source_path
                for task in tasks]
     one_per_folder = list({path.parent: path for path in sources}.values())
     for split in SPLITS:
         for side in SIDES:
             check_output_folder(out / split / side, one_per_folder, "--out")
-    inputs = InputFiles(sources)
-    onto = [task.output for task in tasks if inputs.input_at(out / task.output) is not None]
-    if onto:
-        raise UserError(
-            f"--out {out}: expected new files, found {len(onto)} that are the source files themselves (hard links): "
-            f"{', '.join(onto[:5])}{' ...' if len(onto) > 5 else ''}. Preparing would replace the sources. "
-            "Fix: choose another --out")
 
 
 def lock_out(out: Path) -> RunDirectoryLock:

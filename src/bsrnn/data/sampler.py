@@ -137,10 +137,11 @@ class BatchGeometry:
     def from_record(cls, record: Mapping[str, Any]) -> BatchGeometry | None:
         """The geometry a checkpoint recorded; None for one from before it was recorded."""
         try:
-            return cls(int(record["items"]), str(record["names_sha256"]), int(record["seed"]),
-                       int(record["batch_size"]), int(record["world_size"]))
+            geometry = cls(int(record["items"]), str(record["names_sha256"]), int(record["seed"]),
+                           int(record["batch_size"]), int(record["world_size"]))
         except (KeyError, TypeError, ValueError):
             return None
+        return geometry if geometry.items >= 0 and geometry.batch_size > 0 and geometry.world_size > 0 else None
 
     def batches(self) -> int:
         """Batches per epoch for each rank (``drop_last``, as the trainer samples)."""
@@ -152,7 +153,8 @@ class BatchGeometry:
 
         The same order (items, names, seed): the ``saved_batches * B * W`` items already trained
         are the order's first ones, so the epoch continues at the first batch of this geometry
-        that holds none of them, rounded down (at most one batch of items trains twice). Another
+        that holds an item not yet trained (it may hold trained ones too: fewer than one batch
+        of items trains twice; none is skipped). Another
         order: which items were trained is unknown under the new one, so the epoch starts again
         from its first batch (its items seen so far train twice; nothing is skipped).
         """

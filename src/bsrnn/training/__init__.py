@@ -154,6 +154,7 @@ def _train_with_files(plan: RunPlan, device: torch.device, context: DistributedC
     if plan.loaded is not None:
         log.info("✓ Models, optimizers, schedulers and RNG streams loaded")
         for line in summary_lines(plan.loaded.kind, str(plan.loaded.path), plan.loaded.payload, plan.config,
-                                  trainer.learning_rates(), trainer.kept, plan.split.describe()):
+                                  trainer.learning_rates(), trainer.kept, plan.split.describe(),
+                                  start_batch=plan.start_batch):
             log.info("%s", line)
     return trainer.run(plan.config.max_steps)

@@ -71,6 +71,17 @@ def broadcast_decision(decision: Decision | None, context: DistributedContext) -
     return holder[0]  # type: ignore[return-value]
 
 
+def first_problem(problem: str | None, context: DistributedContext) -> str | None:
+    """The first rank's ``problem`` (a message, or None where that rank found none), on every
+    rank: so that a check one rank fails stops all of them, rather than leaving the others
+    waiting in their next collective until the process group times out."""
+    if not context.enabled:
+        return problem
+    problems: list[str | None] = [None] * context.world_size
+    dist.all_gather_object(problems, problem)
+    return next((found for found in problems if found is not None), None)
+
+
 def average_gradients(parameters: Iterable[torch.nn.Parameter], context: DistributedContext) -> None:
     """Replace every rank's gradients by their mean over ranks (one all-reduce)."""
     if not context.enabled:

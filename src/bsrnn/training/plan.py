@@ -56,7 +56,7 @@ from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import BatchGeometry
 from bsrnn.errors import UserError
-from bsrnn.training.distributed import DistributedContext, broadcast_decision
+from bsrnn.training.distributed import DistributedContext, broadcast_decision, first_problem
 from bsrnn.training.progress import saved_progress
 from bsrnn.training.resume import check_resumable, reconcile
 
@@ -81,8 +81,9 @@ class RunPlan:
     """The checkpoint already reached the target (``--epochs``): nothing to train."""
     geometry: BatchGeometry | None = None
     """What the run's batches are made of now; saved with the progress."""
-    start_batch: int = 0
-    """The batch of the epoch in progress that training continues at (0 for a fresh run)."""
+    start_batch: int | None = None
+    """The batch of the epoch in progress that training continues at; None: the saved
+    ``step_in_epoch`` (or 0 for a fresh run)."""
 
     @property
     def completed_epochs(self) -> int:
@@ -123,7 +124,7 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
     config = config.replace(validation_length=validation["length"])  # the run's own, recorded in config.toml too
     geometry = BatchGeometry(len(split.train), _names_sha256(split.train), config.seed, config.batch_size,
                              context.world_size)
-    start_batch = 0
+    start_batch: int | None = None
     if loaded is not None:
         progress = saved_progress(loaded.payload)
         start_batch, why = geometry.continue_at(saved_geometry(loaded, geometry), progress.step_in_epoch)
@@ -248,24 +249,33 @@ def decide(config: Config, context: DistributedContext) -> LoadedCheckpoint | No
             broadcast_decision(Decision(None, str(error)), context)
             raise
         broadcast_decision(Decision(str(loaded.path), digest=loaded.digest) if loaded else Decision(None), context)
-        return loaded
-    decision = broadcast_decision(None, context)
-    if decision.error is not None:
-        raise UserError(f"rank 0 stopped: {decision.error}")
-    if decision.path is None:
+        problem = None
+    else:
+        decision = broadcast_decision(None, context)
+        if decision.error is not None:
+            raise UserError(f"rank 0 stopped: {decision.error}")  # every rank got the same decision: all stop
+        loaded, problem = None, None
+        if decision.path is not None:
+            try:
+                loaded = load_checkpoint(decision.path, accept=check_resumable)
+                problem = other_state_than_rank_0(loaded, decision, context.rank)
+            except Exception as error:  # noqa: BLE001 (told to every rank below, then raised there)
+                problem = f"rank {context.rank} could not load {decision.path}: {error}"
+    # Every rank stops together: one rank raising alone would leave the others in their next collective.
+    problem = first_problem(problem, context)
+    if problem is not None:
+        raise UserError(problem)
+    return loaded
+
+
+def other_state_than_rank_0(loaded: LoadedCheckpoint, decision: Decision, rank: int) -> str | None:
+    """Why ``loaded`` is not the state rank 0 chose, or None: compared by digest, not by path (a
+    node-local or stale copy of the run directory has the same path and other contents)."""
+    if decision.digest is None or loaded.digest == decision.digest:
         return None
-    return same_state_as_rank_0(load_checkpoint(decision.path, accept=check_resumable), decision, context.rank)
-
-
-def same_state_as_rank_0(loaded: LoadedCheckpoint, decision: Decision, rank: int) -> LoadedCheckpoint:
-    """``loaded``, if it holds the bytes rank 0 chose (by digest, not by path: a node-local or
-    stale copy of the run directory has the same path and other contents); else a UserError."""
-    if decision.digest is not None and loaded.digest != decision.digest:
-        raise UserError(
-            f"rank {rank} read another file at {decision.path} than rank 0 did (digest {loaded.digest[:16]}, rank 0: "
+    return (f"rank {rank} read another file at {decision.path} than rank 0 did (digest {loaded.digest[:16]}, rank 0: "
             f"{decision.digest[:16]}): the ranks would start from different weights. The run directory must be "
             "one shared file system path on every node. Fix: put --run-dir on storage every node sees alike")
-    return loaded
 
 
 # --------------------------------------------------------------- 4. data and validation

@@ -2,8 +2,10 @@
 
 ``last_completed_epoch`` is the index of the last *completed* epoch, -1 before the first (saved as
 ``last_completed_epoch``; records from before the name said ``epoch``, and are read as such).
-A mid-epoch checkpoint says how many batches of the next epoch are done (``step_in_epoch``);
-the resumed run skips exactly those, by arithmetic (``EpochBatches(start_batch=...)``).
+A mid-epoch checkpoint says how many batches of the next epoch are done (``step_in_epoch``, in
+the batch geometry it records); the resumed run skips exactly those, by arithmetic
+(``EpochBatches(start_batch=...)``), or, under another batch size or process count, the batches
+that hold the items already trained (``training/plan.py`` decides which).
 The running sums of the epoch in progress are saved too, so the epoch's summary line after a
 resume is the one the uninterrupted run prints.
 """
@@ -85,7 +87,8 @@ class TrainingProgress:
 def saved_progress(payload: Mapping[str, Any]) -> TrainingProgress:
     """The progress a checkpoint holds: its registered record, or, in a migrated file that has
     none, the top-level counters. The one reader, so the plan, the resume summary and the
-    trainer can never disagree about where a run stands."""
+    trainer can never disagree about where a run stood (where it continues is the plan's
+    ``start_batch``)."""
     progress = TrainingProgress()
     record = payload.get(keys.PROGRESS)
     if isinstance(record, Mapping) and record:

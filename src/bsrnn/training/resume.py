@@ -219,10 +219,15 @@ def reconcile(config: Config, explicit: Iterable[str], checkpoint_config: Mappin
 
 
 def summary_lines(kind: str, path: str, payload: Mapping[str, Any], config: Config,
-                  learning_rates: Mapping[str, float], kept: Sequence[KeptState], validation: str = "") -> list[str]:
-    """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter."""
+                  learning_rates: Mapping[str, float], kept: Sequence[KeptState], validation: str = "",
+                  start_batch: int | None = None) -> list[str]:
+    """The RESUME SUMMARY block: what was loaded, where training continues, the values that matter.
+
+    ``start_batch``: the batch the plan continues the epoch at, where it is not the saved
+    ``step_in_epoch`` (another batch size or process count: ``training/plan.py``)."""
     progress = saved_progress(payload)
-    epoch, step_in_epoch = progress.last_completed_epoch, progress.step_in_epoch
+    epoch = progress.last_completed_epoch
+    step_in_epoch = progress.step_in_epoch if start_batch is None else start_batch
     resuming_epoch = progress.current_epoch
     completed = ("none" if epoch < 0 else "1 (epoch 0)" if epoch == 0
                  else f"{epoch + 1} (epochs 0-{epoch})")

@@ -141,7 +141,8 @@ class Trainer:
         self.kept: list[KeptState] = []  # states this resume does not continue, kept before any save
         if loaded is not None:
             self._restore(loaded)
-            self.progress.step_in_epoch = self.plan.start_batch  # the plan's, counted in this run's batches
+            if self.plan.start_batch is not None:
+                self.progress.step_in_epoch = self.plan.start_batch  # the plan's, counted in this run's batches
         # What this run's step_in_epoch counts from now on (the plan has one whenever it trains).
         self.progress.epoch_geometry = self.plan.geometry.as_record() if self.plan.geometry is not None else {}
         if loaded is not None:
