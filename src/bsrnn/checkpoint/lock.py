@@ -183,7 +183,7 @@ class RunDirectoryLock:
     def held(self) -> bool:
         return self._fd is not None
 
-    def check_still_held(self) -> None:
+    def check_still_held(self, before: str = "this save") -> None:
         """Raise ``LockLostError`` unless ``.lock`` is still the file this process locked.
 
         Compared by identity (device and inode of the open descriptor against the name, not
@@ -197,7 +197,7 @@ class RunDirectoryLock:
             raise LockLostError(
                 f"{self.path} {found}: the run directory's lock was removed or replaced while this trainer "
                 f"(PID {os.getpid()}) held it, so another trainer may be writing to {self.run_dir}. Stopping "
-                "before this save; the checkpoints committed before are unchanged. Make sure only one trainer "
+                f"before {before}; the checkpoints committed before are unchanged. Make sure only one trainer "
                 "runs on this directory, then resume it."
             )
 

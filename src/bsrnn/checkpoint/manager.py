@@ -179,7 +179,8 @@ class CheckpointManager:
                 self._lock.acquire()
             elif not self._lock.held or self._lock.run_dir.resolve() != self.run_dir.resolve():
                 raise ValueError(f"lock must be a held RunDirectoryLock on {self.run_dir}")
-            self._lock.check_still_held()  # a lock taken earlier (before a long resume scan) may be gone
+            # A lock taken earlier (before a long resume scan) may be gone by now.
+            self._lock.check_still_held(before="anything in the run directory is touched")
             atomic.remove_stale_temporaries(self.run_dir, exclusive=True)
             self._index = read_index(self.run_dir)
             atexit.register(self._close_at_exit)
