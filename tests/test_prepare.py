@@ -539,6 +539,21 @@ def test_download_fetches_the_release_and_prepares_it(
     assert "Train with: bsrnn train --data-dir" in capsys.readouterr().out
 
 
+def test_a_second_download_into_the_same_source_is_refused_naming_the_first(
+        served: dict[str, bytes], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from bsrnn.checkpoint.lock import RunDirectoryLock
+
+    source = tmp_path / "downloads"
+    source.mkdir()
+    with RunDirectoryLock(source), _Server(served) as server:  # the first download, still running
+        code = main(["data", "prepare", "vbd", str(source), "--out", str(tmp_path / "out"), "--download",
+                     "--mirror", server.url])
+    assert code == 2
+    assert f"SOURCE {source}: expected no other process writing there, found one (PID {os.getpid()})" in (
+        capsys.readouterr().err)
+    assert not [path for path in source.iterdir() if path.suffix in (".zip", ".partial")]
+
+
 def test_a_download_stopped_halfway_resumes_in_the_next_run_with_a_range_request(
         served: dict[str, bytes], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     name = "clean_testset_wav.zip"

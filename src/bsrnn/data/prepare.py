@@ -92,8 +92,7 @@ from tqdm import tqdm
 from bsrnn import __version__
 from bsrnn.audio import SAMPLE_RATE
 from bsrnn.checkpoint.atomic import fsync_directory, remove_stale_temporaries, temporary_path
-from bsrnn.checkpoint.errors import CheckpointError
-from bsrnn.checkpoint.lock import LOCK_NAME, RunDirectoryBusyError, RunDirectoryLock
+from bsrnn.data.folder_lock import lock_folder
 from bsrnn.data.holdout import VOICEBANK_VALID_SPEAKERS
 from bsrnn.data.layout import MANIFEST_NAME, PROGRESS_NAME, SIDES, SPLITS, natural_key
 from bsrnn.data.voicebank import DOI, NAME, SUFFIX, SourceSet, digest_file, find_release, read_member, speaker_of
@@ -431,30 +430,12 @@ def check_not_onto_sources(out: Path, tasks: list[Task]) -> None:
             check_output_folder(out / split / side, one_per_folder, "--out")
 
 
-def lock_out(out: Path) -> RunDirectoryLock:
-    """Create OUT and take its lock: one preparation at a time may write there."""
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"--out {out}: expected a folder to write the prepared corpus in, but it cannot be created "
-                        f"({error.strerror or error}). Fix: choose a writable place") from error
-    lock = RunDirectoryLock(out)
-    try:
-        return lock.acquire()
-    except RunDirectoryBusyError as error:
-        holder = (out / LOCK_NAME).read_text(errors="replace").strip() or "unknown"
-        raise UserError(f"--out {out}: expected no other process writing there, found one (PID {holder}). "
-                        "Fix: wait for it to finish or stop it, or choose another --out") from error
-    except CheckpointError as error:
-        raise UserError(f"--out {out}: cannot be locked for writing ({error})") from error
-
-
 def prepare_voicebank(source: Path, out: Path, speakers: int = 28, workers: int = 1,
                       progress: bool = True) -> PrepareResult:
     """Prepare the release under ``source`` into ``out`` (see the module docstring); resumable."""
     sets = find_release(source, speakers)
     tasks = plan(sets)
-    lock = lock_out(out)
+    lock = lock_folder(out, "--out", "to write the prepared corpus in")
     try:
         result = _prepare_locked(sets, tasks, out, speakers, workers, progress)
         lock.remove()  # a finished folder keeps no trace of the run that prepared it

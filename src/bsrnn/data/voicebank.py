@@ -288,13 +288,22 @@ def fetch_release(source: Path, speakers: int, mirror: str | None = None, progre
     """Download the zips of the release that ``source`` lacks (neither zip nor folder there).
 
     Interrupted downloads resume from their ``.partial`` file. Returns the zips downloaded now.
+    One download into ``source`` at a time (``folder_lock``): a second one is refused.
     """
+    from bsrnn.data.folder_lock import lock_folder
+
     base = mirror_url(mirror)
+    lock = lock_folder(source, "SOURCE", f"to download the {NAME} zips into")
     try:
-        source.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UserError(f"SOURCE {source}: expected a folder to download the {NAME} zips into, but it cannot be "
-                        f"created ({error.strerror or error}). Fix: choose a writable folder") from error
+        fetched = _fetch_locked(source, speakers, base, progress, retries, retry_wait_s)
+        lock.remove()  # the folder keeps no trace of the download
+        return fetched
+    finally:
+        lock.release()
+
+
+def _fetch_locked(source: Path, speakers: int, base: str, progress: bool, retries: int,
+                  retry_wait_s: float) -> list[Path]:
     fetched: list[Path] = []
     for release in release_sets(speakers):
         target = source / release.zip_name
