@@ -252,7 +252,9 @@ def write_corpus(corpus: Corpus, out_dir: str | Path, overwrite: bool = False, s
             f"{shown}. Fix: choose an empty folder or pass overwrite=True."
         )
     inputs = InputFiles(source.path for _, source in targets if isinstance(source, FileSource))
-    check_destinations([path for path, _ in targets], overwrite=overwrite, flag="write_corpus", inputs=inputs)
+    # Existing files are refused above, in this function's words (overwrite=True, not a flag);
+    # this adds what is refused even with overwrite: links, and the corpus's own files.
+    check_destinations([path for path, _ in targets], overwrite=True, flag="write_corpus", inputs=inputs)
     for path, source in targets:
         path.parent.mkdir(parents=True, exist_ok=True)
         samples, rate = source.load()

@@ -46,8 +46,8 @@ source rate, clipped samples), itself fsynced: the log never names a file whose 
 yet durable. Its first line holds the preparation's fingerprint (sources' digests, resampler
 version and settings, output format); a rerun with anything different is refused, naming what
 changed. An OUT whose split folders are the source folders themselves (a link to the unpacked
-release) is refused before anything in it is touched. On a rerun, under an
-exclusive lock on ``OUT/.lock``: stray temporaries are deleted, a
+release) is refused before anything in it is touched. On a rerun, under an exclusive lock on
+``OUT/.lock``: stray temporaries are deleted, a
 torn last log line is dropped, every logged file is re-hashed and kept only if it matches, and
 the rest are converted again; a file that is already there unlogged (the run was killed between
 rename and log) is kept if its bytes equal the new ones. Nothing is rewritten that is already

@@ -166,7 +166,7 @@ class BatchGeometry:
             return 0, (f"the epoch's shuffled order changed ({', '.join(changed)}), so it starts again from its "
                        f"first batch; the {saved_batches} batch(es) trained in it are trained again")
         done = saved_batches * saved.batch_size * saved.world_size
-        start = min(done // (self.batch_size * self.world_size), self.batches())
+        start = done // (self.batch_size * self.world_size)  # <= self.batches(): floor(N/(B*W)) bounds both
         again = done - start * self.batch_size * self.world_size
         return start, (f"batch size {saved.batch_size} x {saved.world_size} process(es) -> {self.batch_size} x "
                        f"{self.world_size}: the {done} items already trained in this epoch are the first "

@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,6 +56,7 @@ from bsrnn.config import Config
 from bsrnn.data.holdout import ValidationSplit, hold_out, legacy_test_split
 from bsrnn.data.layout import Corpus
 from bsrnn.data.sampler import BatchGeometry
+from bsrnn.data.sources import Pair
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, first_problem
 from bsrnn.training.progress import saved_progress
@@ -135,7 +137,7 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
                    geometry=geometry, start_batch=start_batch)
 
 
-def _names_sha256(pairs: Any) -> str:
+def _names_sha256(pairs: Sequence[Pair]) -> str:
     """The training items in sampling order: index i of the shuffle is the i-th pair."""
     return hashlib.sha256("\n".join(pair.name for pair in pairs).encode()).hexdigest()
 
