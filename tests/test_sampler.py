@@ -143,3 +143,20 @@ def test_the_same_geometry_continues_at_the_saved_batch_and_another_order_starts
         assert start == 0 and why is not None and "starts again from its first batch" in why
     assert BatchGeometry.from_record(saved.as_record()) == saved
     assert BatchGeometry.from_record({}) is None
+
+
+def test_a_checkpoint_from_before_the_geometry_was_recorded_counts_in_its_configs_batch_size() -> None:
+    from pathlib import Path
+
+    from bsrnn.checkpoint import LoadedCheckpoint
+    from bsrnn.data.sampler import BatchGeometry
+    from bsrnn.training.plan import saved_geometry
+    from bsrnn.training.progress import saved_progress
+
+    payload = {"progress": {"last_completed_epoch": 0, "step_in_epoch": 3, "global_step": 9},
+               "config": {"batch_size": 8, "seed": 3}}
+    loaded = LoadedCheckpoint(Path("old.pt"), "last", payload, "xxh3-128:0")
+    now = BatchGeometry(48, "names", 3, 4, 1)
+    saved = saved_geometry(loaded, saved_progress(payload), now)
+    assert saved == BatchGeometry(48, "names", 3, 8, 1)
+    assert now.continue_at(saved, 3)[0] == 6

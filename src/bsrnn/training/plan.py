@@ -59,7 +59,7 @@ from bsrnn.data.sampler import BatchGeometry
 from bsrnn.data.sources import Pair
 from bsrnn.errors import UserError
 from bsrnn.training.distributed import DistributedContext, broadcast_decision, first_problem
-from bsrnn.training.progress import saved_progress
+from bsrnn.training.progress import TrainingProgress, saved_progress
 from bsrnn.training.resume import check_resumable, reconcile
 
 log = logging.getLogger("bsrnn.train")
@@ -129,7 +129,7 @@ def plan_run(config: Config, explicit: set[str], context: DistributedContext) ->
     start_batch: int | None = None
     if loaded is not None:
         progress = saved_progress(loaded.payload)
-        start_batch, why = geometry.continue_at(saved_geometry(loaded, geometry), progress.step_in_epoch)
+        start_batch, why = geometry.continue_at(saved_geometry(loaded, progress, geometry), progress.step_in_epoch)
         if why is not None:
             log.warning("WARNING: resuming in the middle of epoch %d: %s.", progress.current_epoch, why)
     return RunPlan(config, loaded, split, validation,
@@ -142,11 +142,11 @@ def _names_sha256(pairs: Sequence[Pair]) -> str:
     return hashlib.sha256("\n".join(pair.name for pair in pairs).encode()).hexdigest()
 
 
-def saved_geometry(loaded: LoadedCheckpoint, now: BatchGeometry) -> BatchGeometry:
-    """The geometry ``loaded``'s ``step_in_epoch`` counts in. A checkpoint from before it was
-    recorded has its config's batch size and seed; its items and process count are taken to be
-    today's (nothing recorded says otherwise)."""
-    recorded = BatchGeometry.from_record(saved_progress(loaded.payload).epoch_geometry)
+def saved_geometry(loaded: LoadedCheckpoint, progress: TrainingProgress, now: BatchGeometry) -> BatchGeometry:
+    """The geometry ``loaded``'s ``step_in_epoch`` (in its ``progress``) counts in. A checkpoint
+    from before it was recorded has its config's batch size and seed; its items and process
+    count are taken to be today's (nothing recorded says otherwise)."""
+    recorded = BatchGeometry.from_record(progress.epoch_geometry)
     if recorded is not None:
         return recorded
     previous = loaded.get(keys.CONFIG) or {}
